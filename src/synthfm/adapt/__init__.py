@@ -1,0 +1,1 @@
+"""synthfm.adapt: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""synthfm.analyze: see docs/architecture.md."""

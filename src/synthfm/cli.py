@@ -1,0 +1,175 @@
+"""The `synthfm` command: one sub-command group per pipeline stage, thin over the package functions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from synthfm import __version__
+from synthfm.errors import SynthfmError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(name="synthfm", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Medical-imaging foundation models with synthetic data, end to end.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: import, prepare, split, inspect.")
+app.add_typer(data_app, name="data")
+
+PENDING = {
+    "synth": "Generators: fundus/CXR phantoms, RaSD, conditional diffusion.",
+    "quality": "Quality and privacy gate for synthetic data.",
+    "pretrain": "Self-supervised pretraining: MAE, DINOv2, RaSD.",
+    "adapt": "Fine-tuning and linear probing.",
+    "evaluate": "Metrics, statistics, fairness, label efficiency.",
+    "analyze": "Morphology, latent maps, key metadata, Grad-CAM.",
+    "site": "Consortium site kit: generator bundles.",
+    "hub": "Consortium hub: verify bundles, compose a global set.",
+    "report": "The HTML report.",
+}
+
+
+def _pending_group(name: str, help_text: str) -> typer.Typer:
+    """A stage group whose commands are not available yet."""
+    group = typer.Typer(help=f"{help_text} (not yet available)", invoke_without_command=True)
+
+    @group.callback()
+    def _not_yet(ctx: typer.Context) -> None:
+        """Say that this stage is not available yet."""
+        err_console.print(f"[yellow]synthfm {name}[/] is not yet available in synthfm {__version__}.")
+        raise typer.Exit(1)
+
+    return group
+
+
+for _name, _help in PENDING.items():
+    app.add_typer(_pending_group(_name, _help), name=_name)
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+    """synthfm: medical-imaging foundation models with synthetic data."""
+
+
+@app.command()
+def version() -> None:
+    """Print the synthfm version."""
+    console.print(__version__)
+
+
+@data_app.command("import-npz")
+def import_npz_cmd(
+    npz: Annotated[Path, typer.Argument(help="MedMNIST-style .npz with {split}_images / {split}_labels")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the new card")],
+    name: Annotated[str, typer.Option(help="Dataset name")] = "",
+    modality: Annotated[str, typer.Option(help="fundus | cxr | volume")] = "fundus",
+    task: Annotated[str, typer.Option(help="Task name")] = "label",
+    task_type: Annotated[str, typer.Option(help="binary | multiclass | ordinal | multilabel")] = "multiclass",
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names")] = None,  # noqa: UP045
+) -> None:
+    """Turn a MedMNIST-style .npz into a dataset card, keeping its official split."""
+    from synthfm.data.npz import import_npz
+
+    path = import_npz(npz, out, name or npz.stem, modality, task, task_type,  # type: ignore[arg-type]
+                      classes.split(",") if classes else None)
+    console.print(f"wrote card [bold]{path}[/]")
+
+
+@data_app.command("prepare")
+def prepare_cmd(
+    card: Annotated[Path, typer.Argument(help="Card folder or YAML")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the prepared card")],
+    size: Annotated[int, typer.Option(help="Output side in pixels")] = 256,
+    fmt: Annotated[str, typer.Option("--format", help="folder | shards")] = "folder",
+    encoding: Annotated[str, typer.Option(help="shard image encoding: npy | png | jpg")] = "png",
+    shard_size: Annotated[int, typer.Option(help="images per shard")] = 1000,
+    limit: Annotated[Optional[int], typer.Option(help="only the first N rows (a quick trial)")] = None,  # noqa: UP045
+) -> None:
+    """Preprocess a card (field-of-view crop, square pad, resize, quality flags) into a new card."""
+    from synthfm.config import validate_config
+    from synthfm.data.prepare import prepare_card
+    from synthfm.data.preprocess import PrepareConfig
+
+    cfg = validate_config(PrepareConfig, {"size": size, "format": fmt, "encoding": encoding,
+                                          "shard_size": shard_size, "limit": limit}, "command-line options")
+    console.print(f"wrote card [bold]{prepare_card(card, out, cfg)}[/]")
+
+
+@data_app.command("split")
+def split_cmd(
+    card: Annotated[Path, typer.Argument(help="Card folder or YAML")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the split card")],
+    ratios: Annotated[str, typer.Option(help="train,val,test fractions")] = "0.7,0.1,0.2",
+    stratify: Annotated[Optional[str], typer.Option(help="Task to stratify by")] = None,  # noqa: UP045
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    keep: Annotated[Optional[str], typer.Option(help="Comma-separated splits to keep as they are")] = None,  # noqa: UP045
+) -> None:
+    """Patient-level, label-stratified split into train/val/test (writes a new card)."""
+    from synthfm.config import validate_config
+    from synthfm.data.splits import SplitConfig, split_card
+
+    try:
+        parts = [float(x) for x in ratios.split(",")]
+    except ValueError:
+        raise SynthfmError(f"--ratios {ratios!r} is not three numbers", "write e.g. --ratios 0.7,0.1,0.2") from None
+    cfg = validate_config(SplitConfig, {"ratios": parts, "stratify": stratify, "seed": seed,
+                                        "keep": keep.split(",") if keep else []}, "command-line options")
+    console.print(f"wrote card [bold]{split_card(card, out, cfg)}[/]")
+
+
+@data_app.command("inspect")
+def inspect_cmd(
+    card: Annotated[Path, typer.Argument(help="Card folder or YAML")],
+    sample: Annotated[int, typer.Option(help="Images to decode (0 = all)")] = 200,
+) -> None:
+    """Validate a card and print counts per split and label, metadata, image sizes and problems."""
+    from synthfm.data.inspect import inspect_card
+
+    rep = inspect_card(card, sample)
+    console.print(f"[bold]{rep.name}[/] ({rep.modality}): {rep.rows} images; splits {rep.splits}")
+    for task, per in rep.labels.items():
+        t = Table(title=f"task {task}")
+        t.add_column("split")
+        classes = list(next(iter(per.values())))
+        for c in classes:
+            t.add_column(c, justify="right")
+        for split, counts in per.items():
+            t.add_row(split, *[str(counts[c]) for c in classes])
+        console.print(t)
+    for name, summary in rep.metadata.items():
+        console.print(f"metadata [bold]{name}[/]: {summary}")
+    console.print(f"images checked: {rep.images}")
+    for p in rep.problems:
+        colour = "red" if p.severity == "error" else "yellow"
+        console.print(f"[{colour}]{p.severity}[/] {p.where}: {p.message}" + (f" (fix: {p.fix})" if p.fix else ""))
+    if rep.errors:
+        raise typer.Exit(2)
+    console.print("[green]card OK[/]" + (f" with {len(rep.problems)} warning(s)" if rep.problems else ""))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; bad input exits 2 with one clear message (traceback only with --debug)."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        rv = app(args=args, prog_name="synthfm", standalone_mode=False)
+    except SynthfmError as err:
+        if "--debug" in args:
+            raise
+        err_console.print(f"[bold red]error:[/] {err.message}", highlight=False)
+        if err.fix:
+            err_console.print(f"[bold]fix:[/] {err.fix}", highlight=False)
+        sys.exit(2)
+    except click.exceptions.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    if isinstance(rv, int) and rv:
+        sys.exit(rv)

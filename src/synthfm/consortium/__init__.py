@@ -1,0 +1,1 @@
+"""synthfm.consortium: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""Datasets: cards, manifests, readers (folder, npz, shards), preprocessing, splits."""

@@ -1,0 +1,185 @@
+"""`synthfm data prepare`: preprocess a card into a new card (folder or shards); resumable."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from synthfm.config import StrictModel
+from synthfm.data.card import CARD_FILE, SourceSpec, SplitSpec, write_card
+from synthfm.data.images import encode_png, load_image
+from synthfm.data.manifest import ID, SPLIT, CardData, load_card
+from synthfm.data.preprocess import PrepareConfig, preprocess
+from synthfm.data.readers import NpzDataset
+from synthfm.data.shards import ShardRecord, shard_name, write_shard
+from synthfm.errors import SynthfmError
+from synthfm.io import atomic_path, atomic_write_bytes
+from synthfm.progress import progress_bar
+from synthfm.runs import RunDir
+
+PROGRESS_FILE = "progress.jsonl"
+MANIFEST = "manifest.parquet"
+
+
+class PrepareRun(StrictModel):
+    """The resolved inputs of one prepare run (its config hash keys the run directory)."""
+
+    source_card: str
+    config: PrepareConfig
+
+
+def _stem(text: str) -> str:
+    """A file-name-safe stem."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", Path(text).stem)[:60] or "img"
+
+
+class _Source:
+    """Row-wise access to source images and masks, whatever the card's format."""
+
+    def __init__(self, data: CardData) -> None:
+        self.data = data
+        self.npz = NpzDataset(data) if data.card.source.format == "npz" else None
+        if data.card.source.format == "shards":
+            raise SynthfmError("prepare reads folder or npz cards; this card is already shards",
+                               "prepare from the original folder/npz card")
+
+    def image(self, i: int) -> np.ndarray:
+        """Row i's image."""
+        if self.npz is not None:
+            return self.npz.raw(i)
+        return load_image(self.data.image_path(i), self.data.channels, where=f"manifest row {i + 1}")
+
+    def masks(self, i: int) -> dict[str, np.ndarray]:
+        """Row i's masks, by mask name."""
+        out = {}
+        for name, col in self.data.card.masks.items():
+            path = self.data.source_root / str(self.data.df[col].iat[i])
+            out[name] = load_image(path, 1, where=f"mask '{name}' of manifest row {i + 1}")
+        return out
+
+
+def _done_rows(run: RunDir) -> dict[int, dict[str, Any]]:
+    """Rows already finished in an interrupted run, from the progress log (torn last line ignored)."""
+    path = run.path / PROGRESS_FILE
+    done: dict[int, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[int(rec["row"])] = rec
+    return done
+
+
+def _log_rows(run: RunDir, recs: list[dict[str, Any]]) -> None:
+    """Append finished rows to the progress log."""
+    with open(run.path / PROGRESS_FILE, "a") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in recs)
+
+
+def prepare_card(card_path: str | Path, out_dir: str | Path, cfg: PrepareConfig | None = None) -> Path:
+    """Preprocess every image of a card into `out_dir`, writing a new card; return its dataset.yaml."""
+    cfg = cfg or PrepareConfig()
+    data = load_card(card_path)
+    if cfg.limit is not None and cfg.limit < len(data):
+        data = data.subset(np.arange(cfg.limit))
+    out = Path(out_dir).resolve()
+    if out == data.card_dir.resolve() or out == data.source_root.resolve():
+        raise SynthfmError(f"prepare would write into the source card's folder {out}",
+                           "choose a different --out; the source is never modified")
+    run = RunDir(out, "data.prepare", PrepareRun(source_card=str(Path(card_path).resolve()), config=cfg))
+    if run.open() == "done":
+        return out / CARD_FILE
+    done = _done_rows(run)
+    writer = _write_shards if cfg.format == "shards" else _write_folder
+    writer(data, _Source(data), run, cfg, done)
+    card_path_out = _finish(data, run, cfg, _done_rows(run))
+    run.complete(images=len(data), format=cfg.format, size=cfg.size)
+    return card_path_out
+
+
+def _process(src: _Source, i: int, cfg: PrepareConfig) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """Preprocess row i."""
+    return preprocess(src.image(i), src.data.card.modality, cfg, src.masks(i))
+
+
+def _rel(data: CardData, i: int) -> str:
+    """Output image path (relative to the new card) for row i."""
+    return f"images/{i:07d}_{_stem(str(data.df[ID].iat[i]))}.png"
+
+
+def _write_folder(data: CardData, src: _Source, run: RunDir, cfg: PrepareConfig, done: dict) -> None:
+    """Write each image (and mask) as PNG, atomically, skipping rows already done."""
+    todo = [i for i in range(len(data)) if i not in done]
+    for i in progress_bar(todo, "prepare", total=len(todo)):
+        img, masks, q = _process(src, i, cfg)
+        rel = _rel(data, i)
+        atomic_write_bytes(run.path / rel, encode_png(img))
+        for name, m in masks.items():
+            atomic_write_bytes(run.path / f"masks/{name}/{Path(rel).name}", encode_png(m))
+        _log_rows(run, [{"row": i, "path": rel, **q}])
+
+
+def _shard_groups(data: CardData, size: int) -> Iterator[tuple[str, list[int]]]:
+    """(shard file name, rows) per shard: rows grouped by split, in manifest order."""
+    for split in sorted(set(data.df[SPLIT])):
+        rows = np.flatnonzero(data.df[SPLIT].to_numpy() == split).tolist()
+        prefix = split or "all"
+        for k in range(0, len(rows), size):
+            yield shard_name(prefix, k // size), rows[k:k + size]
+
+
+def _write_shards(data: CardData, src: _Source, run: RunDir, cfg: PrepareConfig, done: dict) -> None:
+    """Write shards atomically; a shard whose rows are all logged is skipped on resume."""
+    groups = list(_shard_groups(data, cfg.shard_size))
+    todo = [(name, rows) for name, rows in groups if not (all(r in done for r in rows) and (run.path / "shards" / name).is_file())]
+    for name, rows in progress_bar(todo, "prepare shards", total=len(todo)):
+        recs: list[dict[str, Any]] = []
+
+        def records(rows: list[int] = rows, recs: list[dict[str, Any]] = recs) -> Iterator[ShardRecord]:
+            """Preprocessed records of one shard."""
+            for i in rows:
+                img, _, q = _process(src, i, cfg)
+                recs.append({"row": i, "path": f"shards/{name}#{i:07d}", **q})
+                meta = {"row": i, "id": str(data.df[ID].iat[i]),
+                        "labels": {k: np.asarray(v).tolist() for k, v in data.row_labels(i).items()}}
+                yield ShardRecord(f"{i:07d}", img, meta)
+
+        write_shard(run.path / "shards" / name, records(), cfg.encoding)
+        _log_rows(run, recs)
+
+
+def _finish(data: CardData, run: RunDir, cfg: PrepareConfig, done: dict[int, dict[str, Any]]) -> Path:
+    """Write the new manifest and card (last, so a card on disk means all images are there)."""
+    q = pd.DataFrame([done[i] for i in range(len(data))]).drop(columns=["row"])
+    df = data.df.drop(columns=[ID, SPLIT]).reset_index(drop=True)
+    old_path = data.card.source.path_column
+    if data.card.source.format == "folder" and old_path in df.columns:
+        df = df.rename(columns={old_path: "source_path"})
+    df["image_id"] = data.df[ID].to_numpy()
+    df = pd.concat([df.drop(columns=[c for c in q.columns if c in df.columns]), q], axis=1)
+    masks = {}
+    for name, col in data.card.masks.items():
+        df[col] = [f"masks/{name}/{Path(p).name}" for p in q["path"]]
+        masks[name] = col
+    split = None
+    if data.card.split is not None:
+        df["split"] = data.df[SPLIT].to_numpy()
+        split = SplitSpec(column="split")
+    with atomic_path(run.path / MANIFEST) as tmp:
+        df.to_parquet(tmp, index=False)
+    src = (SourceSpec(format="shards", root="shards") if cfg.format == "shards"
+           else SourceSpec(format="folder", root=".", path_column="path"))
+    card = data.card.model_copy(update={
+        "source": src, "manifest": MANIFEST, "id_column": "image_id", "split": split, "derive": {},
+        "masks": masks if cfg.format == "folder" else {},
+        "description": (data.card.description + f" [prepared: {cfg.size}px {cfg.format}]").strip(),
+    })
+    return write_card(card, run.path)

@@ -1,0 +1,122 @@
+"""WebDataset tar shards: atomic writing, resumable at the first missing shard, and stream reading.
+
+Each sample is `<key>.<enc>` (the image: raw `npy`, lossless `png`, or `jpg`) plus `<key>.json`
+holding the manifest row id, its row number and its encoded labels. Shards are named
+`<prefix>-000000.tar`, `<prefix>-000001.tar`, … and each is written to a temporary file that is
+renamed into place only when complete, so a reader never sees half a shard and a writer that was
+killed resumes at the first shard that is missing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from synthfm.data.images import encode_png, load_image
+from synthfm.errors import SynthfmError
+from synthfm.io import atomic_path
+
+Encoding = Literal["npy", "png", "jpg"]
+ENCODINGS: tuple[str, ...] = ("npy", "png", "jpg")
+
+
+@dataclass
+class ShardRecord:
+    """One image with the JSON record that travels beside it in a shard."""
+
+    key: str
+    image: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def shard_name(prefix: str, k: int) -> str:
+    """The file name of shard k."""
+    return f"{prefix}-{k:06d}.tar"
+
+
+def encode_image(arr: np.ndarray, encoding: Encoding) -> bytes:
+    """Encode an image array for a shard (npy never pickles)."""
+    if encoding == "npy":
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+        return buf.getvalue()
+    if encoding == "png":
+        return encode_png(arr)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, encoding: str, channels: int, where: str) -> np.ndarray:
+    """Decode a shard's image bytes (npy with allow_pickle=False)."""
+    if encoding == "npy":
+        try:
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as err:
+            raise SynthfmError(f"corrupt npy image in shard sample {where}: {err}", "rewrite the shard") from None
+    return load_image(data, channels, where)
+
+
+def write_shard(path: Path, records: Iterable[ShardRecord], encoding: Encoding) -> int:
+    """Write one shard atomically (temp file, then rename); return the number of samples."""
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        sink = wds.TarWriter(fh, encoder=False)
+        try:
+            for rec in records:
+                if "." in rec.key:
+                    raise ValueError(f"shard keys may not contain '.': {rec.key!r}")
+                sink.write({"__key__": rec.key, encoding: encode_image(rec.image, encoding),
+                            "json": json.dumps(rec.meta, default=_jsonable).encode()})
+                n += 1
+        finally:
+            sink.close()
+    return n
+
+
+def _jsonable(obj: Any) -> Any:
+    """JSON fallback for numpy scalars and arrays."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def shard_urls(folder: Path, prefix: str | None = None) -> list[str]:
+    """The complete shards in a folder (optionally only one prefix), sorted."""
+    pattern = f"{prefix}-*.tar" if prefix else "*.tar"
+    urls = sorted(str(p) for p in folder.glob(pattern) if not p.name.startswith("."))
+    if not urls:
+        raise SynthfmError(f"no shards matching {pattern} in {folder}",
+                           "write shards with 'synthfm data prepare --format shards' or fix source.root")
+    return urls
+
+
+def iter_shards(urls: list[str], channels: int, shuffle: int = 0, seed: int = 0) -> Iterator[dict[str, Any]]:
+    """Stream decoded samples `{image, meta, key}` from shards, split across nodes and workers."""
+    ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node,
+                        workersplitter=wds.split_by_worker, empty_check=False, seed=seed)
+    if shuffle:
+        ds = ds.shuffle(shuffle, seed=seed)
+    for sample in ds:
+        yield _decode_sample(sample, channels)
+
+
+def _decode_sample(sample: dict[str, Any], channels: int) -> dict[str, Any]:
+    """Turn a raw shard sample into arrays and a record."""
+    key = sample["__key__"]
+    enc = next((e for e in ENCODINGS if e in sample), None)
+    if enc is None:
+        raise SynthfmError(f"shard sample {key} in {sample.get('__url__')} has no image ({'/'.join(ENCODINGS)})",
+                           "rewrite the shard with synthfm")
+    return {"key": key, "image": decode_image(sample[enc], enc, channels, f"{sample.get('__url__')}:{key}"),
+            "meta": json.loads(sample["json"]) if "json" in sample else {}}

@@ -1,0 +1,1 @@
+"""synthfm.evaluate: see docs/architecture.md."""

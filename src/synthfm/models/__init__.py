@@ -1,0 +1,1 @@
+"""synthfm.models: see docs/architecture.md."""

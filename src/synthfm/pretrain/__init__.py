@@ -1,0 +1,1 @@
+"""synthfm.pretrain: see docs/architecture.md."""

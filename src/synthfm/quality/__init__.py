@@ -1,0 +1,1 @@
+"""synthfm.quality: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""synthfm.report: see docs/architecture.md."""

@@ -1,0 +1,131 @@
+"""The run-directory contract every stage follows.
+
+A run directory holds the resolved `config.yaml` (with the package version and git commit),
+`metrics.jsonl` (one JSON object per line), the stage's artefacts, and a completion marker
+`COMPLETE.json` written last. Re-running a finished stage with the same config is a no-op;
+a different config in an existing directory is an error rather than a silent overwrite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from synthfm import __version__
+from synthfm.errors import SynthfmError
+from synthfm.io import atomic_write_json, atomic_write_text
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+MARKER_FILE = "COMPLETE.json"
+
+
+@cache
+def git_commit() -> str:
+    """The git commit of the synthfm source tree, or 'unknown' outside a checkout."""
+    src = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def config_hash(config: BaseModel | dict[str, Any]) -> str:
+    """A stable SHA-256 of a config's resolved values (first 16 hex digits)."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class RunDir:
+    """One stage's run directory: resolved config, metrics log, artefacts, completion marker."""
+
+    def __init__(self, path: str | Path, stage: str, config: BaseModel) -> None:
+        self.path = Path(path)
+        self.stage = stage
+        self.config = config
+        self.hash = config_hash(config)
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether the marker exists and was written for this same config."""
+        marker = self.path / MARKER_FILE
+        if not marker.is_file():
+            return False
+        return json.loads(marker.read_text()).get("config_hash") == self.hash
+
+    def open(self) -> str:
+        """Prepare the directory; return 'done', 'resume' or 'fresh'."""
+        cfg_file = self.path / CONFIG_FILE
+        if cfg_file.is_file():
+            found = (yaml.safe_load(cfg_file.read_text()) or {}).get("config_hash")
+            if found != self.hash:
+                raise SynthfmError(
+                    f"run directory {self.path} holds a {self.stage} run with a different config "
+                    f"(hash {found}, now {self.hash})",
+                    "choose a new output directory, or delete the old one to start over",
+                )
+            return "done" if self.is_complete else "resume"
+        self.path.mkdir(parents=True, exist_ok=True)
+        header = {
+            "stage": self.stage,
+            "synthfm_version": __version__,
+            "git_commit": git_commit(),
+            "config_hash": self.hash,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": self.config.model_dump(mode="json"),
+        }
+        atomic_write_text(cfg_file, yaml.safe_dump(header, sort_keys=False))
+        return "fresh"
+
+    def log(self, **metrics: Any) -> None:
+        """Append one metrics record (flushed and synced, so a kill loses at most this line)."""
+        record = {"time": time.time(), **metrics}
+        with open(self.path / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Read back the metrics log, skipping a torn last line."""
+        path = self.path / METRICS_FILE
+        if not path.is_file():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def complete(self, **summary: Any) -> None:
+        """Write the completion marker, last of all."""
+        atomic_write_json(self.path / MARKER_FILE, {
+            "config_hash": self.hash, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "summary": summary,
+        })
+
+    def summary(self) -> dict[str, Any]:
+        """The summary recorded in the completion marker."""
+        return json.loads((self.path / MARKER_FILE).read_text()).get("summary", {})
+
+
+def run_stage(path: str | Path, stage: str, config: BaseModel, work: Callable[[RunDir], dict[str, Any]]) -> RunDir:
+    """Run `work` in a run directory unless it already finished with this config."""
+    run = RunDir(path, stage, config)
+    if run.open() == "done":
+        return run
+    summary = work(run)
+    run.complete(**(summary or {}))
+    return run

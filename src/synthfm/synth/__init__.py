@@ -1,0 +1,1 @@
+"""Generators behind one interface: phantoms, RaSD randomized synthesis, diffusion."""

@@ -1,0 +1,65 @@
+"""Patient-level stratified splits: whole patients, ratios per stratum, seeded, never leaking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from synthfm.data.manifest import SPLIT, load_card
+from synthfm.data.splits import SplitConfig, _allocate, assign_splits, split_card
+from synthfm.errors import SynthfmError
+
+
+def test_allocate_largest_remainder() -> None:
+    assert _allocate(10, (0.7, 0.1, 0.2)) == [7, 1, 2]
+    assert _allocate(3, (0.5, 0.25, 0.25)) == [2, 1, 0] or sum(_allocate(3, (0.5, 0.25, 0.25))) == 3
+    assert sum(_allocate(7, (0.6, 0.2, 0.2))) == 7
+
+
+def test_assign_keeps_patients_whole_and_stratifies() -> None:
+    patients = pd.Series([f"p{i // 3}" for i in range(300)])
+    strata = pd.Series([str((i // 3) % 2) for i in range(300)])
+    split = assign_splits(patients, strata, (0.6, 0.2, 0.2), seed=1)
+    assert split.groupby(patients).nunique().max() == 1
+    for s in ("0", "1"):
+        counts = split[strata == s].value_counts()
+        assert counts["train"] == 90 and counts["val"] == 30 and counts["test"] == 30
+
+
+def test_assign_is_seeded() -> None:
+    p = pd.Series([f"p{i}" for i in range(50)])
+    s = pd.Series(["a"] * 50)
+    assert assign_splits(p, s, (0.7, 0.1, 0.2), 3).equals(assign_splits(p, s, (0.7, 0.1, 0.2), 3))
+    assert not assign_splits(p, s, (0.7, 0.1, 0.2), 3).equals(assign_splits(p, s, (0.7, 0.1, 0.2), 4))
+
+
+def test_split_card_writes_new_card_without_touching_source(make_card, tmp_path) -> None:
+    src = make_card(n=40)
+    before = (src / "manifest.csv").read_bytes()
+    out = split_card(src, tmp_path / "split", SplitConfig(ratios=(0.5, 0.25, 0.25), seed=0))
+    assert (src / "manifest.csv").read_bytes() == before
+    data = load_card(out)
+    assert set(data.df[SPLIT]) == {"train", "val", "test"}
+    assert data.df.groupby("patient")[SPLIT].nunique().max() == 1
+    assert data.image_path(0).is_file()
+
+
+def test_split_keep_existing_test(make_card, tmp_path) -> None:
+    def with_test(df: pd.DataFrame) -> pd.DataFrame:
+        return df.assign(split=["test" if int(p[1:]) < 4 else "train" for p in df["patient"]])
+    src = make_card(n=40, rows=with_test, card={"split": {"column": "split"}})
+    out = load_card(split_card(src, tmp_path / "s", SplitConfig(ratios=(0.75, 0.25, 0.0), keep=["test"])))
+    orig = load_card(src)
+    np.testing.assert_array_equal(out.df[SPLIT] == "test", orig.df[SPLIT] == "test")
+    assert (out.df[SPLIT] == "val").sum() > 0
+
+
+def test_bad_ratios_rejected() -> None:
+    with pytest.raises(ValueError, match="sum to 1"):
+        SplitConfig(ratios=(0.5, 0.5, 0.5))
+
+
+def test_unknown_keep_split(make_card, tmp_path) -> None:
+    with pytest.raises(SynthfmError, match="unknown split"):
+        split_card(make_card(), tmp_path / "s", SplitConfig(keep=["holdout"]))

@@ -1,0 +1,75 @@
+"""The run-directory contract and atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synthfm import __version__
+from synthfm.config import StrictModel
+from synthfm.errors import SynthfmError
+from synthfm.io import atomic_open, atomic_write_text
+from synthfm.runs import RunDir, config_hash, run_stage
+
+
+class Cfg(StrictModel):
+    steps: int = 3
+    name: str = "x"
+
+
+def test_fresh_run_writes_resolved_config_with_version(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r", "demo", Cfg(steps=5))
+    assert run.open() == "fresh"
+    header = yaml.safe_load((tmp_path / "r/config.yaml").read_text())
+    assert header["config"] == {"steps": 5, "name": "x"}
+    assert header["synthfm_version"] == __version__ and header["git_commit"]
+    assert header["config_hash"] == config_hash(Cfg(steps=5))
+
+
+def test_finished_stage_is_a_noop(tmp_path: Path) -> None:
+    calls = []
+    def work(run: RunDir) -> dict:
+        calls.append(1)
+        run.log(step=1, loss=0.5)
+        return {"ok": True}
+    run_stage(tmp_path / "r", "demo", Cfg(), work)
+    run = run_stage(tmp_path / "r", "demo", Cfg(), work)
+    assert calls == [1] and run.is_complete and run.summary() == {"ok": True}
+    assert run.metrics()[0]["loss"] == 0.5
+
+
+def test_interrupted_stage_resumes(tmp_path: Path) -> None:
+    def crash(run: RunDir) -> dict:
+        run.log(step=1)
+        raise RuntimeError("killed")
+    with pytest.raises(RuntimeError):
+        run_stage(tmp_path / "r", "demo", Cfg(), crash)
+    run = RunDir(tmp_path / "r", "demo", Cfg())
+    assert run.open() == "resume" and len(run.metrics()) == 1
+
+
+def test_other_config_in_same_dir_is_an_error(tmp_path: Path) -> None:
+    RunDir(tmp_path / "r", "demo", Cfg()).open()
+    with pytest.raises(SynthfmError, match="different config"):
+        RunDir(tmp_path / "r", "demo", Cfg(steps=9)).open()
+
+
+def test_torn_metrics_line_skipped(tmp_path: Path) -> None:
+    run = RunDir(tmp_path, "demo", Cfg())
+    run.open()
+    run.log(a=1)
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"a": 2, "b"')
+    assert [m["a"] for m in run.metrics()] == [1]
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "f.txt"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_open(target) as fh:
+        fh.write("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
