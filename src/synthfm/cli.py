@@ -21,9 +21,10 @@ app = typer.Typer(name="synthfm", no_args_is_help=True, add_completion=False, pr
                   help="Medical-imaging foundation models with synthetic data, end to end.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: import, prepare, split, inspect.")
 app.add_typer(data_app, name="data")
+synth_app = typer.Typer(no_args_is_help=True, help="Generators: fundus and chest X-ray phantoms (diffusion to come).")
+app.add_typer(synth_app, name="synth")
 
 PENDING = {
-    "synth": "Generators: fundus/CXR phantoms, RaSD, conditional diffusion.",
     "quality": "Quality and privacy gate for synthetic data.",
     "pretrain": "Self-supervised pretraining: MAE, DINOv2, RaSD.",
     "adapt": "Fine-tuning and linear probing.",
@@ -151,6 +152,50 @@ def inspect_cmd(
     if rep.errors:
         raise typer.Exit(2)
     console.print("[green]card OK[/]" + (f" with {len(rep.problems)} warning(s)" if rep.problems else ""))
+
+
+def _parse_condition(items: list[str]) -> dict[str, object]:
+    """key=value pairs -> a condition dict (numbers parsed as numbers)."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SynthfmError(f"--condition {item!r} is not key=value", "write e.g. --condition dr_grade=3")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    return out
+
+
+@synth_app.command("phantom")
+def phantom_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the new card")],
+    generator: Annotated[str, typer.Option(help="fundus_phantom | cxr_phantom")] = "fundus_phantom",
+    n: Annotated[int, typer.Option(help="Number of images")] = 200,
+    size: Annotated[int, typer.Option(help="Image side in pixels")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="folder | shards")] = "folder",
+    condition: Annotated[Optional[list[str]], typer.Option(help="key=value fixed for every image")] = None,  # noqa: UP045
+    target: Annotated[Optional[Path], typer.Option(help="Card whose label x age x sex distribution to match")] = None,  # noqa: UP045
+    config: Annotated[Optional[Path], typer.Option(help="YAML PhantomConfig (options above override it)")] = None,  # noqa: UP045
+) -> None:
+    """Render a procedural phantom into a dataset card with labels, metadata, masks and parameters."""
+    from synthfm.config import read_yaml, validate_config
+    from synthfm.synth.writer import PhantomConfig, render_phantom
+
+    base = read_yaml(config) if config else {}
+    given = {"generator": generator, "n": n, "size": size, "seed": seed, "format": fmt}
+    base = {**base, **{k: v for k, v in given.items() if k not in base or v != PhantomConfig.model_fields[k].default}}
+    if condition:
+        base["condition"] = {**base.get("condition", {}), **_parse_condition(condition)}
+    if target:
+        base["target"] = {**base.get("target", {}), "card": str(target)}
+    cfg = validate_config(PhantomConfig, base, str(config) if config else "command-line options")
+    console.print(f"wrote card [bold]{render_phantom(out, cfg)}[/]")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -91,15 +91,22 @@ class RunDir:
 
     def log(self, **metrics: Any) -> None:
         """Append one metrics record (flushed and synced, so a kill loses at most this line)."""
-        record = {"time": time.time(), **metrics}
-        with open(self.path / METRICS_FILE, "a") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        self.append(METRICS_FILE, [{"time": time.time(), **metrics}])
 
     def metrics(self) -> list[dict[str, Any]]:
         """Read back the metrics log, skipping a torn last line."""
-        path = self.path / METRICS_FILE
+        return self.records(METRICS_FILE)
+
+    def append(self, name: str, records: list[dict[str, Any]]) -> None:
+        """Append JSON records to a log file in the run directory, synced to disk."""
+        with open(self.path / name, "a") as fh:
+            fh.writelines(json.dumps(r, default=str) + "\n" for r in records)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def records(self, name: str) -> list[dict[str, Any]]:
+        """Read a JSON-lines log of the run directory (a torn line from a kill is skipped)."""
+        path = self.path / name
         if not path.is_file():
             return []
         out = []
@@ -109,6 +116,10 @@ class RunDir:
             except json.JSONDecodeError:
                 continue
         return out
+
+    def done_rows(self, name: str = "progress.jsonl") -> dict[int, dict[str, Any]]:
+        """Rows finished by an earlier attempt, from a progress log keyed by 'row'."""
+        return {int(r["row"]): r for r in self.records(name)}
 
     def complete(self, **summary: Any) -> None:
         """Write the completion marker, last of all."""

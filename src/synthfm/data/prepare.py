@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,26 +63,6 @@ class _Source:
         return out
 
 
-def _done_rows(run: RunDir) -> dict[int, dict[str, Any]]:
-    """Rows already finished in an interrupted run, from the progress log (torn last line ignored)."""
-    path = run.path / PROGRESS_FILE
-    done: dict[int, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[int(rec["row"])] = rec
-    return done
-
-
-def _log_rows(run: RunDir, recs: list[dict[str, Any]]) -> None:
-    """Append finished rows to the progress log."""
-    with open(run.path / PROGRESS_FILE, "a") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in recs)
-
-
 def prepare_card(card_path: str | Path, out_dir: str | Path, cfg: PrepareConfig | None = None) -> Path:
     """Preprocess every image of a card into `out_dir`, writing a new card; return its dataset.yaml."""
     cfg = cfg or PrepareConfig()
@@ -97,10 +76,10 @@ def prepare_card(card_path: str | Path, out_dir: str | Path, cfg: PrepareConfig 
     run = RunDir(out, "data.prepare", PrepareRun(source_card=str(Path(card_path).resolve()), config=cfg))
     if run.open() == "done":
         return out / CARD_FILE
-    done = _done_rows(run)
+    done = run.done_rows(PROGRESS_FILE)
     writer = _write_shards if cfg.format == "shards" else _write_folder
     writer(data, _Source(data), run, cfg, done)
-    card_path_out = _finish(data, run, cfg, _done_rows(run))
+    card_path_out = _finish(data, run, cfg, run.done_rows(PROGRESS_FILE))
     run.complete(images=len(data), format=cfg.format, size=cfg.size)
     return card_path_out
 
@@ -124,7 +103,7 @@ def _write_folder(data: CardData, src: _Source, run: RunDir, cfg: PrepareConfig,
         atomic_write_bytes(run.path / rel, encode_png(img))
         for name, m in masks.items():
             atomic_write_bytes(run.path / f"masks/{name}/{Path(rel).name}", encode_png(m))
-        _log_rows(run, [{"row": i, "path": rel, **q}])
+        run.append(PROGRESS_FILE, [{"row": i, "path": rel, **q}])
 
 
 def _shard_groups(data: CardData, size: int) -> Iterator[tuple[str, list[int]]]:
@@ -153,7 +132,7 @@ def _write_shards(data: CardData, src: _Source, run: RunDir, cfg: PrepareConfig,
                 yield ShardRecord(f"{i:07d}", img, meta)
 
         write_shard(run.path / "shards" / name, records(), cfg.encoding)
-        _log_rows(run, recs)
+        run.append(PROGRESS_FILE, recs)
 
 
 def _finish(data: CardData, run: RunDir, cfg: PrepareConfig, done: dict[int, dict[str, Any]]) -> Path:
