@@ -1,0 +1,84 @@
+"""The CLI: bad input exits 2 with one message naming the problem and the fix, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synthfm.cli import main
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_version(capsys) -> None:
+    code, out, _ = run(["version"], capsys)
+    assert code == 0 and out.strip() == "0.1.0"
+
+
+def test_inspect_ok(make_card, capsys) -> None:
+    code, out, _ = run(["data", "inspect", str(make_card(n=6))], capsys)
+    assert code == 0 and "card OK" in out and "tiny" in out
+
+
+def test_bad_card_exits_2_without_traceback(make_card, capsys) -> None:
+    code, _, err = run(["data", "inspect", str(make_card(card={"modality": "mri"}))], capsys)
+    assert code == 2 and "bad value for 'modality'" in err and "fix:" in err and "Traceback" not in err
+
+
+def test_debug_shows_traceback(make_card) -> None:
+    from synthfm.errors import SynthfmError
+    with pytest.raises(SynthfmError):
+        main(["--debug", "data", "inspect", str(make_card(card={"modality": "mri"}))])
+
+
+def test_inspect_reports_corrupt_image_and_exits_2(make_card, capsys) -> None:
+    card = make_card(n=5)
+    (card / "img/001.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    code, out, _ = run(["data", "inspect", str(card), "--sample", "0"], capsys)
+    assert code == 2 and "img/001.png" in out and "error" in out
+
+
+def test_inspect_warns_on_grayscale(make_card, capsys) -> None:
+    from PIL import Image
+    card = make_card(n=3)
+    Image.new("L", (16, 16), 50).save(card / "img/002.png")
+    code, out, _ = run(["data", "inspect", str(card), "--sample", "0"], capsys)
+    assert code == 0 and "grayscale image where RGB is expected" in out
+
+
+def test_missing_file_exit_2(make_card, capsys) -> None:
+    card = make_card(n=3)
+    (card / "img/000.png").unlink()
+    code, _, err = run(["data", "inspect", str(card)], capsys)
+    assert code == 2 and "img/000.png" in err
+
+
+def test_prepare_split_inspect(make_card, tmp_path: Path, capsys) -> None:
+    card = make_card(n=20)
+    assert run(["data", "split", str(card), "-o", str(tmp_path / "s"), "--ratios", "0.6,0.2,0.2"], capsys)[0] == 0
+    assert run(["data", "prepare", str(tmp_path / "s"), "-o", str(tmp_path / "p"), "--size", "16",
+                "--format", "shards", "--shard-size", "4"], capsys)[0] == 0
+    code, out, _ = run(["data", "inspect", str(tmp_path / "p")], capsys)
+    assert code == 0 and "train" in out and "test" in out
+
+
+def test_bad_option_value_exit_2(make_card, tmp_path: Path, capsys) -> None:
+    code, _, err = run(["data", "prepare", str(make_card()), "-o", str(tmp_path / "p"), "--format", "zip"], capsys)
+    assert code == 2 and "'format'" in err
+    code, _, err = run(["data", "split", str(make_card(name="b")), "-o", str(tmp_path / "q"), "--ratios", "a,b"], capsys)
+    assert code == 2 and "--ratios" in err
+
+
+def test_pending_stage_says_not_yet(capsys) -> None:
+    code, _, err = run(["quality"], capsys)
+    assert code == 1 and "not yet available" in err
