@@ -75,7 +75,8 @@ def test_prepare_split_inspect(make_card, tmp_path: Path, capsys) -> None:
 def test_bad_option_value_exit_2(make_card, tmp_path: Path, capsys) -> None:
     code, _, err = run(["data", "prepare", str(make_card()), "-o", str(tmp_path / "p"), "--format", "zip"], capsys)
     assert code == 2 and "'format'" in err
-    code, _, err = run(["data", "split", str(make_card(name="b")), "-o", str(tmp_path / "q"), "--ratios", "a,b"], capsys)
+    args = ["data", "split", str(make_card(name="b")), "-o", str(tmp_path / "q"), "--ratios", "a,b"]
+    code, _, err = run(args, capsys)
     assert code == 2 and "--ratios" in err
 
 

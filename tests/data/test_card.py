@@ -80,7 +80,7 @@ def test_unknown_label(make_card) -> None:
 
 def test_duplicate_ids(make_card) -> None:
     card = make_card(rows=lambda df: pd.concat([df, df.iloc[[0]]], ignore_index=True))
-    with pytest.raises(SynthfmError, match="duplicate image ids.*img/000.png"):
+    with pytest.raises(SynthfmError, match=r"duplicate image ids.*img/000.png"):
         load_card(card)
 
 
@@ -106,7 +106,8 @@ def test_patient_leakage_is_an_error(make_card) -> None:
 def test_split_map_and_unknown_split(make_card) -> None:
     def splits(df: pd.DataFrame) -> pd.DataFrame:
         return df.assign(split=["dev" if int(p[1:]) % 3 == 0 else "holdout" for p in df["patient"]])
-    data = load_card(make_card(rows=splits, card={"split": {"column": "split", "map": {"dev": "val", "holdout": "test"}}}))
+    mapping = {"split": {"column": "split", "map": {"dev": "val", "holdout": "test"}}}
+    data = load_card(make_card(rows=splits, card=mapping))
     assert set(data.df[SPLIT]) == {"val", "test"}
     with pytest.raises(SynthfmError, match=r"unknown split value\(s\) \['dev', 'holdout'\]"):
         load_card(make_card(rows=splits, card={"split": {"column": "split"}}, name="b"))

@@ -20,7 +20,7 @@ def _png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
 
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
-    with pytest.raises(SynthfmError, match="not found: .*nope.png") as e:
+    with pytest.raises(SynthfmError, match=r"not found: .*nope.png") as e:
         load_image(tmp_path / "nope.png", where="manifest row 3")
     assert "manifest row 3" in e.value.message and e.value.fix
 
@@ -35,7 +35,7 @@ def test_zero_byte_file(tmp_path: Path) -> None:
 def test_corrupt_file(tmp_path: Path) -> None:
     p = tmp_path / "junk.jpg"
     p.write_bytes(b"this is not an image at all" * 10)
-    with pytest.raises(SynthfmError, match="not a readable image.*junk.jpg"):
+    with pytest.raises(SynthfmError, match=r"not a readable image.*junk.jpg"):
         load_image(p)
 
 
@@ -43,7 +43,7 @@ def test_truncated_png(tmp_path: Path) -> None:
     data = _png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     p = tmp_path / "cut.png"
     p.write_bytes(data[: len(data) // 2])
-    with pytest.raises(SynthfmError, match="(truncated|corrupt).*cut.png"):
+    with pytest.raises(SynthfmError, match=r"(truncated|corrupt).*cut.png"):
         load_image(p)
 
 
@@ -52,7 +52,7 @@ def test_truncated_jpeg(tmp_path: Path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
     p = tmp_path / "cut.jpg"
     p.write_bytes(buf.getvalue()[:300])
-    with pytest.raises(SynthfmError, match="(truncated|corrupt).*cut.jpg"):
+    with pytest.raises(SynthfmError, match=r"(truncated|corrupt).*cut.jpg"):
         load_image(p)
 
 

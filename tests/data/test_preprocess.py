@@ -74,7 +74,7 @@ def test_prepare_resumes_after_bad_image_without_redoing_work(make_card, tmp_pat
     (src / "img/004.png").write_bytes(good[:40])
     out = tmp_path / "prep"
     cfg = PrepareConfig(size=16, fov_crop=False)
-    with pytest.raises(SynthfmError, match="img/004.png"):
+    with pytest.raises(SynthfmError, match=r"img/004.png"):
         prepare_card(src, out, cfg)
     done = [json.loads(x)["row"] for x in (out / PROGRESS_FILE).read_text().splitlines()]
     assert done == [0, 1, 2, 3]

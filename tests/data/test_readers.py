@@ -81,7 +81,8 @@ def test_shards_equal_folder(make_card, tmp_path: Path) -> None:
 def test_shard_stream_splits_across_workers_without_duplicates(tmp_path: Path, make_card) -> None:
     for k in range(4):
         write_shard(tmp_path / f"train-{k:06d}.tar",
-                    (ShardRecord(f"{k}{j:03d}", np.full((4, 4, 3), j, np.uint8), {"row": k * 10 + j}) for j in range(5)),
+                    (ShardRecord(f"{k}{j:03d}", np.full((4, 4, 3), j, np.uint8), {"row": k * 10 + j})
+                     for j in range(5)),
                     "png")
     data = load_card(make_card(n=40, card={"source": {"format": "shards", "root": str(tmp_path)}}))
     ds = ShardDataset(data, split=None)

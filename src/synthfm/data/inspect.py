@@ -53,10 +53,7 @@ def label_counts(data: CardData) -> dict[str, dict[str, dict[str, int]]]:
         per: dict[str, dict[str, int]] = {}
         for split in sorted(set(data.df[SPLIT])):
             rows = data.df[SPLIT].to_numpy() == split
-            if lab.ndim == 1:
-                c = np.bincount(lab[rows], minlength=len(task.classes))
-            else:
-                c = lab[rows].sum(axis=0)
+            c = np.bincount(lab[rows], minlength=len(task.classes)) if lab.ndim == 1 else lab[rows].sum(axis=0)
             per[split or "(none)"] = {n: int(v) for n, v in zip(task.classes, c, strict=True)}
         out[task.name] = per
     return out
@@ -82,7 +79,8 @@ def metadata_summary(data: CardData) -> dict[str, dict[str, Any]]:
 def image_summary(data: CardData, sample: int, problems: list[Problem], seed: int = 0) -> dict[str, Any]:
     """Decode up to `sample` images (all with sample=0): sizes, modes, and every unreadable one."""
     n = len(data)
-    rows = np.arange(n) if sample <= 0 or sample >= n else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+    rng = np.random.default_rng(seed)
+    rows = np.arange(n) if sample <= 0 or sample >= n else np.sort(rng.choice(n, sample, replace=False))
     sizes: Counter[str] = Counter()
     modes: Counter[str] = Counter()
     if data.card.source.format == "folder":

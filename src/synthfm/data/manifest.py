@@ -83,7 +83,8 @@ def derive_columns(card: DatasetCard, df: pd.DataFrame) -> pd.DataFrame:
         bad = got.isna()
         if bad.any():
             raise SynthfmError(
-                f"derive.{name}: regex {spec.regex!r} does not match column '{spec.source}' at rows {_rows(df.index[bad])} "
+                f"derive.{name}: regex {spec.regex!r} does not match column '{spec.source}' "
+                f"at rows {_rows(df.index[bad])} "
                 f"(e.g. {df[spec.source][bad].iloc[0]!r})",
                 "widen the regex so every value matches")
         df[name] = got
@@ -142,7 +143,8 @@ def _binary_column(df: pd.DataFrame, column: str, task: TaskSpec, where: str) ->
     vals = pd.to_numeric(col, errors="coerce")
     bad = vals.isna() | ~vals.isin([0, 1])
     if bad.any():
-        raise SynthfmError(f"manifest {where}: multilabel column '{column}' must be 0/1; bad rows {_rows(col.index[bad])}",
+        raise SynthfmError(f"manifest {where}: multilabel column '{column}' must be 0/1; "
+                           f"bad rows {_rows(col.index[bad])}",
                            "write 0 or 1 in every row")
     return vals.to_numpy(dtype=np.int64)
 

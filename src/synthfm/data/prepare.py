@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from synthfm.data.images import encode_png, load_image
 from synthfm.data.manifest import ID, SPLIT, CardData, load_card
 from synthfm.data.preprocess import PrepareConfig, preprocess
 from synthfm.data.readers import NpzDataset
-from synthfm.data.shards import ShardRecord, shard_name, write_shard
+from synthfm.data.shards import ShardRecord, plan_shards, write_shards_resumable
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path, atomic_write_bytes
 from synthfm.progress import progress_bar
@@ -106,33 +105,17 @@ def _write_folder(data: CardData, src: _Source, run: RunDir, cfg: PrepareConfig,
         run.append(PROGRESS_FILE, [{"row": i, "path": rel, **q}])
 
 
-def _shard_groups(data: CardData, size: int) -> Iterator[tuple[str, list[int]]]:
-    """(shard file name, rows) per shard: rows grouped by split, in manifest order."""
-    for split in sorted(set(data.df[SPLIT])):
-        rows = np.flatnonzero(data.df[SPLIT].to_numpy() == split).tolist()
-        prefix = split or "all"
-        for k in range(0, len(rows), size):
-            yield shard_name(prefix, k // size), rows[k:k + size]
-
-
 def _write_shards(data: CardData, src: _Source, run: RunDir, cfg: PrepareConfig, done: dict) -> None:
     """Write shards atomically; a shard whose rows are all logged is skipped on resume."""
-    groups = list(_shard_groups(data, cfg.shard_size))
-    todo = [(name, rows) for name, rows in groups if not (all(r in done for r in rows) and (run.path / "shards" / name).is_file())]
-    for name, rows in progress_bar(todo, "prepare shards", total=len(todo)):
-        recs: list[dict[str, Any]] = []
+    def make(i: int, name: str) -> tuple[ShardRecord, dict[str, Any]]:
+        """One preprocessed shard record and its progress row."""
+        img, _, q = _process(src, i, cfg)
+        meta = {"row": i, "id": str(data.df[ID].iat[i]),
+                "labels": {k: np.asarray(v).tolist() for k, v in data.row_labels(i).items()}}
+        return ShardRecord(f"{i:07d}", img, meta), {"row": i, "path": f"shards/{name}#{i:07d}", **q}
 
-        def records(rows: list[int] = rows, recs: list[dict[str, Any]] = recs) -> Iterator[ShardRecord]:
-            """Preprocessed records of one shard."""
-            for i in rows:
-                img, _, q = _process(src, i, cfg)
-                recs.append({"row": i, "path": f"shards/{name}#{i:07d}", **q})
-                meta = {"row": i, "id": str(data.df[ID].iat[i]),
-                        "labels": {k: np.asarray(v).tolist() for k, v in data.row_labels(i).items()}}
-                yield ShardRecord(f"{i:07d}", img, meta)
-
-        write_shard(run.path / "shards" / name, records(), cfg.encoding)
-        run.append(PROGRESS_FILE, recs)
+    plan = plan_shards(data.df[SPLIT].tolist(), cfg.shard_size)
+    write_shards_resumable(run, plan, make, cfg.encoding, PROGRESS_FILE, "prepare shards")
 
 
 def _finish(data: CardData, run: RunDir, cfg: PrepareConfig, done: dict[int, dict[str, Any]]) -> Path:

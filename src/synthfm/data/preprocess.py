@@ -126,8 +126,11 @@ def quality_flag(q: dict[str, float], t: QualityThresholds) -> str:
     return "ok"
 
 
+Quality = dict[str, float | str]
+
+
 def preprocess(img: np.ndarray, modality: str, cfg: PrepareConfig,
-               masks: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float | str]]:
+               masks: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], Quality]:
     """One image (and its masks, same geometry) through the modality's preprocessing, with quality measures."""
     p = preset(modality)
     use_fov = p.fov_crop if cfg.fov_crop is None else cfg.fov_crop

@@ -64,7 +64,8 @@ class NpzDataset(CardDataset):
             with np.load(self.data.source_root, allow_pickle=False) as npz:
                 return {s: npz[card.source.npz_key.format(split=s)] for s in needed}
         except KeyError as err:
-            raise SynthfmError(f"{self.data.source_root} has no array {err}", "fix source.npz_key in the card") from None
+            raise SynthfmError(f"{self.data.source_root} has no array {err}",
+                               "fix source.npz_key in the card") from None
         except (OSError, ValueError) as err:
             raise SynthfmError(f"cannot read {self.data.source_root}: {err}", "re-export the .npz") from None
 

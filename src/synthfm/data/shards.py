@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +23,8 @@ from PIL import Image
 from synthfm.data.images import encode_png, load_image
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path
+from synthfm.progress import progress_bar
+from synthfm.runs import RunDir
 
 Encoding = Literal["npy", "png", "jpg"]
 ENCODINGS: tuple[str, ...] = ("npy", "png", "jpg")
@@ -120,3 +122,34 @@ def _decode_sample(sample: dict[str, Any], channels: int) -> dict[str, Any]:
                            "rewrite the shard with synthfm")
     return {"key": key, "image": decode_image(sample[enc], enc, channels, f"{sample.get('__url__')}:{key}"),
             "meta": json.loads(sample["json"]) if "json" in sample else {}}
+
+
+def plan_shards(splits: list[str], size: int) -> list[tuple[str, list[int]]]:
+    """(shard file name, rows) per shard: rows grouped by split in order, `size` per shard."""
+    plan = []
+    for split in sorted(set(splits)):
+        rows = [i for i, s in enumerate(splits) if s == split]
+        plan += [(shard_name(split or "all", k // size), rows[k:k + size]) for k in range(0, len(rows), size)]
+    return plan
+
+
+MakeRecord = Callable[[int, str], tuple[ShardRecord, dict[str, Any]]]
+
+
+def _collect(rows: list[int], name: str, make: MakeRecord, recs: list[dict[str, Any]]) -> Iterator[ShardRecord]:
+    """Yield each row's shard record, keeping its progress row in `recs`."""
+    for i in rows:
+        rec, row = make(i, name)
+        recs.append(row)
+        yield rec
+
+
+def write_shards_resumable(run: RunDir, plan: list[tuple[str, list[int]]], make: MakeRecord,
+                           encoding: Encoding, progress_file: str, label: str) -> None:
+    """Write planned shards into run/shards atomically, skipping those an earlier attempt finished."""
+    done = run.done_rows(progress_file)
+    todo = [(n, r) for n, r in plan if not (all(i in done for i in r) and (run.path / "shards" / n).is_file())]
+    for name, rows in progress_bar(todo, label, total=len(todo)):
+        recs: list[dict[str, Any]] = []
+        write_shard(run.path / "shards" / name, _collect(rows, name, make, recs), encoding)
+        run.append(progress_file, recs)

@@ -20,7 +20,8 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
 
 
-def build_transform(modality: str, size: int, train: bool = False, scale: tuple[float, float] = (0.2, 1.0)) -> Transform:
+def build_transform(modality: str, size: int, train: bool = False,
+                    scale: tuple[float, float] = (0.2, 1.0)) -> Transform:
     """Array -> normalised float tensor at `size`; with `train`, random resized crop + horizontal flip."""
     p = preset(modality)
     geo: list[Callable] = (

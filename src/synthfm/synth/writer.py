@@ -8,7 +8,6 @@ written card is a dataset like any other and a ground-truth oracle for later sta
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +27,7 @@ from synthfm.data.card import (
     write_card,
 )
 from synthfm.data.images import encode_png
-from synthfm.data.shards import ShardRecord, shard_name, write_shard
+from synthfm.data.shards import ShardRecord, plan_shards, write_shards_resumable
 from synthfm.io import atomic_path, atomic_write_bytes
 from synthfm.progress import progress_bar
 from synthfm.runs import RunDir
@@ -131,25 +130,15 @@ def _write_folder(run: RunDir, gen: Any, cfg: PhantomConfig, conds: list, splits
 
 def _write_shards(run: RunDir, gen: Any, cfg: PhantomConfig, conds: list, splits: list, done: dict) -> None:
     """Shards per split, each written atomically; a finished shard is skipped on resume."""
-    rows_by_split = {s: [i for i in range(cfg.n) if splits[i] == s] for s in SPLIT_NAMES}
-    plan = [(shard_name(s, k // cfg.shard_size), rows[k:k + cfg.shard_size])
-            for s, rows in rows_by_split.items() for k in range(0, len(rows), cfg.shard_size)]
-    todo = [(n, r) for n, r in plan if not (all(i in done for i in r) and (run.path / "shards" / n).is_file())]
-    for name, rows in progress_bar(todo, f"{cfg.generator} shards", total=len(todo)):
-        recs: list[dict[str, Any]] = []
-        write_shard(run.path / "shards" / name, _shard_records(gen, cfg, conds, splits, rows, name, recs),
-                    cfg.encoding)
-        run.append(PROGRESS_FILE, recs)
-
-
-def _shard_records(gen: Any, cfg: PhantomConfig, conds: list, splits: list, rows: list[int], name: str,
-                   recs: list[dict[str, Any]]) -> Iterator[ShardRecord]:
-    """Render a shard's rows, collecting their manifest rows in `recs` as they go."""
-    for i in rows:
+    def make(i: int, name: str) -> tuple[ShardRecord, dict[str, Any]]:
+        """Render image i as a shard record and its manifest row."""
         sample, seed = _render(gen, cfg, conds[i], i)
-        recs.append({**_row(i, sample, conds[i], seed, splits[i], cfg), "path": f"shards/{name}#{i:07d}"})
         labels = {k: int(v) for k, v in sample.labels.items()}
-        yield ShardRecord(f"{i:07d}", sample.image, {"row": i, "id": f"{i:07d}", "labels": labels})
+        row = {**_row(i, sample, conds[i], seed, splits[i], cfg), "path": f"shards/{name}#{i:07d}"}
+        return ShardRecord(f"{i:07d}", sample.image, {"row": i, "id": f"{i:07d}", "labels": labels}), row
+
+    write_shards_resumable(run, plan_shards(splits, cfg.shard_size), make, cfg.encoding, PROGRESS_FILE,
+                           f"{cfg.generator} shards")
 
 
 def _finish(run: RunDir, spec: GeneratorSpec, cfg: PhantomConfig, done: dict[int, dict[str, Any]]) -> Path:
