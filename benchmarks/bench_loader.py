@@ -94,17 +94,17 @@ def main() -> None:
             shards = {enc: prepare_card(folder, Path(tmp) / f"s{size}{enc}",
                                         PrepareConfig(size=size, fov_crop=False, format="shards", encoding=enc,
                                                       shard_size=128))
-                      for enc in ("npy", "png")}
+                      for enc in ("raw", "npy", "png")}
             cards = {"folder_png": load_card(folder)} | {f"shards_{e}": load_card(c) for e, c in shards.items()}
             step = vit_tiny_step_images_per_s(size)
             for workers in args.workers:
                 row = {"size": size, "workers": workers, "n": args.n}
                 for name, data in cards.items():
                     row[f"{name}_img_s"] = round(images_per_s(open_dataset(data), workers), 1)
-                row["shards_npy_vs_folder"] = round(row["shards_npy_img_s"] / row["folder_png_img_s"], 2)
-                row["shards_png_vs_folder"] = round(row["shards_png_img_s"] / row["folder_png_img_s"], 2)
+                for enc in ("raw", "npy", "png"):
+                    row[f"shards_{enc}_vs_folder"] = round(row[f"shards_{enc}_img_s"] / row["folder_png_img_s"], 2)
                 row["vit_tiny_step_img_s"] = round(step, 1)
-                row["shards_npy_vs_vit_tiny_step"] = round(row["shards_npy_img_s"] / step, 2)
+                row["shards_raw_vs_vit_tiny_step"] = round(row["shards_raw_img_s"] / step, 2)
                 results.append(row)
     print(json.dumps({"benchmark": "loader", "machine": f"{platform.machine()} {os.cpu_count()} cores",
                       "torch": torch.__version__, "results": results}, indent=2))

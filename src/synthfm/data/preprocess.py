@@ -35,7 +35,7 @@ class PrepareConfig(StrictModel):
 
     size: int = Field(256, ge=8, le=4096)
     format: Literal["folder", "shards"] = "folder"
-    encoding: Literal["npy", "png", "jpg"] = "png"
+    encoding: Literal["raw", "npy", "png", "jpg"] = "png"
     fov_crop: bool | None = Field(None, description="default: the modality preset's")
     intensity_window: bool | None = Field(None, description="default: the modality preset's")
     window_percentiles: tuple[float, float] = (0.5, 99.5)

@@ -1,7 +1,9 @@
 """WebDataset tar shards: atomic writing, resumable at the first missing shard, and stream reading.
 
-Each sample is `<key>.<enc>` (the image: raw `npy`, lossless `png`, or `jpg`) plus `<key>.json`
-holding the manifest row id, its row number and its encoded labels. Shards are named
+Each sample is `<key>.<enc>` (the image: `raw` uint8 bytes whose shape is in the JSON — the
+fastest to read —, `npy`, lossless `png`, or `jpg`) plus `<key>.json` holding the manifest row id,
+its row number and its encoded labels. Tar members carry a fixed mtime, so the same images give
+byte-identical shards. Shards are named
 `<prefix>-000000.tar`, `<prefix>-000001.tar`, … and each is written to a temporary file that is
 renamed into place only when complete, so a reader never sees half a shard and a writer that was
 killed resumes at the first shard that is missing.
@@ -26,8 +28,8 @@ from synthfm.io import atomic_path
 from synthfm.progress import progress_bar
 from synthfm.runs import RunDir
 
-Encoding = Literal["npy", "png", "jpg"]
-ENCODINGS: tuple[str, ...] = ("npy", "png", "jpg")
+Encoding = Literal["raw", "npy", "png", "jpg"]
+ENCODINGS: tuple[str, ...] = ("raw", "npy", "png", "jpg")
 
 
 @dataclass
@@ -45,7 +47,9 @@ def shard_name(prefix: str, k: int) -> str:
 
 
 def encode_image(arr: np.ndarray, encoding: Encoding) -> bytes:
-    """Encode an image array for a shard (npy never pickles)."""
+    """Encode an image array for a shard (npy never pickles; raw needs the shape stored beside it)."""
+    if encoding == "raw":
+        return np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
     if encoding == "npy":
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
@@ -57,8 +61,14 @@ def encode_image(arr: np.ndarray, encoding: Encoding) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes, encoding: str, channels: int, where: str) -> np.ndarray:
-    """Decode a shard's image bytes (npy with allow_pickle=False)."""
+def decode_image(data: bytes, encoding: str, channels: int, where: str,
+                 shape: list[int] | None = None) -> np.ndarray:
+    """Decode a shard's image bytes (npy with allow_pickle=False; raw with the recorded shape)."""
+    if encoding == "raw":
+        if not shape or int(np.prod(shape)) != len(data):
+            raise SynthfmError(f"raw image in shard sample {where} does not match its shape {shape}",
+                               "rewrite the shard")
+        return np.frombuffer(data, np.uint8).reshape(shape).copy()
     if encoding == "npy":
         try:
             return np.load(io.BytesIO(data), allow_pickle=False)
@@ -71,13 +81,14 @@ def write_shard(path: Path, records: Iterable[ShardRecord], encoding: Encoding) 
     """Write one shard atomically (temp file, then rename); return the number of samples."""
     n = 0
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        sink = wds.TarWriter(fh, encoder=False)
+        sink = wds.TarWriter(fh, encoder=False, mtime=0)
         try:
             for rec in records:
                 if "." in rec.key:
                     raise ValueError(f"shard keys may not contain '.': {rec.key!r}")
+                meta = {**rec.meta, "shape": list(rec.image.shape)} if encoding == "raw" else rec.meta
                 sink.write({"__key__": rec.key, encoding: encode_image(rec.image, encoding),
-                            "json": json.dumps(rec.meta, default=_jsonable).encode()})
+                            "json": json.dumps(meta, default=_jsonable).encode()})
                 n += 1
         finally:
             sink.close()
@@ -120,8 +131,9 @@ def _decode_sample(sample: dict[str, Any], channels: int) -> dict[str, Any]:
     if enc is None:
         raise SynthfmError(f"shard sample {key} in {sample.get('__url__')} has no image ({'/'.join(ENCODINGS)})",
                            "rewrite the shard with synthfm")
-    return {"key": key, "image": decode_image(sample[enc], enc, channels, f"{sample.get('__url__')}:{key}"),
-            "meta": json.loads(sample["json"]) if "json" in sample else {}}
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    where = f"{sample.get('__url__')}:{key}"
+    return {"key": key, "image": decode_image(sample[enc], enc, channels, where, meta.get("shape")), "meta": meta}
 
 
 def plan_shards(splits: list[str], size: int) -> list[tuple[str, list[int]]]:

@@ -48,7 +48,7 @@ class PhantomConfig(StrictModel):
     size: int = Field(256, ge=16, le=2048)
     seed: int = 0
     format: Literal["folder", "shards"] = "folder"
-    encoding: Literal["npy", "png", "jpg"] = "png"
+    encoding: Literal["raw", "npy", "png", "jpg"] = "png"
     shard_size: int = Field(500, ge=1)
     ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
     condition: dict[str, Any] = Field(default_factory=dict, description="labels/metadata fixed for every image")
