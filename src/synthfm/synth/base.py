@@ -34,3 +34,26 @@ class Generator(Protocol):
     def generate(self, condition: dict[str, Any], seed: int, size: int) -> PhantomSample:
         """Render one sample for `condition` (missing keys are drawn from the generator's priors)."""
         ...
+
+
+def class_index(task: str, classes: list[str], value: Any) -> int:
+    """Class index of a condition value given as an index, a bool or a class name."""
+    if isinstance(value, str) and value in classes:
+        return classes.index(value)
+    if isinstance(value, (bool, int, np.integer)) and 0 <= int(value) < len(classes):
+        return int(value)
+    raise ValueError(f"condition '{task}'={value!r} is not one of {classes} (or an index 0..{len(classes) - 1})")
+
+
+def check_range(key: str, value: Any, bounds: tuple[float, float]) -> float:
+    """A numeric condition value inside its closed range."""
+    if not isinstance(value, (int, float, np.number)) or not bounds[0] <= float(value) <= bounds[1]:
+        raise ValueError(f"condition '{key}'={value!r} must be a number in [{bounds[0]}, {bounds[1]}]")
+    return float(value)
+
+
+def check_choice(key: str, value: Any, allowed: list[str]) -> Any:
+    """A categorical condition value among the allowed ones."""
+    if value not in allowed:
+        raise ValueError(f"condition '{key}'={value!r} is not one of {allowed}")
+    return value

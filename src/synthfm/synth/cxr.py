@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from synthfm.synth.base import PhantomSample
+from synthfm.synth.base import PhantomSample, check_choice, check_range, class_index
 
 CXR_FINDINGS = ("opacity", "cavity", "nodule", "effusion")  # values 1..4 of the `findings` mask
 CXR_TASKS: dict[str, list[str]] = {"tb": ["no", "yes"], **{f: ["no", "yes"] for f in CXR_FINDINGS}}
@@ -90,26 +90,12 @@ def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
 
 def _class_index(task: str, value: Any) -> int:
     """Class index of a task value given as an index, a bool or a class name."""
-    classes = CXR_TASKS[task]
-    if isinstance(value, str) and value in classes:
-        return classes.index(value)
-    if isinstance(value, (bool, int, np.integer)) and 0 <= int(value) < len(classes):
-        return int(value)
-    raise ValueError(f"condition '{task}'={value!r} is not one of {classes} or an index into them")
+    return class_index(task, CXR_TASKS[task], value)
 
 
 def _check_choice(key: str, value: Any) -> Any:
     """Validate a categorical metadata value."""
-    if value not in CXR_METADATA[key]:
-        raise ValueError(f"condition '{key}'={value!r} is not one of {CXR_METADATA[key]}")
-    return value
-
-
-def _check_range(key: str, value: Any, bounds: tuple[float, float]) -> float:
-    """Validate a numeric condition value against its closed range."""
-    if not isinstance(value, (int, float, np.number)) or not bounds[0] <= float(value) <= bounds[1]:
-        raise ValueError(f"condition '{key}'={value!r} must be a number in [{bounds[0]}, {bounds[1]}]")
-    return float(value)
+    return check_choice(key, value, CXR_METADATA[key])
 
 
 def _validate(condition: dict[str, Any]) -> dict[str, Any]:
@@ -122,9 +108,9 @@ def _validate(condition: dict[str, Any]) -> dict[str, Any]:
         if key in CXR_TASKS:
             out[key] = _class_index(key, value)
         elif key == "age":
-            out[key] = _check_range(key, value, CXR_METADATA["age"])
+            out[key] = check_range(key, value, CXR_METADATA["age"])
         elif key in CXR_PARAMS:
-            out[key] = _check_range(key, value, CXR_PARAMS[key])
+            out[key] = check_range(key, value, CXR_PARAMS[key])
         else:
             out[key] = _check_choice(key, value)
     return out

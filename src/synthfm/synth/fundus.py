@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage as ndi
 
-from synthfm.synth.base import PhantomSample
+from synthfm.synth.base import PhantomSample, check_choice, check_range, class_index
 
 FUNDUS_TASKS: dict[str, list[str]] = {
     "dr_grade": ["0", "1", "2", "3", "4"],
@@ -139,34 +139,22 @@ def _stream(seed: int, name: str) -> np.random.Generator:
 
 def _class_index(task: str, value: Any) -> int:
     """Class index for a task value given as index, bool or class name."""
-    names = FUNDUS_TASKS[task]
-    if isinstance(value, str) and value in names:
-        return names.index(value)
-    if isinstance(value, (bool, int, np.integer)) and 0 <= int(value) < len(names):
-        return int(value)
-    raise ValueError(f"condition {task}={value!r} is not one of {names} (or an index 0..{len(names) - 1})")
+    return class_index(task, FUNDUS_TASKS[task], value)
 
 
 def _check_metadata(key: str, value: Any) -> Any:
     """Validate one metadata value; return it normalised."""
     allowed = FUNDUS_METADATA[key]
     if isinstance(allowed, tuple):
-        if not isinstance(value, (int, float, np.number)) or not allowed[0] <= float(value) <= allowed[1]:
-            raise ValueError(f"condition {key}={value!r} must be a number in [{allowed[0]}, {allowed[1]}]")
-        return float(value)
-    if value not in allowed:
-        raise ValueError(f"condition {key}={value!r} is not one of {allowed}")
-    return value
+        return check_range(key, value, allowed)
+    return check_choice(key, value, allowed)
 
 
 def _check_override(key: str, value: Any) -> float:
     """Validate one parameter override."""
     limits = {"cup_to_disc": (0.05, 0.92), "vessel_branching": (0.0, 6.0), "vessel_tortuosity": (0.0, 3.0),
               "vessel_calibre": (0.2, 4.0)}
-    lo, hi = limits[key]
-    if not isinstance(value, (int, float, np.number)) or not lo <= float(value) <= hi:
-        raise ValueError(f"condition {key}={value!r} must be a number in [{lo}, {hi}]")
-    return float(value)
+    return check_range(key, value, limits[key])
 
 
 def validate_condition(condition: dict[str, Any]) -> dict[str, Any]:
