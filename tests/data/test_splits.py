@@ -63,3 +63,19 @@ def test_bad_ratios_rejected() -> None:
 def test_unknown_keep_split(make_card, tmp_path) -> None:
     with pytest.raises(SynthfmError, match="unknown split"):
         split_card(make_card(), tmp_path / "s", SplitConfig(keep=["holdout"]))
+
+
+def test_label_fractions_nested_stratified_patient_level() -> None:
+    from synthfm.data.splits import label_fractions
+    patients = pd.Series([f"p{i // 2}" for i in range(400)])
+    strata = pd.Series([str((i // 2) % 4) for i in range(400)])
+    subsets = label_fractions(patients, strata, [0.1, 0.2, 0.4, 1.0], seed=0)
+    assert subsets[1.0].all()
+    for small, big in ((0.1, 0.2), (0.2, 0.4), (0.4, 1.0)):
+        assert (subsets[small] <= subsets[big]).all()
+    for f, mask in subsets.items():
+        assert patients[mask].map(patients.value_counts()).eq(2).all()
+        counts = strata[mask].value_counts()
+        assert counts.min() == counts.max() == int(np.ceil(f * 50)) * 2
+    with pytest.raises(SynthfmError, match="outside"):
+        label_fractions(patients, strata, [1.5], seed=0)

@@ -96,3 +96,22 @@ def _write(data: CardData, df: pd.DataFrame, out: Path) -> Path:
     card = data.card.model_copy(update={"source": source, "manifest": MANIFEST, "derive": {},
                                         "split": SplitSpec(column="split")})
     return write_card(card, out)
+
+
+def label_fractions(patients: pd.Series, strata: pd.Series, fractions: list[float],
+                    seed: int) -> dict[float, np.ndarray]:
+    """Nested, patient-level, stratified subsets: fraction -> boolean row mask; smaller ⊂ larger.
+
+    Patients are shuffled once per stratum; each fraction takes the first ceil(f·n) of them, so every
+    subset contains every smaller one and keeps whole patients.
+    """
+    per_patient = strata.groupby(patients).agg(lambda s: s.value_counts().index[0])
+    rng = np.random.default_rng(seed)
+    ranked = {s: g.index.to_numpy()[rng.permutation(len(g))] for s, g in per_patient.groupby(per_patient, sort=True)}
+    out = {}
+    for f in sorted(fractions):
+        if not 0 < f <= 1:
+            raise SynthfmError(f"label fraction {f} is outside (0, 1]", "use fractions such as 0.1, 0.2, 0.4, 1.0")
+        keep = {p for ids in ranked.values() for p in ids[: int(np.ceil(f * len(ids)))]}
+        out[f] = patients.isin(keep).to_numpy()
+    return out

@@ -1,0 +1,79 @@
+"""Metrics and statistics against hand computations and scipy on known data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from synthfm.errors import SynthfmError
+from synthfm.evaluate.metrics import binary_metrics, confusion, multiclass_metrics, multilabel_metrics
+from synthfm.evaluate.stats import holm, shapiro, summarise, t_test
+
+
+def test_binary_metrics_by_hand() -> None:
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.6, 0.4, 0.8])
+    m = binary_metrics(y, p)
+    # pairs (pos, neg): (0.4,0.1)+ (0.4,0.6)- (0.8,0.1)+ (0.8,0.6)+ -> 3/4
+    assert m["auroc"] == pytest.approx(0.75)
+    # ranking 0.8(+) 0.6(-) 0.4(+) 0.1(-): AP = (1/1 + 2/3) / 2
+    assert m["auprc"] == pytest.approx((1 + 2 / 3) / 2)
+    # predictions at 0.5: [0, 1, 0, 1]: tp=1 fn=1 tn=1 fp=1
+    assert m["accuracy"] == 0.5 and m["sensitivity"] == 0.5 and m["specificity"] == 0.5 and m["f1"] == 0.5
+
+
+def test_multiclass_macro_ovr_and_kappa_by_hand() -> None:
+    y = np.array([0, 1, 2, 2])
+    p = np.array([[0.8, 0.1, 0.1], [0.2, 0.5, 0.3], [0.1, 0.6, 0.3], [0.1, 0.2, 0.7]])
+    m = multiclass_metrics(y, p, ordinal=True)
+    # class 0: perfect (1.0); class 1: positive 0.5 vs negatives .1,.6,.2 -> 2/3; class 2: positives .3,.7 vs .1,.3
+    # -> (0.5 + 1 + 1 + 1)/4 = 0.875
+    assert m["auroc"] == pytest.approx((1 + 2 / 3 + 0.875) / 3)
+    assert m["accuracy"] == 0.75
+    # preds [0,1,1,2]; quadratic weights w_ij=(i-j)^2/4; observed: one (2->1) error weight 1/4 -> sum 0.25/4
+    # expected from marginals: rows [1,1,2], cols [1,2,1] over n=4
+    w = np.array([[(i - j) ** 2 / 4 for j in range(3)] for i in range(3)])
+    obs = np.zeros((3, 3))
+    for t, q in zip(y, [0, 1, 1, 2], strict=True):
+        obs[t, q] += 1
+    exp = np.outer(obs.sum(1), obs.sum(0)) / 4
+    assert m["kappa_quadratic"] == pytest.approx(1 - (w * obs).sum() / (w * exp).sum())
+    np.testing.assert_array_equal(confusion(y, p.argmax(1), 3), obs)
+
+
+def test_multilabel_skips_constant_labels() -> None:
+    y = np.array([[1, 0], [0, 0], [1, 0]])
+    p = np.array([[0.9, 0.2], [0.1, 0.3], [0.8, 0.1]])
+    m = multilabel_metrics(y, p)
+    assert m["auroc"] == 1.0 and m["accuracy"] == pytest.approx(1.0)
+
+
+def test_nan_scores_rejected() -> None:
+    with pytest.raises(SynthfmError, match="NaN"):
+        binary_metrics(np.array([0, 1]), np.array([np.nan, 0.5]))
+
+
+def test_summary_ci_matches_formula() -> None:
+    v = np.array([0.70, 0.72, 0.68, 0.75, 0.71])
+    s = summarise(v, n_boot=2000)
+    assert s.mean == pytest.approx(v.mean())
+    assert s.ci_half_width == pytest.approx(1.96 * v.std(ddof=1) / np.sqrt(5))
+    assert v.min() <= s.boot_low < s.mean < s.boot_high <= v.max()
+
+
+def test_shapiro_and_t_tests_match_scipy() -> None:
+    a = np.array([0.70, 0.72, 0.68, 0.75, 0.71])
+    b = np.array([0.66, 0.69, 0.67, 0.70, 0.65])
+    assert shapiro(a) == pytest.approx(tuple(stats.shapiro(a)))
+    assert t_test(a, b, paired=True) == pytest.approx(tuple(stats.ttest_rel(a, b)))
+    welch = stats.ttest_ind(a, b, equal_var=False)
+    assert t_test(a, b, paired=False) == pytest.approx((welch.statistic, welch.pvalue))
+    d = a - b
+    assert t_test(a, b, paired=True)[0] == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(5)))
+
+
+def test_holm_by_hand() -> None:
+    # sorted p: .01 .02 .04 -> 3*.01=.03, 2*.02=.04, 1*.04=.04 (monotone)
+    np.testing.assert_allclose(holm([0.04, 0.01, 0.02]), [0.04, 0.03, 0.04])
+    np.testing.assert_allclose(holm([0.5, 0.6]), [1.0, 1.0])
