@@ -29,6 +29,13 @@ def test_fov_mask_finds_the_disc() -> None:
     assert abs(mask.sum() - np.pi * 50**2) / (np.pi * 50**2) < 0.05
 
 
+def test_fov_mask_on_a_large_image_matches_geometry() -> None:
+    img = _disc_image(h=960, w=1000, r=420)
+    mask = fov_mask(img)
+    assert mask.shape == img.shape[:2]
+    assert abs(mask.sum() - np.pi * 420**2) / (np.pi * 420**2) < 0.02
+
+
 def test_preprocess_crops_to_fov_and_aligns_masks() -> None:
     img = _disc_image()
     marker = np.zeros(img.shape[:2], np.uint8)

@@ -44,8 +44,17 @@ class PrepareConfig(StrictModel):
     quality: QualityThresholds = Field(default_factory=QualityThresholds)
 
 
-def fov_mask(rgb: np.ndarray) -> np.ndarray:
-    """The retinal field of view: the largest bright connected region, holes filled."""
+def fov_mask(rgb: np.ndarray, work_side: int = 256) -> np.ndarray:
+    """The retinal field of view: the largest bright connected region, holes filled.
+
+    Large images are analysed at about `work_side` pixels and the mask scaled back (nearest).
+    """
+    step = max(1, min(rgb.shape[:2]) // work_side)
+    if step > 1:
+        small = fov_mask(rgb[::step, ::step], work_side)
+        big = np.repeat(np.repeat(small, step, axis=0), step, axis=1)
+        return np.pad(big, [(0, max(0, rgb.shape[0] - big.shape[0])), (0, max(0, rgb.shape[1] - big.shape[1]))],
+                      mode="edge")[: rgb.shape[0], : rgb.shape[1]]
     gray = rgb.max(axis=2) if rgb.ndim == 3 else rgb
     small = gray[::4, ::4] if min(gray.shape) > 64 else gray
     try:

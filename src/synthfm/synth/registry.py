@@ -20,6 +20,7 @@ class GeneratorSpec:
     metadata: tuple[str, ...]
     task_types: dict[str, str]
     age_range: tuple[float, float]
+    params: tuple[str, ...] = ()
 
 
 def _fundus() -> GeneratorSpec:
@@ -27,14 +28,16 @@ def _fundus() -> GeneratorSpec:
     from synthfm.synth.fundus import FUNDUS_METADATA, FUNDUS_TASKS, FundusPhantom
 
     return GeneratorSpec(FundusPhantom, "fundus", FUNDUS_TASKS, tuple(FUNDUS_METADATA), {"dr_grade": "ordinal"},
-                         tuple(FUNDUS_METADATA["age"]))
+                         tuple(FUNDUS_METADATA["age"]),
+                          ("cup_to_disc", "vessel_branching", "vessel_tortuosity", "vessel_calibre"))
 
 
 def _cxr() -> GeneratorSpec:
     """The chest X-ray phantom's spec."""
-    from synthfm.synth.cxr import CXR_METADATA, CXR_TASKS, CXRPhantom
+    from synthfm.synth.cxr import CXR_METADATA, CXR_PARAMS, CXR_TASKS, CXRPhantom
 
-    return GeneratorSpec(CXRPhantom, "cxr", CXR_TASKS, tuple(CXR_METADATA), {}, tuple(CXR_METADATA["age"]))
+    return GeneratorSpec(CXRPhantom, "cxr", CXR_TASKS, tuple(CXR_METADATA), {}, tuple(CXR_METADATA["age"]),
+                         tuple(CXR_PARAMS))
 
 
 GENERATORS: dict[str, Callable[[], GeneratorSpec]] = {"fundus_phantom": _fundus, "cxr_phantom": _cxr}
@@ -53,8 +56,8 @@ def task_type(spec: GeneratorSpec, task: str) -> str:
 
 
 def condition_keys(spec: GeneratorSpec) -> set[str]:
-    """Label and metadata keys a condition may fix."""
-    return set(spec.tasks) | set(spec.metadata)
+    """Label, metadata and rendering-parameter keys a condition may fix."""
+    return set(spec.tasks) | set(spec.metadata) | set(spec.params)
 
 
 def check_condition(spec: GeneratorSpec, condition: dict[str, Any], where: str) -> None:

@@ -96,10 +96,10 @@ def render_phantom(out_dir: str | Path, cfg: PhantomConfig | None = None) -> Pat
     """Render `cfg.n` images into a new card in `out_dir` (resuming a killed run); return its dataset.yaml."""
     cfg = cfg or PhantomConfig()
     spec = generator_spec(cfg.generator)
+    conds, splits = plan_conditions(cfg, spec), plan_splits(cfg.n, cfg.ratios, cfg.seed)
     run = RunDir(out_dir, "synth.phantom", cfg)
     if run.open() == "done":
         return run.path / "dataset.yaml"
-    conds, splits = plan_conditions(cfg, spec), plan_splits(cfg.n, cfg.ratios, cfg.seed)
     gen = spec.factory()
     writer = _write_shards if cfg.format == "shards" else _write_folder
     writer(run, gen, cfg, conds, splits, run.done_rows(PROGRESS_FILE))
