@@ -83,3 +83,20 @@ def test_bad_option_value_exit_2(make_card, tmp_path: Path, capsys) -> None:
 def test_pending_stage_says_not_yet(capsys) -> None:
     code, _, err = run(["quality"], capsys)
     assert code == 1 and "not yet available" in err
+
+
+def test_pretrain_curriculum_phantom_then_real(tmp_path: Path, capsys, cards_dir: Path, shared_data: Path) -> None:
+    import json
+
+    cfg = tmp_path / "pt.yaml"
+    cfg.write_text(
+        "recipe: mae_vit_tiny_demo\nbatch_size: 8\nlog_every: 1\ncheckpoint_every: 100\nstages:\n"
+        "  - {name: phantom, sources: [{source: phantom, n: 16}], steps: 2}\n"
+        f"  - {{name: real, sources: [{{source: '{cards_dir / 'retinamnist.yaml'}', split: train}}], steps: 2}}\n")
+    code, out, _ = run(["pretrain", "run", str(cfg), "-o", str(tmp_path / "run")], capsys)
+    assert code == 0 and "pretraining finished" in out
+    records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records if "loss" in r] == ["phantom", "phantom", "real", "real"]
+    assert (tmp_path / "run/stages/phantom/encoder").is_dir() and (tmp_path / "run/encoder").is_dir()
+    code, out, _ = run(["pretrain", "export", str(tmp_path / "run")], capsys)
+    assert code == 0 and (tmp_path / "run/export").is_dir()

@@ -21,12 +21,13 @@ app = typer.Typer(name="synthfm", no_args_is_help=True, add_completion=False, pr
                   help="Medical-imaging foundation models with synthetic data, end to end.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: import, prepare, split, inspect.")
 app.add_typer(data_app, name="data")
+pretrain_app = typer.Typer(no_args_is_help=True, help="Self-supervised pretraining (MAE; DINOv2 and RaSD to come).")
+app.add_typer(pretrain_app, name="pretrain")
 synth_app = typer.Typer(no_args_is_help=True, help="Generators: fundus and chest X-ray phantoms (diffusion to come).")
 app.add_typer(synth_app, name="synth")
 
 PENDING = {
     "quality": "Quality and privacy gate for synthetic data.",
-    "pretrain": "Self-supervised pretraining: MAE, DINOv2, RaSD.",
     "adapt": "Fine-tuning and linear probing.",
     "evaluate": "Metrics, statistics, fairness, label efficiency.",
     "analyze": "Morphology, latent maps, key metadata, Grad-CAM.",
@@ -170,6 +171,44 @@ def demo(
     console.print(f"[green]demo finished[/] in {s['seconds']} s; summary: [bold]{Path(out) / 'demo_summary.json'}[/]")
     console.print("Ran: data (cards, prepare, shards, inspect) and synth (fundus + CXR phantoms). Not yet available: "
                   + ", ".join(s["pending_stages"]) + " (see docs/architecture.md).")
+
+
+@pretrain_app.command("run")
+def pretrain_run_cmd(
+    config: Annotated[Path, typer.Argument(help="Pretraining YAML (optionally 'recipe: NAME' plus overrides)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumes if interrupted)")],
+) -> None:
+    """Pretrain an encoder over the config's curriculum; `accelerate launch -m synthfm pretrain run` for GPUs."""
+    import os
+
+    from synthfm.pretrain.config import load_pretrain_config
+    from synthfm.pretrain.engine import pretrain
+
+    summary = pretrain(load_pretrain_config(config), out)
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"pretraining finished: {summary}; encoder in [bold]{out / 'encoder'}[/]")
+
+
+@pretrain_app.command("export")
+def pretrain_export_cmd(
+    run: Annotated[Path, typer.Argument(help="Pretraining run directory")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder (default RUN/export)")] = None,  # noqa: UP045
+) -> None:
+    """Save the encoder of a run's latest checkpoint (safetensors + config) for adaptation."""
+    from synthfm.pretrain.engine import export_encoder
+
+    console.print(f"encoder saved to [bold]{export_encoder(run, out)}[/]")
+
+
+@pretrain_app.command("recipes")
+def pretrain_recipes_cmd() -> None:
+    """List the named pretraining recipes."""
+    import yaml
+
+    from synthfm.pretrain.mae import MAE_RECIPES
+
+    for name, recipe in MAE_RECIPES.items():
+        console.print(f"[bold]{name}[/]\n{yaml.safe_dump(recipe, sort_keys=False)}")
 
 
 def _parse_condition(items: list[str]) -> dict[str, object]:

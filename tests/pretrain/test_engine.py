@@ -1,0 +1,238 @@
+"""Tests of the pretraining engine: schedule, data plan, RNG state, curriculum, checkpoints and kill -9 resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from synthfm.errors import SynthfmError
+from synthfm.models.checkpoint import from_pretrained, load_state
+from synthfm.pretrain.config import pretrain_config
+from synthfm.pretrain.data import BLOCK, MixturePlan, PlanBatchSampler
+from synthfm.pretrain.engine import (
+    Engine,
+    checkpoint_dirs,
+    export_encoder,
+    lr_at,
+    param_groups,
+    pretrain,
+    rng_state,
+    set_rng_state,
+)
+from synthfm.runs import RunDir
+
+RASD = {"source": "rasd", "n": 48}
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Phantom renders shared by the tests of this session."""
+    return tmp_path_factory.mktemp("sources")
+
+
+def tiny(cache: Path, stages: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+    """A two-block ViT-Ti MAE at 32 px, batch 8: a few hundredths of a second per step on a CPU."""
+    cfg = {"recipe": "mae_vit_tiny_demo", "image_size": 32, "backbone_overrides": {"depth": 2}, "batch_size": 8,
+           "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}, "log_every": 2,
+           "checkpoint_every": 4, "optim": {"lr": 1e-3, "warmup_steps": 2}, "stages": stages,
+           "cache_dir": str(cache)}
+    return {**cfg, **kw}
+
+
+def two_stages(steps: int = 6) -> list[dict[str, Any]]:
+    """Synthetic (RaSD) then a phantom/RaSD mixture."""
+    return [{"name": "rasd", "sources": [RASD], "steps": steps},
+            {"name": "mix", "sources": [{"source": "phantom", "n": 16}, {**RASD, "weight": 0.5}], "steps": steps}]
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The full model (encoder + decoder) of a run's last checkpoint."""
+    return load_state(checkpoint_dirs(run)[-1] / "model.safetensors")
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Two state dicts hold bit-identical tensors."""
+    assert sorted(a) == sorted(b)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_lr_schedule_numbers() -> None:
+    """Linear warm-up reaches the peak at the last warm-up step; cosine is halfway at mid-decay, floor at the end."""
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0, 0.2) == pytest.approx(0.6)
+    assert lr_at(100, 100, 10, 1.0, 0.2) == pytest.approx(0.2)
+    assert lr_at(3, 10, 0, 2.0) == pytest.approx(2.0 * 0.5 * (1 + np.cos(np.pi * 0.3)))
+
+
+def test_param_groups_skip_decay_on_norms_biases_tokens() -> None:
+    """Matrices decay; biases, norms, class/mask tokens and position embeddings do not."""
+    from synthfm.pretrain.engine import TrainModule
+    from synthfm.pretrain.mae import build_mae
+
+    module = TrainModule(build_mae(pretrain_config(tiny(Path("."), two_stages()))))
+    decay, plain = param_groups(module, 0.05)
+    names = {id(p): n for n, p in module.named_parameters()}
+    plain_names = {names[id(p)] for p in plain["params"]}
+    assert decay["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert {"parts.mae.encoder.pos_embed", "parts.mae.encoder.cls_token", "parts.mae.mask_token"} <= plain_names
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert len(decay["params"]) + len(plain["params"]) == len(list(module.parameters()))
+
+
+def test_plan_single_source_is_a_permutation_per_round() -> None:
+    """One source: each round visits every index once, rounds are reshuffled, and positions are reproducible."""
+    plan = MixturePlan([10], [1.0], seed=3)
+    first = [plan.at(k) for k in range(20)]
+    assert sorted(i for _, i, r in first if r == 0) == list(range(10))
+    assert sorted(i for _, i, r in first if r == 1) == list(range(10))
+    assert [i for _, i, _ in first[:10]] != [i for _, i, _ in first[10:]]
+    assert first == [MixturePlan([10], [1.0], seed=3).at(k) for k in range(20)]
+
+
+def test_plan_mixing_ratio() -> None:
+    """Weights 2:1 give 683 / 341 draws per block of 1024, and no source index repeats within its round."""
+    plan = MixturePlan([5000, 7], [2.0, 1.0], seed=0)
+    keys = [plan.at(k) for k in range(BLOCK)]
+    counts = np.bincount([s for s, _, _ in keys])
+    assert counts.tolist() == [683, 341]
+    big = [i for s, i, _ in keys if s == 0]
+    assert len(set(big)) == len(big)
+    small_round0 = sorted(i for s, i, r in keys if s == 1 and r == 0)
+    assert small_round0 == list(range(7))
+
+
+def test_sampler_ranks_partition_global_batches() -> None:
+    """Two ranks take disjoint halves of each global micro-batch; starting at batch 3 skips exactly 3."""
+    plan = MixturePlan([50], [1.0], seed=0)
+    ranks = [list(PlanBatchSampler(plan, 4, start=0, count=5, rank=r, world=2)) for r in range(2)]
+    assert [plan.at(k) for k in range(8)] == ranks[0][0] + ranks[1][0]
+    resumed = list(PlanBatchSampler(plan, 4, start=3, count=2, rank=1, world=2))
+    assert resumed == ranks[1][3:]
+
+
+def test_rng_state_round_trip() -> None:
+    """Restoring saved RNG state replays the same torch, numpy and python draws."""
+    state = rng_state()
+    draws = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
+
+
+def test_config_errors_name_the_key() -> None:
+    """steps and epochs together, an unknown key, and duplicate stage names are clear errors."""
+    with pytest.raises(SynthfmError, match="exactly one of 'steps' or 'epochs'"):
+        pretrain_config({"stages": [{"name": "a", "sources": [RASD], "steps": 2, "epochs": 1}]})
+    with pytest.raises(SynthfmError, match=r"unknown key 'optim\.lr_peak'"):
+        pretrain_config({"optim": {"lr_peak": 1}, "stages": [{"name": "a", "sources": [RASD], "steps": 2}]})
+    with pytest.raises(SynthfmError, match="unique"):
+        pretrain_config({"stages": [{"name": "a", "sources": [RASD], "steps": 2}] * 2})
+
+
+def test_mae_loss_decreases_on_phantom(cache: Path, tmp_path: Path) -> None:
+    """40 steps on 32 phantom fundus images cut the masked normalised-pixel loss by more than a quarter."""
+    cfg = pretrain_config(tiny(cache, [{"name": "p", "sources": [{"source": "phantom", "n": 32}], "steps": 40}],
+                               log_every=4))
+    summary = pretrain(cfg, tmp_path / "run")
+    losses = [r["loss"] for r in RunDir(tmp_path / "run", "pretrain", cfg).metrics()]
+    assert len(losses) == 10
+    assert np.mean(losses[-3:]) < 0.75 * losses[0], losses
+    assert summary["final_loss"] == losses[-1] and summary["global_steps"] == 40
+
+
+def test_two_stage_curriculum(cache: Path, tmp_path: Path) -> None:
+    """Metrics cover both stages in order, each stage exports its encoder, the optimiser state carries over."""
+    cfg = pretrain_config(tiny(cache, two_stages(6), checkpoint_every=100))
+    pretrain(cfg, tmp_path)
+    records = RunDir(tmp_path, "pretrain", cfg).metrics()
+    assert [(r["stage"], r["step"], r["global_step"]) for r in records] == [
+        ("rasd", 2, 2), ("rasd", 4, 4), ("rasd", 6, 6), ("mix", 2, 8), ("mix", 4, 10), ("mix", 6, 12)]
+    assert records[2]["lr"] == pytest.approx(lr_at(5, 6, 2, 1e-3)) == pytest.approx(1.464e-4, rel=1e-3)
+    assert records[3]["lr"] == pytest.approx(1e-3)  # stage 2 has its own warm-up and cosine: back at the peak
+    first, last = (from_pretrained(tmp_path / "stages" / s / "encoder") for s in ("rasd", "mix"))
+    assert not torch.equal(first.cls_token, last.cls_token)
+    assert torch.equal(last.cls_token, from_pretrained(tmp_path / "encoder").cls_token)
+    opt = torch.load(checkpoint_dirs(tmp_path)[-1] / "optimizer.pt", weights_only=True)
+    assert int(next(iter(opt["state"].values()))["step"]) == 12  # AdamW moments continued across stages
+    assert pretrain(cfg, tmp_path)["global_steps"] == 12  # a finished run is a no-op
+    assert len(RunDir(tmp_path, "pretrain", cfg).metrics()) == 6
+
+
+def test_checkpoints_are_pruned_and_atomic(cache: Path, tmp_path: Path) -> None:
+    """Only keep_checkpoints complete directories remain; no temporary ones; export matches the encoder."""
+    cfg = pretrain_config(tiny(cache, [{"name": "a", "sources": [RASD], "steps": 10}], checkpoint_every=3,
+                               keep_checkpoints=2))
+    pretrain(cfg, tmp_path)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_00000009", "step_00000010"]
+    assert not list((tmp_path / "checkpoints").glob(".*"))
+    exported = from_pretrained(export_encoder(tmp_path, tmp_path / "exported"))
+    assert_same(exported.state_dict(), from_pretrained(tmp_path / "encoder").state_dict())
+
+
+def test_kill_minus_nine_resume_gives_identical_weights(cache: Path, tmp_path: Path) -> None:
+    """SIGKILL a run right after its first checkpoint, resume it: final weights equal an uninterrupted run's."""
+    data = tiny(cache, two_stages(10))
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    pretrain(pretrain_config(data), tmp_path / "clean")  # also renders the phantom into the shared cache
+    env = {**os.environ, "SYNTHFM_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "synthfm.pretrain.engine", str(tmp_path / "cfg.yaml"),
+                             str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = tmp_path / "killed" / "checkpoints" / "step_00000004"
+    deadline = time.time() + 60
+    while not first.is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert not (tmp_path / "killed" / "COMPLETE.json").exists()
+    killed_at = [p.name for p in checkpoint_dirs(tmp_path / "killed")]
+    assert killed_at and killed_at[-1] < "step_00000020", killed_at
+    pretrain(pretrain_config(data), tmp_path / "killed")
+    assert_same(final_weights(tmp_path / "clean"), final_weights(tmp_path / "killed"))
+    cfg = pretrain_config(data)
+    clean = [(r["global_step"], r["loss"]) for r in RunDir(tmp_path / "clean", "pretrain", cfg).metrics()]
+    resumed = [(r["global_step"], r["loss"]) for r in RunDir(tmp_path / "killed", "pretrain", cfg).metrics()
+               if "loss" in r]
+    assert resumed == clean
+
+
+def test_resume_refuses_a_different_process_count(cache: Path, tmp_path: Path) -> None:
+    """A checkpoint written by 2 processes is not resumed by 1 (the data order would change)."""
+    cfg = pretrain_config(tiny(cache, [{"name": "a", "sources": [RASD], "steps": 4}]))
+    engine = Engine(cfg, tmp_path)
+    engine.run.open()
+    ckpt = engine.save_checkpoint()
+    state = json.loads((ckpt / "state.json").read_text())
+    (ckpt / "state.json").write_text(json.dumps({**state, "processes": 2}))
+    with pytest.raises(SynthfmError, match="2 processes"):
+        Engine(cfg, tmp_path).restore()
+
+
+def test_two_process_ddp_on_cpu(cache: Path, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes (gloo via Accelerate): global batch doubles, every rank saves its RNG state."""
+    data = tiny(cache, [{"name": "a", "sources": [RASD], "steps": 6}], batch_size=4, checkpoint_every=3)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    env = {**os.environ, "SYNTHFM_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "synthfm.pretrain.engine", str(tmp_path / "cfg.yaml"), str(tmp_path / "run")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = RunDir(tmp_path / "run", "pretrain", pretrain_config(data)).metrics()
+    assert [r["epoch"] for r in records] == [pytest.approx(x) for x in (1 / 3, 2 / 3, 1.0)]  # 2 x 4 of 48 per step
+    assert sorted(p.name for p in checkpoint_dirs(tmp_path / "run")[-1].glob("rng_*")) == ["rng_0.pt", "rng_1.pt"]
+    assert len(done.stdout.strip().splitlines()) == 1  # one summary, from rank 0
