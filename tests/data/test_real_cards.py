@@ -67,3 +67,13 @@ def test_cxr_prepare_is_grayscale(cards_dir: Path, shared_data: Path, tmp_path: 
                                   PrepareConfig(size=64, limit=4)))
     img = open_dataset(data)[0]["image"]
     assert img.shape == (1, 64, 64) and int(img.max()) == 255 and int(img.min()) == 0
+
+
+def test_import_real_retinamnist_npz(shared_data: Path, tmp_path: Path) -> None:
+    from synthfm.data.npz import import_npz
+
+    card = import_npz(shared_data / "retinamnist/retinamnist.npz", tmp_path / "rm", "retinamnist",
+                      task="dr_grade", task_type="ordinal")
+    rep = inspect_card(card, sample=5)
+    assert rep.splits == {"test": 400, "train": 1080, "val": 120}
+    assert rep.labels["dr_grade"]["test"] == {"0": 174, "1": 46, "2": 92, "3": 68, "4": 20}
