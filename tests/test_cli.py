@@ -100,3 +100,20 @@ def test_pretrain_curriculum_phantom_then_real(tmp_path: Path, capsys, cards_dir
     assert (tmp_path / "run/stages/phantom/encoder").is_dir() and (tmp_path / "run/encoder").is_dir()
     code, out, _ = run(["pretrain", "export", str(tmp_path / "run")], capsys)
     assert code == 0 and (tmp_path / "run/export").is_dir()
+
+
+def test_adapt_evaluate_compare(tmp_path: Path, capsys) -> None:
+    from synthfm.synth.writer import PhantomConfig, render_phantom
+
+    card = render_phantom(tmp_path / "card", PhantomConfig(n=48, size=32, ratios=(0.5, 0.25, 0.25)))
+    cfg = tmp_path / "adapt.yaml"
+    cfg.write_text(f"card: {card}\ntask: cataract\nencoder: 'random:vit_tiny_p8_64'\npolicy: linear_probe\n"
+                   "backbone_overrides: {depth: 1, img_size: 32, embed_dim: 48, num_heads: 3}\n"
+                   "epochs: 1\nwarmup_epochs: 0\nseeds: [0, 1]\nlabel_fractions: [1.0]\n")
+    for name in ("a", "b"):
+        code, out, _ = run(["adapt", str(cfg), "-o", str(tmp_path / name)], capsys)
+        assert code == 0 and "auroc" in out.lower()
+    code, out, _ = run(["evaluate", str(tmp_path / "a")], capsys)
+    assert code == 0 and "test" in out
+    code, out, _ = run(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c.csv")], capsys)
+    assert code == 0 and (tmp_path / "c.csv").is_file()

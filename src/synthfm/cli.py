@@ -28,8 +28,6 @@ app.add_typer(synth_app, name="synth")
 
 PENDING = {
     "quality": "Quality and privacy gate for synthetic data.",
-    "adapt": "Fine-tuning and linear probing.",
-    "evaluate": "Metrics, statistics, fairness, label efficiency.",
     "analyze": "Morphology, latent maps, key metadata, Grad-CAM.",
     "site": "Consortium site kit: generator bundles.",
     "hub": "Consortium hub: verify bundles, compose a global set.",
@@ -209,6 +207,42 @@ def pretrain_recipes_cmd() -> None:
 
     for name, recipe in MAE_RECIPES.items():
         console.print(f"[bold]{name}[/]\n{yaml.safe_dump(recipe, sort_keys=False)}")
+
+
+@app.command("adapt")
+def adapt_cmd(
+    config: Annotated[Path, typer.Argument(help="Adaptation YAML (card, task, encoder, policy, seeds, fractions)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Experiment folder (resumes finished seeds)")],
+) -> None:
+    """Fine-tune or linear-probe an encoder over every label fraction x seed; print test AUROC mean and CI."""
+    from synthfm.adapt.commands import adapt_command
+
+    adapt_command(config, out)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Annotated[Path, typer.Argument(help="Finished adaptation experiment folder")],
+    metric: Annotated[str, typer.Option(help="Metric to summarise")] = "auroc",
+) -> None:
+    """Mean, 95% CI (1.96 sd/sqrt n) and bootstrap CI of a metric over seeds, per fraction and split."""
+    from synthfm.adapt.commands import evaluate_command
+
+    evaluate_command(run, metric)
+
+
+@app.command("compare")
+def compare_cmd(
+    run_a: Annotated[Path, typer.Argument(help="Experiment A")],
+    run_b: Annotated[Path, typer.Argument(help="Experiment B")],
+    metric: Annotated[str, typer.Option(help="Metric to compare")] = "auroc",
+    split: Annotated[str, typer.Option(help="Split to compare")] = "test",
+    out: Annotated[Optional[Path], typer.Option(help="Write the table as CSV")] = None,  # noqa: UP045
+) -> None:
+    """Paired t-tests by seed of A vs B per fraction, Holm-corrected."""
+    from synthfm.adapt.commands import compare_command
+
+    compare_command(run_a, run_b, metric, split, out)
 
 
 def _parse_condition(items: list[str]) -> dict[str, object]:

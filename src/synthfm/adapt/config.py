@@ -1,0 +1,54 @@
+"""Adaptation config: fine-tuning or linear probing one card task, over label fractions and seeds."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from synthfm.config import StrictModel
+
+
+class AdaptConfig(StrictModel):
+    """The paper's recipe (Zhou et al.): batch 16, 50 epochs, 10 warm-up to 5e-4, cosine to 1e-6, best-val AUROC.
+
+    `lr` is the absolute peak learning rate (not scaled by batch size), as in the paper; the RETFound
+    fine-tuning extras are layer-wise lr decay, drop path and label smoothing.
+    """
+
+    card: str = Field(description="dataset.yaml of the downstream card")
+    task: str = Field(description="task name in the card")
+    encoder: str = Field(description="save_pretrained dir, 'random:<backbone>', or a checkpoint file (+ backbone)")
+    backbone: str | None = Field(None, description="registry backbone for a checkpoint file (import_checkpoint)")
+    backbone_overrides: dict[str, Any] = Field(default_factory=dict, description="timm kwargs for random:/file")
+    policy: Literal["finetune", "linear_probe"] = "finetune"
+    image_size: int | None = Field(None, ge=8, description="default: the encoder's image size")
+    augment: bool | None = Field(None, description="random resized crop + flip; default on for finetune, off "
+                                                   "for linear_probe (then features are computed once per run)")
+    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(50, ge=1)
+    warmup_epochs: float = Field(10, ge=0)
+    lr: float = Field(5e-4, gt=0)
+    min_lr: float = Field(1e-6, ge=0)
+    layer_decay: float = Field(0.65, gt=0, le=1, description="finetune only; 1 disables it")
+    drop_path: float = Field(0.1, ge=0, lt=1, description="finetune only")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float | None = Field(None, gt=0)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    label_fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    subset_seed: int = Field(0, description="seed of the nested label-fraction subsets (same for every seed)")
+    val_split: str = "val"
+    test_splits: list[str] = Field(default_factory=lambda: ["test"])
+    num_workers: int = Field(0, ge=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    @property
+    def augments(self) -> bool:
+        """Whether training images are augmented."""
+        return self.augment if self.augment is not None else self.policy == "finetune"
+
+    def single(self, fraction: float, seed: int) -> AdaptConfig:
+        """This config restricted to one (label fraction, seed): the config of one run directory."""
+        return self.model_copy(update={"label_fractions": [fraction], "seeds": [seed]})

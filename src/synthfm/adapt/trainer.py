@@ -1,0 +1,380 @@
+"""One adaptation trainer with two freezing policies: fine-tuning and linear probing.
+
+Fine-tuning trains every parameter with RETFound's layer-wise lr decay (lr scale `decay ** (depth + 1 - layer)`,
+layer 0 = patch embedding and tokens, layer i = block i-1, depth+1 = final norm and head), stochastic depth
+on the timm ViT blocks and label smoothing. The linear probe freezes the encoder in eval mode and trains MAE's
+probe head, BatchNorm1d(affine=False) + Linear; without augmentation (its default) the encoder's features
+are computed once per run and cached in the run directory. Warm-up + cosine per optimiser step (`lr_at`),
+AdamW, Accelerate for device and mixed precision (one process). After every epoch the model is validated, the
+best-val-AUROC weights are saved atomically and a checkpoint is written under a temporary name and renamed;
+the global RNG is reseeded from (seed, epoch) at each epoch start, so a killed run resumes to the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from timm.layers import DropPath
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from synthfm.adapt.config import AdaptConfig
+from synthfm.data.card import TaskSpec
+from synthfm.data.manifest import CardData, load_card
+from synthfm.data.readers import open_dataset
+from synthfm.data.splits import label_fractions
+from synthfm.errors import SynthfmError
+from synthfm.evaluate.metrics import task_metrics
+from synthfm.io import atomic_path, atomic_write_json, atomic_write_text
+from synthfm.models.backbones import create_backbone
+from synthfm.models.checkpoint import from_pretrained, import_checkpoint, load_state, save_state
+from synthfm.pretrain.engine import lr_at, param_groups, torch_load
+from synthfm.runs import METRICS_FILE, RunDir
+
+STAGE = "adapt"
+CHECKPOINTS = "checkpoints"
+BEST_FILE = "best.safetensors"
+FEATURES_FILE = "features.safetensors"
+EMBED_PREFIXES = ("cls_token", "pos_embed", "patch_embed", "reg_token", "mask_token", "dist_token")
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+# ---- model ----------------------------------------------------------------------------------------------
+def load_encoder(cfg: AdaptConfig, in_chans: int) -> nn.Module:
+    """The encoder named by cfg.encoder: 'random:<backbone>', a save_pretrained dir, or a checkpoint file."""
+    if cfg.encoder.startswith("random:"):
+        return create_backbone(cfg.encoder.removeprefix("random:"), in_chans, **cfg.backbone_overrides)
+    path = Path(cfg.encoder)
+    if path.is_dir():
+        return from_pretrained(path)
+    if cfg.backbone is None:
+        raise SynthfmError(f"encoder {path} is a checkpoint file but no backbone is named",
+                           "set 'backbone' to the registry name it was trained with (e.g. vit_large_p16_224)")
+    return import_checkpoint(path, cfg.backbone, in_chans=in_chans, **cfg.backbone_overrides)
+
+
+def set_drop_path(encoder: nn.Module, rate: float) -> None:
+    """Stochastic depth on a timm ViT, rising linearly from 0 (first block) to `rate` (last), as timm does."""
+    blocks = encoder.blocks
+    for i, blk in enumerate(blocks):
+        r = rate * i / max(len(blocks) - 1, 1)
+        for name in ("drop_path1", "drop_path2"):
+            if hasattr(blk, name):
+                setattr(blk, name, DropPath(r) if r > 0 else nn.Identity())
+
+
+def build_head(dim: int, outputs: int, probe: bool) -> nn.Module:
+    """Linear head (trunc-normal init: std 2e-5 fine-tune as RETFound, 0.01 probe as MAE); probe adds BN."""
+    linear = nn.Linear(dim, outputs)
+    nn.init.trunc_normal_(linear.weight, std=0.01 if probe else 2e-5)
+    nn.init.zeros_(linear.bias)
+    return nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear) if probe else linear
+
+
+class Classifier(nn.Module):
+    """Encoder + head; a frozen encoder has no gradients and stays in eval mode."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, frozen: bool) -> None:
+        super().__init__()
+        self.encoder, self.head, self.frozen = encoder, head, frozen
+        if frozen:
+            encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Classifier:
+        """Set training mode, keeping a frozen encoder in eval mode."""
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            feats = self.encoder(x)
+        return self.head(feats)
+
+
+def layer_id(name: str, depth: int) -> int:
+    """RETFound/BEiT layer index of an encoder parameter name (0 embeddings, i+1 block i, depth+1 the rest)."""
+    name = name.removeprefix("encoder.")
+    if name.startswith(EMBED_PREFIXES):
+        return 0
+    m = re.match(r"blocks\.(\d+)\.", name)
+    return int(m.group(1)) + 1 if m else depth + 1
+
+
+def lrd_param_groups(net: nn.Module, weight_decay: float, layer_decay: float, depth: int) -> list[dict[str, Any]]:
+    """The engine's decay / no-decay groups split by layer, each with lr_scale = layer_decay ** (depth+1-layer)."""
+    names = {id(p): n for n, p in net.named_parameters()}
+    groups: dict[tuple[int, float], dict[str, Any]] = {}
+    for base in param_groups(net, weight_decay):
+        for p in base["params"]:
+            lid = layer_id(names[id(p)], depth)
+            group = groups.setdefault((lid, base["weight_decay"]), {
+                "params": [], "weight_decay": base["weight_decay"], "layer": lid,
+                "lr_scale": layer_decay ** (depth + 1 - lid)})
+            group["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+# ---- loss and scores ------------------------------------------------------------------------------------
+def task_loss(task_type: str, logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Label-smoothed BCE (binary, multilabel: targets pulled towards 0.5) or cross-entropy (multi-class)."""
+    logits = logits.float()
+    if task_type in ("binary", "multilabel"):
+        target = y.float().reshape(logits.shape) * (1 - smoothing) + 0.5 * smoothing
+        return F.binary_cross_entropy_with_logits(logits, target)
+    return F.cross_entropy(logits, y.long(), label_smoothing=smoothing)
+
+
+def task_scores(task_type: str, logits: torch.Tensor) -> torch.Tensor:
+    """P(positive) (N,) for binary, label probabilities (N, K) for multilabel, softmax (N, K) otherwise."""
+    logits = logits.float()
+    if task_type == "binary":
+        return torch.sigmoid(logits).reshape(-1)
+    return torch.sigmoid(logits) if task_type == "multilabel" else logits.softmax(-1)
+
+
+def prediction_frame(index: np.ndarray, y: np.ndarray, p: np.ndarray, task: TaskSpec) -> pd.DataFrame:
+    """Predictions as a table: manifest row `index`, target(s) `y` / `y_<class>`, `score` / `score_<class>`."""
+    df = pd.DataFrame({"index": index.astype(np.int64)})
+    if y.ndim == 1:
+        df["y"] = y
+    else:
+        df = df.assign(**{f"y_{c}": y[:, k] for k, c in enumerate(task.classes)})
+    if p.ndim == 1:
+        return df.assign(score=p)
+    return df.assign(**{f"score_{c}": p[:, k] for k, c in enumerate(task.classes)})
+
+
+def _columns(df: pd.DataFrame, name: str) -> np.ndarray:
+    """Column `name` (N,), or the `name_<class>` columns (N, K)."""
+    if name in df:
+        return df[name].to_numpy()
+    return df[[c for c in df if c.startswith(f"{name}_")]].to_numpy()
+
+
+def read_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(index, y, scores) from a predictions Parquet file written by the trainer."""
+    df = pd.read_parquet(path)
+    return df["index"].to_numpy(), _columns(df, "y"), _columns(df, "score").astype(float)
+
+
+# ---- data -----------------------------------------------------------------------------------------------
+def train_positions(data: CardData, task: str, fraction: float, seed: int) -> np.ndarray:
+    """Positions within the train split of a nested, patient-level, label-stratified fraction of it."""
+    rows = data.indices("train")
+    if fraction >= 1:
+        return np.arange(len(rows))
+    lab = data.labels[task][rows]
+    strata = pd.Series(["".join(map(str, np.atleast_1d(v))) for v in lab])
+    patients = data.patient_ids().iloc[rows].reset_index(drop=True)
+    return np.flatnonzero(label_fractions(patients, strata, [fraction], seed)[fraction])
+
+
+class TaskCollate:
+    """Card samples -> (images, targets of one task, manifest rows)."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+
+    def __call__(self, samples: list[dict[str, Any]]) -> Batch:
+        return (torch.stack([s["image"] for s in samples]), torch.stack([s["labels"][self.task] for s in samples]),
+                torch.tensor([s["index"] for s in samples]))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The RNG seed of one epoch (shuffling, augmentation, drop path): a pure function of (seed, epoch)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint32)[0])
+
+
+class Trainer:
+    """Adapts one encoder to one card task for one (label fraction, seed), in its own run directory."""
+
+    def __init__(self, cfg: AdaptConfig, out_dir: str | Path) -> None:
+        if len(cfg.seeds) != 1 or len(cfg.label_fractions) != 1:
+            raise SynthfmError("a Trainer runs one seed and one label fraction", "use cfg.single(fraction, seed)")
+        self.cfg, self.seed, self.fraction = cfg, cfg.seeds[0], cfg.label_fractions[0]
+        self.run = RunDir(out_dir, STAGE, cfg)
+        self.data = load_card(cfg.card)
+        self.task = self.data.card.task(cfg.task)
+        self.acc = Accelerator(mixed_precision=cfg.mixed_precision)
+        if self.acc.num_processes > 1:
+            raise SynthfmError("adaptation runs in one process", "run it without 'accelerate launch' on several GPUs")
+        self.model = self._build_model()
+        self.size = cfg.image_size or int(self.model.encoder.patch_embed.img_size[0])
+        self.cached = self.probe and not cfg.augments
+        self.net: nn.Module = self.model.head if self.cached else self.model
+        decay = 1.0 if self.probe else cfg.layer_decay
+        optimizer = torch.optim.AdamW(lrd_param_groups(self.net, cfg.weight_decay, decay, self.depth),
+                                      lr=0.0, betas=cfg.betas)
+        self.model.to(self.acc.device)
+        self.net, self.optimizer = self.acc.prepare(self.net, optimizer)
+
+    @property
+    def probe(self) -> bool:
+        """Whether this is a linear probe."""
+        return self.cfg.policy == "linear_probe"
+
+    def _build_model(self) -> Classifier:
+        """Encoder (seeded head init; drop path when fine-tuning) and the head for the task."""
+        torch.manual_seed(self.seed)
+        encoder = load_encoder(self.cfg, self.data.channels)
+        self.depth = len(encoder.blocks)
+        if not self.probe:
+            set_drop_path(encoder, self.cfg.drop_path)
+        return Classifier(encoder, build_head(encoder.num_features, self.task.num_outputs, self.probe), self.probe)
+
+    # ---- data -------------------------------------------------------------------------------------------
+    def datasets(self) -> dict[str, Dataset]:
+        """Train subset, validation and test datasets (cached feature tensors for a linear probe)."""
+        pos = train_positions(self.data, self.task.name, self.fraction, self.cfg.subset_seed)
+        sets: dict[str, Dataset] = {
+            "train": Subset(open_dataset(self.data, "train", size=self.size, train=self.cfg.augments), pos.tolist())}
+        for split in dict.fromkeys([self.cfg.val_split, *self.cfg.test_splits]):
+            sets[split] = open_dataset(self.data, split, size=self.size)
+        return self.cache_features(sets) if self.cached else sets
+
+    def loader(self, ds: Dataset, shuffle: bool = False, epoch: int = 0) -> DataLoader:
+        """A loader over (x, y, index) batches; training order depends only on (seed, epoch)."""
+        collate = None if isinstance(ds, TensorDataset) else TaskCollate(self.task.name)
+        drop = shuffle and len(ds) > self.cfg.batch_size  # no size-1 last batch for BatchNorm
+        return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, drop_last=drop, collate_fn=collate,
+                          num_workers=self.cfg.num_workers,
+                          generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch)))
+
+    @torch.no_grad()
+    def cache_features(self, sets: dict[str, Dataset]) -> dict[str, Dataset]:
+        """Frozen-encoder features of every split, computed once and kept in the run directory."""
+        path = self.run.path / FEATURES_FILE
+        if not path.is_file():
+            self.model.encoder.eval()
+            state = {}
+            for split, ds in sets.items():
+                parts = [(self.model.encoder(x.to(self.acc.device)).float().cpu(), y, i) for x, y, i in self.loader(ds)]
+                for k, name in enumerate(("x", "y", "index")):
+                    state[f"{split}.{name}"] = torch.cat([p[k] for p in parts])
+            save_state(state, path)
+        state = load_state(path)
+        return {s: TensorDataset(*(state[f"{s}.{n}"] for n in ("x", "y", "index"))) for s in sets}
+
+    # ---- one epoch --------------------------------------------------------------------------------------
+    def train_epoch(self, ds: Dataset, epoch: int) -> dict[str, float]:
+        """One pass over the training set with a per-step warm-up + cosine learning rate."""
+        self.net.train()
+        loader = self.loader(ds, shuffle=True, epoch=epoch)
+        steps = len(loader)
+        total, warmup = self.cfg.epochs * steps, round(self.cfg.warmup_epochs * steps)
+        losses, lr = [], 0.0
+        for i, (x, y, _) in enumerate(loader):
+            lr = lr_at(epoch * steps + i, total, warmup, self.cfg.lr, self.cfg.min_lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            loss = task_loss(self.task.type, self.net(x.to(self.acc.device)), y.to(self.acc.device),
+                             self.cfg.label_smoothing)
+            self.acc.backward(loss)
+            if self.cfg.clip_grad is not None:
+                self.acc.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        return {"train_loss": float(np.mean(losses)), "lr": lr}
+
+    @torch.no_grad()
+    def predict(self, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(manifest rows, targets, scores) of a dataset."""
+        self.net.eval()
+        idx, ys, ps = [], [], []
+        for x, y, i in self.loader(ds):
+            ps.append(task_scores(self.task.type, self.net(x.to(self.acc.device))).cpu().numpy())
+            ys.append(y.numpy())
+            idx.append(i.numpy())
+        return np.concatenate(idx), np.concatenate(ys), np.concatenate(ps)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+    def save_checkpoint(self, epoch: int, best: dict[str, Any]) -> None:
+        """Weights, optimiser state and progress after `epoch`, written to a temp dir and renamed into place."""
+        root = self.run.path / CHECKPOINTS
+        final, tmp = root / f"epoch_{epoch:04d}", root / f".epoch_{epoch:04d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_state(self.acc.unwrap_model(self.net).state_dict(), tmp / "model.safetensors")
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        atomic_write_json(tmp / "state.json", {"epoch": epoch, **best})
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(root.glob("epoch_*"))[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def restore(self) -> tuple[int, dict[str, Any]]:
+        """The next epoch and best-so-far record, loading the latest checkpoint if there is one."""
+        found = sorted((self.run.path / CHECKPOINTS).glob("epoch_*"))
+        if not found:
+            self._truncate_metrics(-1)
+            return 0, {"best_epoch": None, "best_val_auroc": None}
+        state = json.loads((found[-1] / "state.json").read_text())
+        self.acc.unwrap_model(self.net).load_state_dict(load_state(found[-1] / "model.safetensors"))
+        self.optimizer.load_state_dict(torch_load(found[-1] / "optimizer.pt"))
+        self._truncate_metrics(state["epoch"])
+        self.run.log(event="resume", epoch=state["epoch"] + 1)
+        return state.pop("epoch") + 1, state
+
+    def _truncate_metrics(self, last_epoch: int) -> None:
+        """Drop epoch records after the last checkpointed epoch (they are logged again)."""
+        kept = [r for r in self.run.metrics() if "event" not in r and r.get("epoch", -1) <= last_epoch]
+        atomic_write_text(self.run.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+
+    # ---- the run ----------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train (or resume), keep the best-val-AUROC weights, evaluate them; return the run's summary."""
+        if self.run.open() == "done":
+            return self.run.summary()
+        sets = self.datasets()
+        start, best = self.restore()
+        for epoch in range(start, self.cfg.epochs):
+            torch.manual_seed(epoch_seed(self.seed, epoch))
+            logs = self.train_epoch(sets["train"], epoch)
+            val = task_metrics(self.task.type, *self.predict(sets[self.cfg.val_split])[1:])
+            self.run.log(epoch=epoch, **logs, **{f"val_{k}": v for k, v in val.items()})
+            if is_better(val["auroc"], best["best_val_auroc"]):
+                best = {"best_epoch": epoch, "best_val_auroc": val["auroc"]}
+                save_state(self.acc.unwrap_model(self.net).state_dict(), self.run.path / BEST_FILE)
+            self.save_checkpoint(epoch, best)
+        summary = {**best, "fraction": self.fraction, "seed": self.seed, "train_images": len(sets["train"]),
+                   "metrics": self.evaluate_best(sets)}
+        self.run.complete(**summary)
+        shutil.rmtree(self.run.path / CHECKPOINTS, ignore_errors=True)
+        return summary
+
+    def evaluate_best(self, sets: dict[str, Dataset]) -> dict[str, dict[str, float]]:
+        """Load the best weights; write predictions and metrics for the validation and test splits."""
+        self.acc.unwrap_model(self.net).load_state_dict(load_state(self.run.path / BEST_FILE))
+        out = {}
+        for split in dict.fromkeys([self.cfg.val_split, *self.cfg.test_splits]):
+            index, y, p = self.predict(sets[split])
+            with atomic_path(self.run.path / f"predictions_{split}.parquet", ".parquet") as tmp:
+                prediction_frame(index, y, p, self.task).to_parquet(tmp, index=False)
+            out[split] = task_metrics(self.task.type, y, p)
+        atomic_write_json(self.run.path / "metrics.json", out)
+        return out
+
+
+def is_better(value: float, best: float | None) -> bool:
+    """Whether a validation AUROC beats the best so far (the first epoch always counts; NaN never beats)."""
+    if best is None:
+        return True
+    return not math.isnan(value) and (math.isnan(best) or value > best)
+
+
+def adapt_one(cfg: AdaptConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Run (or resume, or skip if finished) one (label fraction, seed) adaptation in `out_dir`."""
+    return Trainer(cfg, out_dir).fit()

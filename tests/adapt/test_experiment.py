@@ -1,0 +1,57 @@
+"""Experiments over fractions × seeds: kill -9 and resume, and the results tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from synthfm.adapt.experiment import run_experiment, run_path
+from synthfm.runs import MARKER_FILE
+
+SCRIPT = ("import json, sys; from synthfm.adapt.config import AdaptConfig; "
+          "from synthfm.adapt.experiment import run_experiment; "
+          "run_experiment(AdaptConfig(**json.loads(sys.argv[1])), sys.argv[2])")
+
+
+def test_kill9_resumes_without_redoing_finished_seed(tiny_cfg, tmp_path: Path) -> None:
+    cfg = tiny_cfg(seeds=[0, 1], epochs=2, policy="finetune")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, cfg.model_dump_json(), str(out)],
+                            env={**os.environ, "SYNTHFM_PROGRESS": "0"})
+    first = run_path(out, 1.0, 0) / MARKER_FILE
+    deadline = time.time() + 300
+    while not first.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.is_file() and not (run_path(out, 1.0, 1) / MARKER_FILE).is_file()  # killed inside seed 1
+    stamp = first.stat().st_mtime_ns
+    resumed = run_experiment(cfg, out)
+    assert first.stat().st_mtime_ns == stamp
+    clean = run_experiment(cfg, tmp_path / "clean")
+    pd.testing.assert_frame_equal(resumed, clean)
+    assert set(resumed["seed"]) == {0, 1} and set(resumed["split"]) == {"val", "test"}
+
+
+def test_experiment_tables(tiny_cfg, tmp_path: Path) -> None:
+    cfg = tiny_cfg(seeds=[0, 1], label_fractions=[0.5, 1.0], epochs=1, policy="linear_probe")
+    results = run_experiment(cfg, tmp_path)
+    assert len(results) == 2 * 2 * 2 * 7  # fractions × seeds × splits × binary metrics
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    row = summary.query("fraction == 1.0 and split == 'test' and metric == 'auroc'").iloc[0]
+    values = results.query("fraction == 1.0 and split == 'test' and metric == 'auroc'")["value"]
+    assert row["n"] == 2 and abs(row["mean"] - values.mean()) < 1e-12
+    assert abs(row["ci_high"] - row["mean"] - 1.96 * values.std(ddof=1) / 2 ** 0.5) < 1e-12
+    run = run_path(tmp_path, 1.0, 1)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert values.iloc[1] == metrics["test"]["auroc"]
+    preds = pd.read_parquet(run / "predictions_test.parquet")
+    assert list(preds.columns) == ["index", "y", "score"] and len(preds) == 16
+    assert pd.read_parquet(tmp_path / "results.parquet").equals(results)
