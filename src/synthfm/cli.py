@@ -21,7 +21,8 @@ app = typer.Typer(name="synthfm", no_args_is_help=True, add_completion=False, pr
                   help="Medical-imaging foundation models with synthetic data, end to end.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: import, prepare, split, inspect.")
 app.add_typer(data_app, name="data")
-pretrain_app = typer.Typer(no_args_is_help=True, help="Self-supervised pretraining (MAE; DINOv2 and RaSD to come).")
+pretrain_app = typer.Typer(no_args_is_help=True,
+                           help="Self-supervised pretraining: MAE, DINOv2, RaSD prototype disentangling.")
 app.add_typer(pretrain_app, name="pretrain")
 synth_app = typer.Typer(no_args_is_help=True, help="Generators: fundus and chest X-ray phantoms (diffusion to come).")
 app.add_typer(synth_app, name="synth")
@@ -203,9 +204,9 @@ def pretrain_recipes_cmd() -> None:
     """List the named pretraining recipes."""
     import yaml
 
-    from synthfm.pretrain.mae import MAE_RECIPES
+    from synthfm.pretrain.config import all_recipes
 
-    for name, recipe in MAE_RECIPES.items():
+    for name, recipe in all_recipes().items():
         console.print(f"[bold]{name}[/]\n{yaml.safe_dump(recipe, sort_keys=False)}")
 
 

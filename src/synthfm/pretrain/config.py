@@ -66,16 +66,57 @@ class MAEConfig(StrictModel):
     norm_pix_loss: bool = True
 
 
+class RaSDObjectiveConfig(StrictModel):
+    """RaSD prototype disentangling: projection head, InfoNCE temperature over prototypes, views."""
+
+    proj_dim: int = Field(128, ge=2)
+    hidden_dim: int = Field(512, ge=2)
+    temperature: float = Field(0.1, gt=0)
+    include_background: bool = Field(True, description="label 0 is a region with its own prototype")
+    min_coverage: float = Field(0.5, ge=0, description="patches of area a structure needs to get a prototype")
+    views: Literal[1, 2] = Field(2, description="2: a second in-batch augmented view, cross-view prototypes")
+    view_scale: tuple[float, float] = Field((0.5, 1.0), description="area range of the second view's crop")
+
+
+class DINOConfig(StrictModel):
+    """DINOv2: head shape, multi-crop, temperatures, centring, teacher momentum, masking and loss weights."""
+
+    prototypes: int = Field(65536, ge=2, description="weight-normalised prototypes (131072 in 001)")
+    hidden_dim: int = Field(2048, ge=2)
+    bottleneck_dim: int = Field(384, ge=2)
+    local_crops: int = Field(8, ge=0)
+    local_size: int | None = Field(None, ge=8, description="local crop size (default: 96/224 of image_size)")
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    solarize_p: float = Field(0.2, ge=0, le=1)
+    student_temp: float = Field(0.1, gt=0)
+    teacher_temp: float = Field(0.07, gt=0)
+    warmup_teacher_temp: float = Field(0.04, gt=0)
+    teacher_temp_warmup: float = Field(0.3, ge=0, le=1, description="fraction of the first stage")
+    centre_momentum: float = Field(0.9, ge=0, lt=1)
+    momentum_teacher: float = Field(0.992, ge=0, le=1)
+    final_momentum: float = Field(1.0, ge=0, le=1)
+    mask_probability: float = Field(0.5, ge=0, le=1, description="share of global crops that get masked")
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    max_masked: int = Field(128, ge=0, description="most masked patches per crop")
+    dino_weight: float = Field(1.0, ge=0)
+    ibot_weight: float = Field(1.0, ge=0)
+    koleo_weight: float = Field(0.1, ge=0)
+
+
 class PretrainConfig(StrictModel):
     """A pretraining run: objective, backbone, data curriculum, optimiser, checkpointing."""
 
     recipe: str | None = Field(None, description="named base config (see synthfm.pretrain.mae.MAE_RECIPES)")
-    objective: Literal["mae"] = "mae"
+    objective: Literal["mae", "rasd", "dinov2"] = "mae"
     backbone: str = "vit_tiny_p8_64"
     in_chans: int = Field(3, ge=1)
     backbone_overrides: dict[str, Any] = Field(default_factory=dict)
     grad_checkpointing: bool = False
     mae: MAEConfig = Field(default_factory=MAEConfig)
+    rasd: RaSDObjectiveConfig = Field(default_factory=RaSDObjectiveConfig)
+    dinov2: DINOConfig = Field(default_factory=DINOConfig)
     image_size: int | None = Field(None, ge=8, description="training size (default: the backbone's)")
     crop_scale: tuple[float, float] = (0.2, 1.0)
     batch_size: int = Field(32, ge=1, description="images per process per micro-batch")
@@ -116,11 +157,18 @@ def resolve_recipe(data: dict[str, Any], recipes: dict[str, dict[str, Any]]) -> 
     return deep_merge(recipes[name], data)
 
 
+def all_recipes() -> dict[str, dict[str, Any]]:
+    """Every objective's named recipes in one mapping (what `synthfm pretrain recipes` lists)."""
+    from synthfm.pretrain.dino import DINO_RECIPES
+    from synthfm.pretrain.mae import MAE_RECIPES
+    from synthfm.pretrain.rasd_objective import RASD_RECIPES
+
+    return {**MAE_RECIPES, **RASD_RECIPES, **DINO_RECIPES}
+
+
 def pretrain_config(data: dict[str, Any] | None, source: str = "config") -> PretrainConfig:
     """Validate a mapping (recipe expanded) as a PretrainConfig."""
-    from synthfm.pretrain.mae import MAE_RECIPES
-
-    return validate_config(PretrainConfig, resolve_recipe(dict(data or {}), MAE_RECIPES), source)
+    return validate_config(PretrainConfig, resolve_recipe(dict(data or {}), all_recipes()), source)
 
 
 def load_pretrain_config(path: str | Path) -> PretrainConfig:

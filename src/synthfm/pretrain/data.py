@@ -8,17 +8,20 @@ take disjoint slices of each global batch. Augmentation is seeded per (seed, sou
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, Sampler
+from torch.utils.data import Dataset, Sampler
+from torchvision import tv_tensors
+from torchvision.transforms import v2 as T
 
 from synthfm.data.manifest import load_card
 from synthfm.data.readers import open_dataset
+from synthfm.data.shard_index import IndexedShardDataset
 from synthfm.data.transforms import build_transform
 from synthfm.errors import SynthfmError
 from synthfm.pretrain.config import SourceConfig
@@ -26,6 +29,7 @@ from synthfm.synth.rasd import RaSDConfig, RaSDStream
 from synthfm.synth.writer import PhantomConfig, render_phantom
 
 Key = tuple[int, int, int]  # (source, index within source, round = how often this source was exhausted before)
+VIEW_KEYS = ("global_crops", "local_crops")  # multi-crop keys a `views` transform may add, stacked to B x V x ...
 BLOCK = 1024  # positions per mixing block: each block holds every source in proportion to its weight
 
 
@@ -35,37 +39,45 @@ def _seed(*parts: int) -> int:
 
 
 class RaSDSource(Dataset):
-    """Random access to an RaSD stream: sample i rendered from (seed, i), normalised to mean 0.5, std 0.25."""
+    """Random access to an RaSD stream: sample i rendered from (seed, i), normalised to mean 0.5, std 0.25.
 
-    def __init__(self, size: int, channels: int, n: int, seed: int) -> None:
+    With `scale`, image and structure mask go through the same random resized crop + h-flip (bilinear for
+    the image, nearest for the mask); the draw uses the torch RNG, which MixtureDataset seeds per sample.
+    """
+
+    def __init__(self, size: int, channels: int, n: int, seed: int, scale: tuple[float, float] | None = None) -> None:
         self.stream = RaSDStream(RaSDConfig(size=size, channels=channels), seed=seed, length=n)
+        self.geo = None if scale is None else T.Compose([T.RandomResizedCrop(size, scale=scale, antialias=True),
+                                                        T.RandomHorizontalFlip()])
 
     def __len__(self) -> int:
         return len(self.stream)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": (self.stream.sample(i)["image"] - 0.5) / 0.25}
+        s = self.stream.sample(i)
+        image, mask = tv_tensors.Image(s["image"]), tv_tensors.Mask(s["mask"])
+        if self.geo is not None:
+            image, mask = self.geo(image, mask)
+        return {"image": (image.as_subclass(torch.Tensor) - 0.5) / 0.25, "mask": mask.as_subclass(torch.Tensor)}
 
 
 def open_card_source(path: str | Path, split: str | None, size: int, channels: int,
                      scale: tuple[float, float]) -> Dataset:
-    """A card's images with MAE augmentation (random resized crop + h-flip) at `size`."""
+    """A card's images with MAE augmentation (random resized crop + h-flip) at `size` (shards indexed by offset)."""
     data = load_card(path)
     if data.channels != channels:
         raise SynthfmError(f"card {path} has {data.channels}-channel images but the backbone takes {channels}",
                            "set in_chans in the pretraining config to match the card's modality")
     transform = build_transform(data.card.modality, size, train=True, scale=scale)
-    ds = open_dataset(data, split, transform=transform)
-    if isinstance(ds, IterableDataset):
-        raise SynthfmError(f"card {path} is stored as shards, which pretraining cannot index yet",
-                           "prepare it as a folder card, or use a phantom / rasd source")
-    return ds
+    if data.card.source.format == "shards":
+        return IndexedShardDataset(data, split, transform)
+    return open_dataset(data, split, transform=transform)
 
 
 def open_source(src: SourceConfig, size: int, channels: int, scale: tuple[float, float], cache: Path) -> Dataset:
     """The random-access dataset behind one source (a phantom is rendered into `cache` on first use)."""
     if src.source == "rasd":
-        return RaSDSource(size, channels, src.n, src.seed)
+        return RaSDSource(size, channels, src.n, src.seed, scale)
     if src.source == "phantom":
         generator = "fundus_phantom" if channels == 3 else "cxr_phantom"
         card = render_phantom(cache / f"{generator}_n{src.n}_s{size}_seed{src.seed}",
@@ -75,10 +87,11 @@ def open_source(src: SourceConfig, size: int, channels: int, scale: tuple[float,
 
 
 class MixtureDataset(Dataset):
-    """Several sources behind one index: key (source, index, round) -> {'image', 'source'}, seeded augmentation."""
+    """Several sources behind one index: key (source, index, round) -> {'image', 'source'[, 'mask']}, seeded."""
 
-    def __init__(self, sources: list[Dataset], seed: int) -> None:
-        self.sources, self.seed = sources, seed
+    def __init__(self, sources: list[Dataset], seed: int,
+                 views: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None) -> None:
+        self.sources, self.seed, self.views = sources, seed, views  # views: extra keys from the image (multi-crop)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources)
@@ -87,8 +100,9 @@ class MixtureDataset(Dataset):
         s, i, rnd = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed(self.seed, s, i, rnd))
-            image = self.sources[s][i]["image"]
-        return {"image": image, "source": s}
+            item = self.sources[s][i]
+            extra = self.views(item["image"]) if self.views is not None else {}
+        return {"image": item["image"], "source": s, **({"mask": item["mask"]} if "mask" in item else {}), **extra}
 
 
 class MixturePlan:
@@ -146,6 +160,12 @@ class PlanBatchSampler(Sampler[list[Key]]):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack images and source ids."""
-    return {"image": torch.stack([x["image"] for x in items]),
-            "source": torch.tensor([x["source"] for x in items], dtype=torch.long)}
+    """Stack images and source ids, and structure masks when every item has one."""
+    out = {"image": torch.stack([x["image"] for x in items]),
+           "source": torch.tensor([x["source"] for x in items], dtype=torch.long)}
+    if all("mask" in x for x in items):
+        out["mask"] = torch.stack([x["mask"] for x in items])
+    for key in VIEW_KEYS:
+        if key in items[0]:
+            out[key] = torch.stack([x[key] for x in items])
+    return out

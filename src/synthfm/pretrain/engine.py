@@ -38,7 +38,9 @@ from synthfm.io import atomic_write_json, atomic_write_text
 from synthfm.models.checkpoint import load_state, save_pretrained, save_state
 from synthfm.pretrain.config import OptimConfig, PretrainConfig, StageConfig, load_pretrain_config, pretrain_config
 from synthfm.pretrain.data import MixtureDataset, MixturePlan, PlanBatchSampler, collate, open_source
+from synthfm.pretrain.dino import build_dino
 from synthfm.pretrain.mae import build_mae, peak_lr
+from synthfm.pretrain.rasd_objective import build_rasd
 from synthfm.progress import progress_bar
 from synthfm.runs import CONFIG_FILE, METRICS_FILE, RunDir
 
@@ -56,7 +58,8 @@ class Objective(Protocol):
     def encoder(self) -> nn.Module: ...
 
 
-OBJECTIVES: dict[str, Callable[[PretrainConfig], Objective]] = {"mae": build_mae}
+OBJECTIVES: dict[str, Callable[[PretrainConfig], Objective]] = {"mae": build_mae, "rasd": build_rasd,
+                                                           "dinov2": build_dino}
 
 
 class TrainModule(nn.Module):
@@ -198,6 +201,10 @@ class Engine:
         """The bare TrainModule (without DDP / autocast wrappers)."""
         return self.acc.unwrap_model(self.model)
 
+    def views(self) -> Callable[[torch.Tensor], dict[str, torch.Tensor]] | None:
+        """The objective's per-sample view transform (multi-crop), if it has one."""
+        return self.objective.views() if hasattr(self.objective, "views") else None
+
     # ---- data -------------------------------------------------------------------------------------------
     def stage_plan(self, index: int) -> StagePlan:
         """Open a stage's sources and resolve its length, warm-up and peak lr."""
@@ -210,7 +217,7 @@ class Engine:
         seed = self.cfg.seed * 1000 + index
         steps, warmup = stage_schedule(stage, self.cfg.optim, sum(lengths), self.global_batch)
         plan = MixturePlan(lengths, [s.weight for s in stage.sources], seed)
-        return StagePlan(index, stage, MixtureDataset(sources, seed), plan, steps, warmup,
+        return StagePlan(index, stage, MixtureDataset(sources, seed, self.views()), plan, steps, warmup,
                          peak_lr(self.cfg, self.global_batch, stage.base_lr), sum(lengths))
 
     def batches(self, sp: StagePlan, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -338,6 +345,8 @@ class Engine:
             lr = lr_at(step, sp.steps, sp.warmup, sp.peak_lr, self.cfg.optim.min_lr)
             self.set_lr(lr)
             logs = self.train_step([next(data) for _ in range(accum)])
+            if hasattr(self.objective, "after_step"):  # e.g. the DINOv2 teacher EMA
+                self.objective.after_step(step, sp.steps)
             self.pos.step, self.pos.global_step = step + 1, self.pos.global_step + 1
             self._accumulate(logs, self.global_batch)
             if self.pos.step % self.cfg.log_every == 0 or self.pos.step == sp.steps:

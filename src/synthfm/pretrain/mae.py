@@ -173,11 +173,16 @@ class MAEObjective:
         return loss, {"loss_mae": loss.detach(), "masked_fraction": mask.mean()}
 
 
-def build_mae(cfg: PretrainConfig) -> MAEObjective:
-    """Build the encoder from the registry and wrap it in a masked autoencoder."""
+def build_encoder(cfg: PretrainConfig) -> nn.Module:
+    """The config's backbone from the registry at the training size, with its gradient checkpointing."""
     overrides = dict(cfg.backbone_overrides)
     if cfg.image_size is not None:
         overrides.setdefault("img_size", cfg.image_size)
     encoder = create_backbone(cfg.backbone, cfg.in_chans, **overrides)
     encoder.set_grad_checkpointing(cfg.grad_checkpointing)
-    return MAEObjective(MaskedAutoencoder(encoder, cfg.mae))
+    return encoder
+
+
+def build_mae(cfg: PretrainConfig) -> MAEObjective:
+    """Build the encoder from the registry and wrap it in a masked autoencoder."""
+    return MAEObjective(MaskedAutoencoder(build_encoder(cfg), cfg.mae))
