@@ -168,7 +168,9 @@ def demo(
         console.print(f"  {name}: {c['rows']} images, splits {c['splits']}, {c['errors']} errors")
     console.print(f"  loader: {s['loader']['images_per_s']} images/s over {s['loader']['images']} training images")
     console.print(f"[green]demo finished[/] in {s['seconds']} s; summary: [bold]{Path(out) / 'demo_summary.json'}[/]")
-    console.print("Ran: data (cards, prepare, shards, inspect) and synth (fundus + CXR phantoms). Not yet available: "
+    console.print(f"[bold]{s['verdict']}[/]")
+    console.print("Ran: data (cards, prepare, shards, inspect), synth (fundus + CXR phantoms), pretrain (MAE), "
+                  "adapt + evaluate (linear probe, seeds, paired t-test). Not yet available: "
                   + ", ".join(s["pending_stages"]) + " (see docs/architecture.md).")
 
 
