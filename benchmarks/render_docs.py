@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from synthfm.report.markdown import markdown_table
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 COMMANDS = {
     "loader": "python benchmarks/bench_loader.py > docs/bench/loader.json",
@@ -24,14 +26,6 @@ NOTES = {
 }
 
 
-def table(rows: list[dict]) -> str:
-    """A markdown table of a list of flat records."""
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def section(name: str, doc: dict) -> str:
     """One benchmark's section: what it measures, the command, machine, and its numbers."""
     res = doc.get("results")
@@ -39,7 +33,7 @@ def section(name: str, doc: dict) -> str:
     head = f"## {name}\n\n{NOTES.get(name, '')}\n\nCommand: `{COMMANDS.get(name, '')}`  \n"
     head += f"Machine: {doc.get('machine', '?')}, torch {doc.get('torch', '?')}.\n\n"
     extra = {k: v for k, v in doc.items() if k not in ("results", "machine", "torch", "benchmark")}
-    return head + (table(rows) if rows else "") + ("\n\n```json\n" + json.dumps(extra, indent=1) + "\n```\n"
+    return head + markdown_table(rows) + ("\n\n```json\n" + json.dumps(extra, indent=1) + "\n```\n"
                                                     if extra else "\n")
 
 

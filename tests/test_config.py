@@ -49,3 +49,4 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
 def test_non_mapping_rejected() -> None:
     with pytest.raises(SynthfmError, match="must hold a mapping"):
         validate_config(Outer, [1, 2], "x.yaml")
+
