@@ -5,7 +5,9 @@ Usage: python docs/make_results.py runs/retinamnist_probe runs/retinamnist_finet
 
 from __future__ import annotations
 
+import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +23,11 @@ AUC 0.750 / ACC 0.531."""
 
 def experiment_section(exp: Path) -> str:
     """The command, the config's key settings and the test/val table of one experiment."""
-    cfg = yaml.safe_load((exp / "config.yaml").read_text())["config"]
+    header = yaml.safe_load((exp / "config.yaml").read_text())
+    cfg = header["config"]
+    finished = json.loads((exp / "COMPLETE.json").read_text())["finished"]
+    fmt = "%Y-%m-%dT%H:%M:%S%z"
+    minutes = (datetime.strptime(finished, fmt) - datetime.strptime(header["created"], fmt)).total_seconds() / 60
     summary = pd.read_parquet(exp / "summary.parquet")
     summary = summary[summary["metric"].isin(["auroc", "accuracy", "kappa_quadratic", "balanced_accuracy"])]
     summary = summary.assign(**{"mean ± 1.96·sd/√n": [f"{m:.3f} ± {m - lo:.3f}" for m, lo in
@@ -31,7 +37,9 @@ def experiment_section(exp: Path) -> str:
     cols = ["split", "fraction", "metric", "n", "mean ± 1.96·sd/√n", "bootstrap 95% CI"]
     table = markdown_table(summary[cols].sort_values(["split", "fraction", "metric"]).to_dict("records"), cols)
     return (f"## {exp.name}\n\n{cfg['policy']} of `{cfg['encoder']}` on `{cfg['card']}` task `{cfg['task']}`, "
-            f"{cfg['epochs']} epochs, image {cfg['image_size']} px, seeds {cfg['seeds']}.\n\n"
+            f"{cfg['epochs']} epochs, image {cfg['image_size']} px, seeds {cfg['seeds']}; wall time "
+            f"{minutes:.1f} min on the 2-core CPU machine (synthfm {header['synthfm_version']}, "
+            f"commit {header['git_commit'][:8]}).\n\n"
             f"Command: `synthfm adapt configs/experiments/{exp.name}.yaml -o {exp}`\n\n{table}\n")
 
 
