@@ -17,6 +17,7 @@ from torch import nn
 
 from synthfm.models.backbones import backbone_geometry, create_backbone
 from synthfm.pretrain.config import MAEConfig, PretrainConfig
+from synthfm.pretrain.objective import SingleModuleObjective
 
 PAPER_BATCH = 1792  # 4 GPUs x 448 (Zhou et al., RETFound / FM-MEH MAE)
 
@@ -153,19 +154,10 @@ class MaskedAutoencoder(nn.Module):
         return loss, pred, mask
 
 
-class MAEObjective:
+class MAEObjective(SingleModuleObjective):
     """The MAE objective for the engine: one module, loss on batch['image']."""
 
-    def __init__(self, model: MaskedAutoencoder) -> None:
-        self.model = model
-
-    def modules(self) -> dict[str, nn.Module]:
-        """The trained modules by name (checkpoint keys are prefixed with these names)."""
-        return {"mae": self.model}
-
-    def encoder(self) -> nn.Module:
-        """The backbone to export after pretraining (the decoder is discarded)."""
-        return self.model.encoder
+    name = "mae"
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """MAE loss of a batch and what to log."""

@@ -31,6 +31,7 @@ from synthfm.errors import SynthfmError
 from synthfm.models.backbones import backbone_geometry
 from synthfm.pretrain.config import PretrainConfig, RaSDObjectiveConfig
 from synthfm.pretrain.mae import build_encoder
+from synthfm.pretrain.objective import SingleModuleObjective
 
 RASD_RECIPES: dict[str, dict[str, Any]] = {
     # CPU demo and tests: ViT-Ti/8 at 64 px on on-the-fly RaSD images with their structure masks.
@@ -124,19 +125,10 @@ class PrototypeDisentangler(nn.Module):
         return loss, {"loss_proto": loss.detach(), "prototypes_per_image": n_protos}
 
 
-class RaSDObjective:
+class RaSDObjective(SingleModuleObjective):
     """The RaSD objective for the engine: one module, loss on batch['image'] and batch['mask']."""
 
-    def __init__(self, model: PrototypeDisentangler) -> None:
-        self.model = model
-
-    def modules(self) -> dict[str, nn.Module]:
-        """The trained modules by name (checkpoint keys are prefixed with these names)."""
-        return {"rasd": self.model}
-
-    def encoder(self) -> nn.Module:
-        """The backbone to export after pretraining (the projection head is discarded)."""
-        return self.model.encoder
+    name = "rasd"
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Prototype disentangling loss of a batch and what to log."""
