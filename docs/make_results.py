@@ -34,8 +34,9 @@ def experiment_section(exp: Path) -> str:
                                                    zip(summary["mean"], summary["ci_low"], strict=True)],
                                 "bootstrap 95% CI": [f"[{a:.3f}, {b:.3f}]" for a, b in
                                                      zip(summary["boot_low"], summary["boot_high"], strict=True)]})
-    cols = ["split", "fraction", "metric", "n", "mean ± 1.96·sd/√n", "bootstrap 95% CI"]
-    table = markdown_table(summary[cols].sort_values(["split", "fraction", "metric"]).to_dict("records"), cols)
+    sets = ["eval_set"] if summary.get("eval_set", pd.Series(dtype=str)).nunique() > 1 else []  # external sets
+    cols = [*sets, "split", "fraction", "metric", "n", "mean ± 1.96·sd/√n", "bootstrap 95% CI"]
+    table = markdown_table(summary[cols].sort_values([*sets, "split", "fraction", "metric"]).to_dict("records"), cols)
     return (f"## {exp.name}\n\n{cfg['policy']} of `{cfg['encoder']}` on `{cfg['card']}` task `{cfg['task']}`, "
             f"{cfg['epochs']} epochs, image {cfg['image_size']} px, seeds {cfg['seeds']}; wall time "
             f"{minutes:.1f} min on the 2-core CPU machine (synthfm {header['synthfm_version']}, "

@@ -18,7 +18,7 @@ def phantom_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return render_phantom(out, PhantomConfig(n=64, size=64, ratios=(0.5, 0.25, 0.25)))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_cfg(phantom_card: Path) -> Any:
     """Build an AdaptConfig on the phantom card with a 2-block, 48-wide ViT at 32 px."""
 

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from synthfm.config import StrictModel
+
+
+class ExternalEval(StrictModel):
+    """Another card to test the adapted model on (train on card A, test on card B), with its label mapping.
+
+    `task_map` maps a task of card B onto the task being adapted (`{B task: A task}`; default: the same name);
+    `label_map` maps B's class names onto A's (`{B class: A class}`; classes not named map by equal name).
+    """
+
+    card: str = Field(description="dataset.yaml of the external card (B)")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
+                             description="evaluation-set name in the results; default: B's card name")
+    split: Literal["train", "val", "test", "all"] = Field("test", description="rows of B to test on")
+    task_map: dict[str, str] = Field(default_factory=dict, description="{task in B: task in A}")
+    label_map: dict[str, str] = Field(default_factory=dict, description="{class in B: class in A}")
 
 
 class AdaptConfig(StrictModel):
@@ -43,6 +58,15 @@ class AdaptConfig(StrictModel):
     test_splits: list[str] = Field(default_factory=lambda: ["test"])
     num_workers: int = Field(0, ge=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    external: list[ExternalEval] = Field(default_factory=list, description="cards to test on besides this one")
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_external(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave an empty `external` out of dumps, so configs without it keep their run-directory hash."""
+        data = handler(self)
+        if not data.get("external"):
+            data.pop("external", None)
+        return data
 
     @property
     def augments(self) -> bool:

@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 
 from synthfm.adapt.config import AdaptConfig
+from synthfm.adapt.external import resolve_externals
 from synthfm.adapt.trainer import STAGE, adapt_one
 from synthfm.data.card import read_card
-from synthfm.evaluate.results import RESULTS, load_results, tidy_rows, write_tables
+from synthfm.evaluate.results import INTERNAL, RESULTS, load_results, tidy_rows, write_tables
 from synthfm.runs import RunDir
 
 
@@ -20,6 +21,7 @@ def run_path(out_dir: str | Path, fraction: float, seed: int) -> Path:
 
 def run_experiment(cfg: AdaptConfig, out_dir: str | Path) -> pd.DataFrame:
     """Adapt for every fraction × seed (finished runs are skipped), then write the results tables."""
+    resolve_externals(cfg)  # a wrong external mapping fails here, before any training
     top = RunDir(out_dir, f"{STAGE}.experiment", cfg)
     if top.open() == "done":
         return load_results(out_dir)
@@ -35,12 +37,14 @@ def run_experiment(cfg: AdaptConfig, out_dir: str | Path) -> pd.DataFrame:
 
 
 def collect_results(cfg: AdaptConfig, out_dir: str | Path) -> pd.DataFrame:
-    """The tidy table of every finished run: one row per fraction / seed / split / metric."""
-    dataset = read_card(cfg.card)[0].name
+    """The tidy table of every finished run: one row per fraction / seed / evaluation set / split / metric."""
+    meta = {"experiment": Path(out_dir).name, "dataset": read_card(cfg.card)[0].name, "task": cfg.task,
+            "policy": cfg.policy, "encoder": cfg.encoder}
     rows = []
     for fraction in cfg.label_fractions:
         for seed in cfg.seeds:
             summary = RunDir(run_path(out_dir, fraction, seed), STAGE, cfg.single(fraction, seed)).summary()
-            rows += tidy_rows(summary["metrics"], dataset=dataset, task=cfg.task, policy=cfg.policy,
-                              encoder=cfg.encoder, fraction=fraction, seed=seed)
+            sets = {INTERNAL: summary["metrics"], **summary.get("external", {})}
+            for eval_set, metrics in sets.items():
+                rows += tidy_rows(metrics, **meta, fraction=fraction, seed=seed, eval_set=eval_set)
     return pd.DataFrame(rows)

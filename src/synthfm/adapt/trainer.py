@@ -29,11 +29,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from synthfm.adapt.config import AdaptConfig
+from synthfm.adapt.external import ExternalSet, resolve_externals
 from synthfm.data.card import TaskSpec
 from synthfm.data.manifest import CardData, load_card
 from synthfm.data.readers import open_dataset
 from synthfm.data.splits import label_fractions
 from synthfm.errors import SynthfmError
+from synthfm.evaluate.fairness import row_metadata
 from synthfm.evaluate.metrics import task_metrics
 from synthfm.io import atomic_path, atomic_write_json, atomic_write_text
 from synthfm.models.backbones import create_backbone
@@ -45,6 +47,7 @@ STAGE = "adapt"
 CHECKPOINTS = "checkpoints"
 BEST_FILE = "best.safetensors"
 FEATURES_FILE = "features.safetensors"
+EXTERNAL_DIR = "external"
 EMBED_PREFIXES = ("cls_token", "pos_embed", "patch_embed", "reg_token", "mask_token", "dist_token")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -163,9 +166,9 @@ def _columns(df: pd.DataFrame, name: str) -> np.ndarray:
     return df[[c for c in df if c.startswith(f"{name}_")]].to_numpy()
 
 
-def read_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(index, y, scores) from a predictions Parquet file written by the trainer."""
-    df = pd.read_parquet(path)
+def read_predictions(source: str | Path | pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(index, y, scores) from a predictions table (or its Parquet file) written by the trainer."""
+    df = source if isinstance(source, pd.DataFrame) else pd.read_parquet(source)
     return df["index"].to_numpy(), _columns(df, "y"), _columns(df, "score").astype(float)
 
 
@@ -182,14 +185,15 @@ def train_positions(data: CardData, task: str, fraction: float, seed: int) -> np
 
 
 class TaskCollate:
-    """Card samples -> (images, targets of one task, manifest rows)."""
+    """Card samples -> (images, targets of one task (zeros when task is None), manifest rows)."""
 
-    def __init__(self, task: str) -> None:
+    def __init__(self, task: str | None) -> None:
         self.task = task
 
     def __call__(self, samples: list[dict[str, Any]]) -> Batch:
-        return (torch.stack([s["image"] for s in samples]), torch.stack([s["labels"][self.task] for s in samples]),
-                torch.tensor([s["index"] for s in samples]))
+        y = (torch.stack([s["labels"][self.task] for s in samples]) if self.task is not None
+             else torch.zeros(len(samples)))
+        return torch.stack([s["image"] for s in samples]), y, torch.tensor([s["index"] for s in samples])
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -207,6 +211,7 @@ class Trainer:
         self.run = RunDir(out_dir, STAGE, cfg)
         self.data = load_card(cfg.card)
         self.task = self.data.card.task(cfg.task)
+        self.externals = resolve_externals(cfg, self.data)
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision)
         if self.acc.num_processes > 1:
             raise SynthfmError("adaptation runs in one process", "run it without 'accelerate launch' on several GPUs")
@@ -244,9 +249,9 @@ class Trainer:
             sets[split] = open_dataset(self.data, split, size=self.size)
         return self.cache_features(sets) if self.cached else sets
 
-    def loader(self, ds: Dataset, shuffle: bool = False, epoch: int = 0) -> DataLoader:
-        """A loader over (x, y, index) batches; training order depends only on (seed, epoch)."""
-        collate = None if isinstance(ds, TensorDataset) else TaskCollate(self.task.name)
+    def loader(self, ds: Dataset, shuffle: bool = False, epoch: int = 0, labels: bool = True) -> DataLoader:
+        """A loader over (x, y, index) batches (y zeros without `labels`); order depends only on (seed, epoch)."""
+        collate = None if isinstance(ds, TensorDataset) else TaskCollate(self.task.name if labels else None)
         drop = shuffle and len(ds) > self.cfg.batch_size  # no size-1 last batch for BatchNorm
         return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, drop_last=drop, collate_fn=collate,
                           num_workers=self.cfg.num_workers,
@@ -290,12 +295,14 @@ class Trainer:
         return {"train_loss": float(np.mean(losses)), "lr": lr}
 
     @torch.no_grad()
-    def predict(self, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(manifest rows, targets, scores) of a dataset."""
-        self.net.eval()
+    def predict(self, ds: Dataset, net: nn.Module | None = None, labels: bool = True,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(manifest rows, targets, scores) of a dataset, by the trained net (or `net`, e.g. the whole model)."""
+        net = self.net if net is None else net
+        net.eval()
         idx, ys, ps = [], [], []
-        for x, y, i in self.loader(ds):
-            ps.append(task_scores(self.task.type, self.net(x.to(self.acc.device))).cpu().numpy())
+        for x, y, i in self.loader(ds, labels=labels):
+            ps.append(task_scores(self.task.type, net(x.to(self.acc.device))).cpu().numpy())
             ys.append(y.numpy())
             idx.append(i.numpy())
         return np.concatenate(idx), np.concatenate(ys), np.concatenate(ps)
@@ -351,6 +358,8 @@ class Trainer:
             self.save_checkpoint(epoch, best)
         summary = {**best, "fraction": self.fraction, "seed": self.seed, "train_images": len(sets["train"]),
                    "metrics": self.evaluate_best(sets)}
+        if self.externals:
+            summary["external"] = {e.name: self.evaluate_external(e) for e in self.externals}
         self.run.complete(**summary)
         shutil.rmtree(self.run.path / CHECKPOINTS, ignore_errors=True)
         return summary
@@ -361,11 +370,26 @@ class Trainer:
         out = {}
         for split in dict.fromkeys([self.cfg.val_split, *self.cfg.test_splits]):
             index, y, p = self.predict(sets[split])
-            with atomic_path(self.run.path / f"predictions_{split}.parquet", ".parquet") as tmp:
-                prediction_frame(index, y, p, self.task).to_parquet(tmp, index=False)
-            out[split] = task_metrics(self.task.type, y, p)
+            out[split] = self.save_predictions(self.run.path / f"predictions_{split}.parquet", index, y, p, self.data)
         atomic_write_json(self.run.path / "metrics.json", out)
         return out
+
+    def evaluate_external(self, ext: ExternalSet) -> dict[str, dict[str, float]]:
+        """Predictions and metrics of the best weights on an external card (labels mapped onto this task)."""
+        ds = open_dataset(ext.data, ext.split, size=self.size)
+        index, _, p = self.predict(ds, net=self.model, labels=False)
+        split = ext.split or "all"
+        path = self.run.path / EXTERNAL_DIR / ext.name / f"predictions_{split}.parquet"
+        return {split: self.save_predictions(path, index, ext.targets(index), p, ext.data)}
+
+    def save_predictions(self, path: Path, index: np.ndarray, y: np.ndarray, p: np.ndarray,
+                         data: CardData) -> dict[str, float]:
+        """Write per-image predictions with the card's metadata columns; return their metrics."""
+        frame = prediction_frame(index, y, p, self.task)
+        frame = pd.concat([frame, row_metadata(data, index)], axis=1)
+        with atomic_path(path, ".parquet") as tmp:
+            frame.to_parquet(tmp, index=False)
+        return task_metrics(self.task.type, y, p)
 
 
 def is_better(value: float, best: float | None) -> bool:

@@ -1,4 +1,20 @@
-"""Tidy results over label fractions and seeds: summary with CIs, and paired comparisons of two experiments."""
+"""Tidy results over label fractions and seeds: summary with CIs, paired comparisons, and the tables a report reads.
+
+Where the tables are (every table is written as both `.parquet` and `.csv`, atomically):
+
+| file | written by | one row per |
+| --- | --- | --- |
+| `EXP/results.*` | `synthfm adapt` | fraction x seed x eval_set x split x metric (`value`) |
+| `EXP/summary.*` | `synthfm adapt` | fraction x eval_set x split x metric: n, mean, sd, ci_low/high, boot_low/high |
+| `EXP/fairness/subgroups.*` | `synthfm evaluate` | fraction x seed x eval_set x split x attribute x group (wide) |
+| `EXP/fairness/subgroup_summary.*` | `synthfm evaluate` | ... x attribute x group x metric, over seeds |
+| `EXP/fairness/gaps.*`, `gap_summary.*` | `synthfm evaluate` | AUROC gap and equalised-odds difference |
+| `EXP/label_curve.*` | `synthfm evaluate` | fraction: mean and CIs of the test metric over seeds |
+| `OUT/training_curve.*` | `synthfm efficiency checkpoints` | pretraining step x fraction x split x metric |
+
+`EXP` is an adaptation experiment directory; `load_results(root)` reads one, a list, or every experiment under a
+root; `fairness_tables(root)`, `efficiency_curve(root)` and `training_curve(out)` return the other tables.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +31,14 @@ from synthfm.io import atomic_path
 
 RESULTS = "results"
 SUMMARY = "summary"
-GROUP = ("dataset", "task", "policy", "encoder", "fraction", "split", "metric")
-PAIR = ("dataset", "task", "fraction")
+FAIRNESS_DIR = "fairness"
+FAIRNESS_TABLES = ("subgroups", "subgroup_summary", "gaps", "gap_summary")
+LABEL_CURVE = "label_curve"
+TRAINING_CURVE = "training_curve"
+INTERNAL = "internal"
+SUMMARY_COLUMNS = ("n", "mean", "sd", "ci_low", "ci_high", "boot_low", "boot_high")
+GROUP = ("experiment", "dataset", "task", "policy", "encoder", "fraction", "eval_set", "split", "metric")
+PAIR = ("dataset", "task", "eval_set", "fraction")
 
 
 def tidy_rows(metrics: dict[str, dict[str, float]], **meta: Any) -> list[dict[str, Any]]:
@@ -34,36 +56,98 @@ def summary_table(results: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFr
         rows.append({**dict(zip(by, keys, strict=True)), "n": s.n, "mean": s.mean, "sd": s.sd,
                      "ci_low": s.mean - s.ci_half_width, "ci_high": s.mean + s.ci_half_width,
                      "boot_low": s.boot_low, "boot_high": s.boot_high})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*by, *SUMMARY_COLUMNS])
+
+
+def write_table(df: pd.DataFrame, stem: str | Path) -> None:
+    """Write one table as `stem.parquet` and `stem.csv`, each atomically."""
+    for suffix in (".parquet", ".csv"):
+        with atomic_path(Path(f"{stem}{suffix}"), suffix) as tmp:
+            df.to_parquet(tmp, index=False) if suffix == ".parquet" else df.to_csv(tmp, index=False)
 
 
 def write_tables(results: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
     """Write results and their summary as Parquet and CSV (atomically); return the summary."""
     summary = summary_table(results)
     for name, df in ((RESULTS, results), (SUMMARY, summary)):
-        for suffix in (".parquet", ".csv"):
-            with atomic_path(Path(out_dir) / f"{name}{suffix}", suffix) as tmp:
-                df.to_parquet(tmp, index=False) if suffix == ".parquet" else df.to_csv(tmp, index=False)
+        write_table(df, Path(out_dir) / name)
     return summary
 
 
-def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """A results table: a DataFrame, a results file, or an experiment directory holding results.parquet."""
+def find_experiments(root: str | Path) -> list[Path]:
+    """Experiment directories (holding results.parquet) at or under `root`, sorted."""
+    root = Path(root)
+    if (root / f"{RESULTS}.parquet").is_file():
+        return [root]
+    return sorted(p.parent for p in root.rglob(f"{RESULTS}.parquet"))
+
+
+def _read_experiment(path: Path) -> pd.DataFrame:
+    """One results file; `experiment` is its folder's name (a moved experiment keeps no stale name)."""
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    df = df.drop(columns="experiment", errors="ignore")
+    df.insert(0, "experiment", path.parent.name)
+    if "eval_set" not in df:
+        df.insert(list(df.columns).index("split"), "eval_set", INTERNAL)
+    return df
+
+
+def load_results(source: str | Path | pd.DataFrame | Sequence[str | Path]) -> pd.DataFrame:
+    """Results: a DataFrame, a results file, an experiment directory, a root holding several, or a list of these."""
     if isinstance(source, pd.DataFrame):
         return source
+    if not isinstance(source, (str, Path)):
+        return pd.concat([load_results(s) for s in source], ignore_index=True)
     path = Path(source)
-    if path.is_dir():
-        path = path / f"{RESULTS}.parquet"
+    files = [e / f"{RESULTS}.parquet" for e in find_experiments(path)] if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise SynthfmError(f"no results table at or under {path}", "point at an adaptation experiment directory")
+    return pd.concat([_read_experiment(f) for f in files], ignore_index=True)
+
+
+def _read_tables(exp: Path, names: Sequence[str], folder: str = "") -> dict[str, pd.DataFrame]:
+    """Named Parquet tables of one experiment, with `experiment` set to its folder's name."""
+    out = {}
+    for name in names:
+        path = exp / folder / f"{name}.parquet"
+        if not path.is_file():
+            raise SynthfmError(f"no table {path}", f"run 'synthfm evaluate {exp}' first")
+        out[name] = pd.read_parquet(path).assign(experiment=exp.name)
+    return out
+
+
+def fairness_tables(root: str | Path) -> dict[str, pd.DataFrame]:
+    """The fairness tables (subgroups, subgroup_summary, gaps, gap_summary) of every evaluated experiment."""
+    found = [_read_tables(e, FAIRNESS_TABLES, FAIRNESS_DIR) for e in find_experiments(root)
+             if (e / FAIRNESS_DIR).is_dir()]
+    if not found:
+        raise SynthfmError(f"no fairness tables at or under {root}", f"run 'synthfm evaluate {root}' first")
+    return {n: pd.concat([f[n] for f in found], ignore_index=True) for n in FAIRNESS_TABLES}
+
+
+def efficiency_curve(root: str | Path) -> pd.DataFrame:
+    """The label-efficiency curves (label_curve tables) of every evaluated experiment at or under `root`."""
+    found = [_read_tables(e, [LABEL_CURVE])[LABEL_CURVE] for e in find_experiments(root)
+             if (e / f"{LABEL_CURVE}.parquet").is_file()]
+    if not found:
+        raise SynthfmError(f"no label curves at or under {root}", f"run 'synthfm evaluate {root}' first")
+    return pd.concat(found, ignore_index=True)
+
+
+def training_curve(out: str | Path) -> pd.DataFrame:
+    """The score-vs-pretraining-step table written by `synthfm efficiency checkpoints` into `out`."""
+    path = Path(out) / f"{TRAINING_CURVE}.parquet"
     if not path.is_file():
-        raise SynthfmError(f"no results table at {path}", "point at an adaptation experiment directory")
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        raise SynthfmError(f"no training curve at {path}", "run 'synthfm efficiency checkpoints' first")
+    return pd.read_parquet(path)
 
 
 def compare(results_a: str | Path | pd.DataFrame, results_b: str | Path | pd.DataFrame, metric: str = "auroc",
             split: str = "test", by: Sequence[str] = PAIR) -> pd.DataFrame:
-    """A vs B per (dataset, task, fraction): paired two-sided t-test over shared seeds, Holm across rows."""
-    pick = [*by, "seed", "value"]
+    """A vs B per (dataset, task, eval_set, fraction): paired two-sided t-test over shared seeds, Holm across rows."""
     a, b = (load_results(r) for r in (results_a, results_b))
+    by = [c for c in by if c in a and c in b]
+    pick = [*by, "seed", "value"]
     a, b = ((df[(df["metric"] == metric) & (df["split"] == split)])[pick] for df in (a, b))
     both = a.merge(b, on=[*by, "seed"], suffixes=("_a", "_b"))
     rows = [_paired(dict(zip(by, keys, strict=True)), g) for keys, g in both.groupby(list(by), sort=True)]

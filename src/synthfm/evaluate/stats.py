@@ -26,6 +26,8 @@ def summarise(values: np.ndarray | list[float], n_boot: int = 10_000, seed: int 
     """Mean, sd (ddof=1), 1.96·sd/√n and a bootstrap 95% CI of the mean."""
     v = np.asarray(values, dtype=float)
     n = len(v)
+    if n == 0:
+        return Summary(0, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"))
     sd = float(v.std(ddof=1)) if n > 1 else 0.0
     if n > 1 and sd > 0:
         res = stats.bootstrap((v,), np.mean, n_resamples=n_boot, confidence_level=0.95, method="percentile",
@@ -33,7 +35,7 @@ def summarise(values: np.ndarray | list[float], n_boot: int = 10_000, seed: int 
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     else:
         lo = hi = float(v.mean())
-    return Summary(n, float(v.mean()), sd, Z95 * sd / np.sqrt(n) if n else float("nan"), lo, hi)
+    return Summary(n, float(v.mean()), sd, Z95 * sd / np.sqrt(n), lo, hi)
 
 
 def shapiro(values: np.ndarray | list[float]) -> tuple[float, float]:

@@ -395,11 +395,12 @@ def run_config(run_dir: str | Path) -> PretrainConfig:
     return pretrain_config(yaml.safe_load(path.read_text())["config"], str(path))
 
 
-def export_encoder(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Save the encoder of a run's latest checkpoint with save_pretrained (default: RUN/export)."""
+def export_encoder(run_dir: str | Path, out_dir: str | Path | None = None,
+                   checkpoint: str | Path | None = None) -> Path:
+    """Save the encoder of a run's latest checkpoint (or of `checkpoint`) with save_pretrained (default: RUN/export)."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    found = checkpoint_dirs(run_dir)
+    found = [Path(checkpoint)] if checkpoint is not None else checkpoint_dirs(run_dir)
     if not found:
         raise SynthfmError(f"{run_dir} has no checkpoint yet", "wait for the first checkpoint_every steps")
     objective = OBJECTIVES[cfg.objective](cfg)

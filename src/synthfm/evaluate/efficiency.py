@@ -1,0 +1,75 @@
+"""Label efficiency: the score-vs-label-fraction curve of each model, and the labels a model needs to match another.
+
+"Fraction of labels model A needs to match model B at 100%" is read off A's mean curve (over seeds): the first
+point where it reaches B's mean at the largest fraction, linearly interpolated between the two label fractions
+around the crossing. If A never reaches it the answer is "not reached" (NaN); if A's smallest fraction already
+reaches it, that smallest fraction is an upper bound (the curve says nothing below it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from synthfm.errors import SynthfmError
+from synthfm.evaluate.results import INTERNAL, load_results, summary_table
+
+MODEL = ("experiment",)
+CURVE_COLUMNS = ("fraction", "n", "mean", "ci_low", "ci_high", "boot_low", "boot_high")
+
+
+def _select(results: pd.DataFrame, metric: str, split: str, eval_set: str) -> pd.DataFrame:
+    """The rows of one metric, split and evaluation set (an error when there are none)."""
+    sel = results[(results["metric"] == metric) & (results["split"] == split)
+                  & (results.get("eval_set", INTERNAL) == eval_set)]
+    if sel.empty:
+        raise SynthfmError(f"no results for metric '{metric}', split '{split}', evaluation set '{eval_set}'",
+                           f"choose from metrics {sorted(results['metric'].unique())}, splits "
+                           f"{sorted(results['split'].unique())}")
+    return sel
+
+
+def label_curve(results: pd.DataFrame | str, metric: str = "auroc", split: str = "test", eval_set: str = INTERNAL,
+                by: Sequence[str] = MODEL) -> pd.DataFrame:
+    """Per model (`by`) and label fraction: seeds n, mean, 95% CI (1.96·sd/√n) and bootstrap CI."""
+    sel = _select(load_results(results), metric, split, eval_set)
+    curve = summary_table(sel, by=[*by, "fraction"])
+    return curve[[*by, *CURVE_COLUMNS]].assign(metric=metric, split=split, eval_set=eval_set)
+
+
+def fraction_to_match(fractions: Sequence[float], means: Sequence[float], target: float) -> float:
+    """The label fraction where a mean curve first reaches `target` (linear interpolation); NaN if it never does."""
+    f, m = np.asarray(fractions, dtype=float), np.asarray(means, dtype=float)
+    order = np.argsort(f)
+    f, m = f[order], m[order]
+    above = np.flatnonzero(m >= target)
+    if len(above) == 0:
+        return float("nan")
+    i = int(above[0])
+    if i == 0:
+        return float(f[0])
+    return float(f[i - 1] + (target - m[i - 1]) * (f[i] - f[i - 1]) / (m[i] - m[i - 1]))
+
+
+def labels_needed(results: pd.DataFrame | str, reference: str, metric: str = "auroc", split: str = "test",
+                  eval_set: str = INTERNAL, by: str = MODEL[0]) -> pd.DataFrame:
+    """For every model: the label fraction it needs to match `reference` at its largest fraction (100%)."""
+    curve = label_curve(results, metric, split, eval_set, by=[by])
+    ref = curve[curve[by] == reference]
+    if ref.empty:
+        raise SynthfmError(f"reference model {reference!r} not in the results' '{by}' column",
+                           f"use one of {sorted(curve[by].unique())}")
+    top = ref.loc[ref["fraction"].idxmax()]
+    rows = []
+    for model, g in curve.groupby(by, sort=True):
+        needed = fraction_to_match(g["fraction"], g["mean"], top["mean"])
+        smallest = float(g["fraction"].min())
+        note = ("not reached" if np.isnan(needed) else
+                f"at most {smallest:g} (reached at the smallest fraction tried)" if needed == smallest else
+                f"{needed:.3g}")
+        rows.append({by: model, "reference": reference, "reference_fraction": float(top["fraction"]),
+                     "target": float(top["mean"]), "fraction_needed": needed, "reached": not np.isnan(needed),
+                     "note": note, "metric": metric, "split": split, "eval_set": eval_set})
+    return pd.DataFrame(rows)
