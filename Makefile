@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.synthfm-installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test lint clean
+.PHONY: install browser demo test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
-	$(BIN)/synthfm demo --out runs/demo
+# The report test renders HTML in headless Chromium (Debian's package); install it when it is absent.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing chromium for the report test"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: install
+demo: install
+	$(BIN)/synthfm run configs/demo.yaml
+	@echo "report: $(CURDIR)/runs/demo/report.html"
+
+test: install browser
 	SYNTHFM_PROGRESS=0 $(BIN)/python -m pytest
 
 lint: install

@@ -32,7 +32,6 @@ PENDING = {
     "analyze": "Morphology, latent maps, key metadata, Grad-CAM.",
     "site": "Consortium site kit: generator bundles.",
     "hub": "Consortium hub: verify bundles, compose a global set.",
-    "report": "The HTML report.",
 }
 
 
@@ -48,6 +47,17 @@ def _pending_group(name: str, help_text: str) -> typer.Typer:
 
     return group
 
+
+def _mount() -> None:
+    """Sub-command groups and commands that live in their stage packages."""
+    from synthfm.evaluate.commands import app as efficiency_app
+    from synthfm.evaluate.commands import evaluate_cli
+
+    app.command("evaluate")(evaluate_cli)
+    app.add_typer(efficiency_app, name="efficiency")
+
+
+_mount()
 
 for _name, _help in PENDING.items():
     app.add_typer(_pending_group(_name, _help), name=_name)
@@ -154,24 +164,38 @@ def inspect_cmd(
     console.print("[green]card OK[/]" + (f" with {len(rep.problems)} warning(s)" if rep.problems else ""))
 
 
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder")] = Path("runs/demo"),
-    n: Annotated[int, typer.Option(help="Fundus phantom images")] = 240,
-    size: Annotated[int, typer.Option(help="Phantom image side")] = 128,
+@app.command("run")
+def run_cmd(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (e.g. configs/demo.yaml)")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run root (default: the file's root, or runs/NAME)")] = None,  # noqa: UP045, E501
+    only: Annotated[Optional[str], typer.Option(help="Comma-separated stages or stage.job names to run")] = None,  # noqa: UP045
+    start: Annotated[Optional[str], typer.Option("--from", help="Start at this stage (earlier ones must be finished)")] = None,  # noqa: UP045, E501
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (what runs, what is cached) and stop")] = False,  # noqa: E501
 ) -> None:
-    """Run every stage that exists so far on embedded phantom data (cached: a second run is instant)."""
-    from synthfm.demo import run_demo
+    """Run a pipeline: every stage in order, finished jobs reused, interrupted ones resumed; ends with the report."""
+    from synthfm.pipeline.runner import run_pipeline
 
-    s = run_demo(out, n, size)
-    for name, c in s["counts"].items():
-        console.print(f"  {name}: {c['rows']} images, splits {c['splits']}, {c['errors']} errors")
-    console.print(f"  loader: {s['loader']['images_per_s']} images/s over {s['loader']['images']} training images")
-    console.print(f"[green]demo finished[/] in {s['seconds']} s; summary: [bold]{Path(out) / 'demo_summary.json'}[/]")
-    console.print(f"[bold]{s['verdict']}[/]")
-    console.print("Ran: data (cards, prepare, shards, inspect), synth (fundus + CXR phantoms), pretrain (MAE), "
-                  "adapt + evaluate (linear probe, seeds, paired t-test). Not yet available: "
-                  + ", ".join(s["pending_stages"]) + " (see docs/architecture.md).")
+    root, jobs = run_pipeline(pipeline, out, only.split(",") if only else None, start, dry_run,
+                              say=lambda s: console.print(s, highlight=False, markup=False, soft_wrap=True))
+    if dry_run:
+        return
+    ran = sum(j.status == "ran" for j in jobs)
+    console.print(f"[green]pipeline finished[/]: {ran} job(s) ran, {sum(j.status == 'cached' for j in jobs)} reused")
+    report = root / "report.html"
+    if report.is_file():
+        console.print(f"report: [bold]{report}[/]")
+
+
+@app.command("report")
+def report_cmd(
+    root: Annotated[Path, typer.Argument(help="Pipeline run root (the folder holding pipeline.json)")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default ROOT/report.html)")] = None,  # noqa: UP045
+    title: Annotated[Optional[str], typer.Option(help="Report title")] = None,  # noqa: UP045
+) -> None:
+    """Write the self-contained HTML report of a pipeline run."""
+    from synthfm.report.html import render_report
+
+    console.print(f"report: [bold]{render_report(root, out, title)}[/]")
 
 
 @pretrain_app.command("run")
@@ -221,17 +245,6 @@ def adapt_cmd(
     from synthfm.adapt.commands import adapt_command
 
     adapt_command(config, out)
-
-
-@app.command("evaluate")
-def evaluate_cmd(
-    run: Annotated[Path, typer.Argument(help="Finished adaptation experiment folder")],
-    metric: Annotated[str, typer.Option(help="Metric to summarise")] = "auroc",
-) -> None:
-    """Mean, 95% CI (1.96 sd/sqrt n) and bootstrap CI of a metric over seeds, per fraction and split."""
-    from synthfm.adapt.commands import evaluate_command
-
-    evaluate_command(run, metric)
 
 
 @app.command("compare")

@@ -1,0 +1,1 @@
+"""The pipeline runner: `synthfm run PIPELINE.yaml` plans every stage's jobs, reuses finished ones, resumes."""
