@@ -1,0 +1,243 @@
+"""The generator a bundle carries, behind one small interface: load a directory, then sample(conditions, seeds).
+
+A generator directory is `generator.json` (format, kind, options) plus safetensors weights, in the manner of
+`save_pretrained`. Kinds are registered in `KINDS`: `phantom` (a procedural phantom whose "weights" are its
+prior parameters, fitted from the site's released summary - so they carry nothing the summary does not) and
+`diffusion` (the conditional diffusion generator of `synthfm.synth.diffusion`, used when that package is
+installed). A new kind is a new entry, never an `if` in the callers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+
+from synthfm.config import StrictModel
+from synthfm.consortium.conditions import CardSchema, schema_from_spec
+from synthfm.errors import SynthfmError
+from synthfm.io import atomic_write_json
+from synthfm.models.checkpoint import load_state, save_state
+from synthfm.synth.registry import generator_spec
+
+GENERATOR_FILE = "generator.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "synthfm.consortium.generator/1"
+DIFFUSION_FORMAT = "synthfm.generator/1"  # what synthfm.synth.diffusion exports
+PHANTOM_METADATA = {"fundus_phantom": "synthfm.synth.fundus:FUNDUS_METADATA",
+                    "cxr_phantom": "synthfm.synth.cxr:CXR_METADATA"}
+
+
+class GeneratorConfig(StrictModel):
+    """Which generator a site trains, at what image size, with kind-specific options."""
+
+    kind: Literal["phantom", "diffusion"] = "phantom"
+    name: str = Field("fundus_phantom", description="phantom: fundus_phantom | cxr_phantom")
+    size: int = Field(64, ge=16, le=2048)
+    options: dict[str, Any] = Field(default_factory=dict, description="kind-specific training options")
+
+
+class ConditionalGenerator(Protocol):
+    """What the site audit and the hub use: conditions (labels + metadata) and seeds in, images out."""
+
+    kind: str
+    size: int
+
+    def sample(self, conditions: list[dict[str, Any]], seeds: list[int], size: int | None = None) -> list[np.ndarray]:
+        """One uint8 image (HxWx3 or HxW) per condition, reproducible from its seed."""
+        ...
+
+
+@dataclass
+class TrainInputs:
+    """Everything a kind may train from: the site's card, its condition table and its released summary."""
+
+    cfg: GeneratorConfig
+    card: Path
+    split: str | None
+    table: pd.DataFrame
+    summary: dict[str, Any]
+    schema: CardSchema
+
+
+@dataclass(frozen=True)
+class GeneratorKind:
+    """A generator kind: its condition vocabulary (from its config and the site's card), how a site trains it,
+    how the hub loads it, and what the hub must refuse in its exported files (problems, empty when fine)."""
+
+    schema: Callable[[GeneratorConfig, Path], CardSchema]
+    train: Callable[[TrainInputs, Path], Path]
+    load: Callable[[Path], ConditionalGenerator]
+    check: Callable[[Path], list[str]] = lambda _: []
+
+
+def _object(ref: str) -> Any:
+    """Import 'module:attribute'."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+# ----------------------------------------------------------------------------- phantom kind
+
+
+def phantom_schema(cfg: GeneratorConfig, card: Path | None = None) -> CardSchema:
+    """The phantom's tasks and metadata as a condition vocabulary (public: it does not depend on the card)."""
+    if cfg.name not in PHANTOM_METADATA:
+        raise SynthfmError(f"unknown phantom generator {cfg.name!r}", f"use one of {sorted(PHANTOM_METADATA)}")
+    spec = generator_spec(cfg.name)
+    return schema_from_spec(spec.tasks, spec.task_types, _object(PHANTOM_METADATA[cfg.name]), spec.modality)
+
+
+def _proportions(counts: dict[str, int], values: list[str]) -> np.ndarray | None:
+    """Proportions over `values` from released counts (None when nothing was released)."""
+    c = np.array([counts.get(v, 0) for v in values], float)
+    return c / c.sum() if c.sum() > 0 else None
+
+
+def fit_priors(summary: dict[str, Any], schema: CardSchema) -> dict[str, torch.Tensor]:
+    """Phantom priors from the released summary: class/category proportions, age mean and sd."""
+    out: dict[str, torch.Tensor] = {}
+    for var in schema.variables:
+        counts = summary["marginals"].get(var.name)
+        p = _proportions(counts, var.values) if counts else None
+        if p is not None:
+            out[var.name] = torch.tensor(p, dtype=torch.float64)
+    bins = (summary.get("age_histogram") or {}).get("bins", [])
+    if bins:
+        mid = np.array([(b["lo"] + b["hi"]) / 2 for b in bins])
+        w = np.array([b["count"] for b in bins], float)
+        mean = float((w * mid).sum() / w.sum())
+        sd = float(np.sqrt((w * (mid - mean) ** 2).sum() / w.sum() + np.mean([(b["hi"] - b["lo"]) ** 2 / 12
+                                                                             for b in bins])))
+        out["age"] = torch.tensor([mean, sd], dtype=torch.float64)
+    return out
+
+
+def _fundus_overrides(priors: dict[str, np.ndarray]) -> dict[str, Any]:
+    """FundusPhantom prior overrides from fitted priors (prevalences fitted marginally, so no age doubling)."""
+    out: dict[str, Any] = {"age_dependent_prevalence": False}
+    for name, p in priors.items():
+        if name == "age":
+            out["age_mean"], out["age_sd"] = float(np.clip(p[0], 20, 90)), float(max(p[1], 1.0))
+        elif name in ("amd", "glaucoma", "cataract"):
+            out[name] = float(p[1])
+        else:
+            out[name] = [float(x) for x in p / p.sum()]
+    return out
+
+
+PRIOR_OVERRIDES: dict[str, Callable[[dict[str, np.ndarray]], dict[str, Any]]] = {
+    "fundus_phantom": _fundus_overrides,
+}
+
+
+class PhantomGenerator:
+    """A procedural phantom with fitted priors: conditions fix labels/metadata, priors fill the rest."""
+
+    kind = "phantom"
+
+    def __init__(self, name: str, size: int, priors: dict[str, np.ndarray]) -> None:
+        self.name, self.size, self.priors = name, size, priors
+        overrides = PRIOR_OVERRIDES.get(name, lambda _: {})(priors)
+        self.phantom = generator_spec(name).factory(**overrides) if overrides else generator_spec(name).factory()
+
+    def sample(self, conditions: list[dict[str, Any]], seeds: list[int], size: int | None = None) -> list[np.ndarray]:
+        """Render one image per (condition, seed)."""
+        if len(conditions) != len(seeds):
+            raise SynthfmError(f"sample got {len(conditions)} conditions but {len(seeds)} seeds", "pass one seed each")
+        return [self.phantom.generate(dict(c), int(s), int(size or self.size)).image
+                for c, s in zip(conditions, seeds, strict=True)]
+
+
+def train_phantom(inputs: TrainInputs, out_dir: Path) -> Path:
+    """'Train' a phantom: fit its priors from the released summary and save them as safetensors + JSON."""
+    priors = fit_priors(inputs.summary, inputs.schema)
+    save_state(priors, out_dir / WEIGHTS_FILE, {"format": FORMAT})
+    atomic_write_json(out_dir / GENERATOR_FILE, {
+        "format": FORMAT, "kind": "phantom", "name": inputs.cfg.name, "size": inputs.cfg.size,
+        "weights": WEIGHTS_FILE, "fitted_from": "released summary (no image, no row)",
+    })
+    return out_dir
+
+
+def load_phantom(directory: Path) -> PhantomGenerator:
+    """A saved phantom generator."""
+    cfg = read_generator_config(directory)
+    state = load_state(directory / cfg.get("weights", WEIGHTS_FILE))
+    return PhantomGenerator(cfg["name"], int(cfg["size"]), {k: v.numpy() for k, v in state.items()})
+
+
+# ----------------------------------------------------------------------------- diffusion kind
+
+
+def _diffusion_missing(*_: Any) -> Any:
+    """The diffusion kind where synthfm.synth.diffusion cannot be imported."""
+    raise SynthfmError("generator kind 'diffusion' needs synthfm.synth.diffusion, which this install lacks",
+                       "use kind: phantom, or install a synthfm version with the diffusion generator")
+
+
+def _diffusion_kind() -> GeneratorKind:
+    """The diffusion kind, bound to synthfm.synth.diffusion when it is importable."""
+    try:
+        from synthfm.consortium import diffusion_kind
+    except ImportError:
+        return GeneratorKind(_diffusion_missing, _diffusion_missing, _diffusion_missing)
+    return diffusion_kind.KIND
+
+
+KINDS: dict[str, Callable[[], GeneratorKind]] = {
+    "phantom": lambda: GeneratorKind(phantom_schema, train_phantom, load_phantom),
+    "diffusion": _diffusion_kind,
+}
+
+
+def generator_kind(kind: str) -> GeneratorKind:
+    """A registered generator kind."""
+    if kind not in KINDS:
+        raise SynthfmError(f"unknown generator kind {kind!r}", f"use one of {sorted(KINDS)}")
+    return KINDS[kind]()
+
+
+def read_generator_config(directory: str | Path) -> dict[str, Any]:
+    """generator.json of a generator directory, with its consortium `kind` (a diffusion export is 'diffusion')."""
+    path = Path(directory) / GENERATOR_FILE
+    if not path.is_file():
+        raise SynthfmError(f"{directory} has no {GENERATOR_FILE}: not a generator directory",
+                           "point at the 'generator' folder of a site run or a verified bundle")
+    cfg = json.loads(path.read_text())
+    if isinstance(cfg, dict) and cfg.get("format") == DIFFUSION_FORMAT:
+        return {**cfg, "diffusion_kind": cfg.get("kind"), "kind": "diffusion"}
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "kind" not in cfg:
+        raise SynthfmError(f"{path} is not a {FORMAT} generator config", "re-export the generator with the site kit")
+    return cfg
+
+
+def load_generator(directory: str | Path) -> ConditionalGenerator:
+    """Load any registered kind of generator from its directory."""
+    return generator_kind(read_generator_config(directory)["kind"]).load(Path(directory))
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def generator_hash(directory: str | Path) -> str:
+    """SHA-256 over the sorted (relative path, file SHA-256) pairs of a generator directory."""
+    root = Path(directory)
+    lines = [f"{p.relative_to(root).as_posix()}\0{file_sha256(p)}\n"
+             for p in sorted(root.rglob("*")) if p.is_file()]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
