@@ -30,8 +30,6 @@ app.add_typer(synth_app, name="synth")
 PENDING = {
     "quality": "Quality and privacy gate for synthetic data.",
     "analyze": "Morphology, latent maps, key metadata, Grad-CAM.",
-    "site": "Consortium site kit: generator bundles.",
-    "hub": "Consortium hub: verify bundles, compose a global set.",
 }
 
 
@@ -50,11 +48,14 @@ def _pending_group(name: str, help_text: str) -> typer.Typer:
 
 def _mount() -> None:
     """Sub-command groups and commands that live in their stage packages."""
+    from synthfm.consortium.commands import hub_app, site_app
     from synthfm.evaluate.commands import app as efficiency_app
     from synthfm.evaluate.commands import evaluate_cli
 
     app.command("evaluate")(evaluate_cli)
     app.add_typer(efficiency_app, name="efficiency")
+    app.add_typer(site_app, name="site")
+    app.add_typer(hub_app, name="hub")
 
 
 _mount()

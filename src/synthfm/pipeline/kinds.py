@@ -131,6 +131,36 @@ DATA_KINDS = {
 }
 
 
+# ---- synth ------------------------------------------------------------------------------------------------
+
+def _consortium_validate(raw: Any, where: str) -> BaseModel:
+    """A consortium config inline, or the path of one (e.g. configs/consortium.yaml)."""
+    from synthfm.consortium.simulate import load_consortium_config
+
+    return load_consortium_config(raw if isinstance(raw, str) else validate_config(_consortium_model(), raw, where))
+
+
+def _consortium_model() -> type[BaseModel]:
+    """The consortium config model (imported on use)."""
+    from synthfm.consortium.simulate import ConsortiumConfig
+
+    return ConsortiumConfig
+
+
+def _consortium_run(cfg: BaseModel, out: Path) -> dict[str, Any]:
+    """Sites -> signed bundles -> hub verification -> composed card -> pretraining -> per-site evaluation."""
+    from synthfm.consortium.simulate import run_consortium
+
+    summary = run_consortium(cfg, out)
+    return {"composed_card": summary["composed_card"], "evaluation": summary.get("evaluation")}
+
+
+SYNTH_KINDS = {
+    "consortium": Kind(_consortium_validate, _consortium_run, lambda cfg, d: d / "hub" / "composed" / CARD_FILE,
+                       help="simulated consortium: site bundles -> hub -> composed pretraining card"),
+}
+
+
 # ---- pretrain / adapt ---------------------------------------------------------------------------------------
 
 def _pretrain_inputs(cfg: PretrainConfig) -> list[str]:
@@ -274,7 +304,7 @@ def _report_run(cfg: ReportJob, out: Path) -> dict[str, Any]:
 
 KINDS: dict[str, dict[str, Kind]] = {
     "data": DATA_KINDS,
-    "synth": {},
+    "synth": SYNTH_KINDS,
     "quality": {},
     "pretrain": {"pretrain": Kind(pretrain_config, _pretrain_run, lambda cfg, d: d / "encoder", _pretrain_inputs,
                                   help="self-supervised pretraining (MAE, DINOv2, RaSD)")},
