@@ -1,0 +1,46 @@
+"""Latent maps (t-SNE, UMAP) from a registry encoder, latent separability in key metadata, and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from synthfm.analyze.commands import app
+from synthfm.analyze.keymeta import KeyMetaConfig, run_keymeta
+from synthfm.analyze.latent import LatentConfig, run_latent, sample_rows
+
+TINY = {"depth": 1, "img_size": 32, "embed_dim": 24, "num_heads": 2}
+
+
+def test_sample_rows_caps_and_is_seeded() -> None:
+    """At most n rows, the same for the same seed, all rows when there are fewer."""
+    a, b = sample_rows(100, 10, 3), sample_rows(100, 10, 3)
+    assert len(a) == 10 and (a == b).all() and len(set(a)) == 10
+    assert (sample_rows(5, 10, 0) == range(5)).all()
+
+
+def test_latent_maps_and_keymeta_from_them(planted_card: Path, tmp_path: Path) -> None:
+    """Points and PNGs for every colouring; key metadata reads the latent run."""
+    cfg = LatentConfig(cards=[str(planted_card)], encoder="vit_tiny_p8_64", backbone_overrides=TINY, n=30,
+                       perplexity=5, neighbours=5, threads=1)
+    pts = pd.read_csv(run_latent(cfg, tmp_path / "lat"))
+    assert len(pts) == 30 and {"tsne_x", "umap_y", "source", "site", "batch", "label_dr"} <= set(pts.columns)
+    assert set(pts["source"]) == {"synthetic"} and pts["tsne_x"].notna().all()
+    for name in ("tsne_source", "tsne_site", "umap_batch", "umap_label_dr", "tsne_age"):
+        assert (tmp_path / "lat" / f"{name}.png").stat().st_size > 1000, name
+    ranked = pd.read_csv(run_keymeta(KeyMetaConfig(latent=str(tmp_path / "lat"), fields=["site", "batch"],
+                                                   min_group=3), tmp_path / "km"))
+    assert ranked["knn_balanced_accuracy"].between(0, 1).all() and ranked["silhouette"].notna().all()
+
+
+def test_cli_morphology_and_bad_input(planted_card: Path, tmp_path: Path) -> None:
+    """`analyze morphology` writes the table; an unknown segmenter is rejected naming the key."""
+    runner = CliRunner()
+    ok = runner.invoke(app, ["morphology", str(planted_card), "--out", str(tmp_path / "m"), "--limit", "2",
+                             "--size", "128"])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "m" / "morphology_planted.csv").is_file()
+    bad = runner.invoke(app, ["morphology", str(planted_card), "--out", str(tmp_path / "b"), "--segmenter", "x"])
+    assert bad.exit_code != 0 and "segmenter" in str(bad.exception)
