@@ -29,7 +29,6 @@ app.add_typer(synth_app, name="synth")
 
 PENDING = {
     "quality": "Quality and privacy gate for synthetic data.",
-    "analyze": "Morphology, latent maps, key metadata, Grad-CAM.",
 }
 
 
@@ -48,6 +47,7 @@ def _pending_group(name: str, help_text: str) -> typer.Typer:
 
 def _mount() -> None:
     """Sub-command groups and commands that live in their stage packages."""
+    from synthfm.analyze.commands import app as analyze_app
     from synthfm.consortium.commands import hub_app, site_app
     from synthfm.evaluate.commands import app as efficiency_app
     from synthfm.evaluate.commands import evaluate_cli
@@ -56,6 +56,7 @@ def _mount() -> None:
     app.add_typer(efficiency_app, name="efficiency")
     app.add_typer(site_app, name="site")
     app.add_typer(hub_app, name="hub")
+    app.add_typer(analyze_app, name="analyze")
 
 
 _mount()

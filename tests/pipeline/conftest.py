@@ -45,6 +45,11 @@ def tiny_pipeline(steps: int = 4) -> dict[str, Any]:
             "labels": {"efficiency": {"models": {"MAE": "${adapt.mae_probe}", "random": "${adapt.random_probe}"},
                                       "reference": "random"}},
         },
+        "analyze": {
+            "latent": {"latent": {"cards": ["${data.fundus}"], "encoder": "${pretrain.mae}", "n": 48,
+                                  "methods": ["tsne"], "perplexity": 5}},
+            "gradcam": {"gradcam": {"adapt_run": "${adapt.mae_probe}/fraction_1/seed_0", "n": 4}},
+        },
         "report": {"title": "tiny"},
     }
 

@@ -20,6 +20,7 @@ def test_report_is_self_contained_with_every_section(finished: Path) -> None:
                   "Label efficiency", "Fairness per subgroup", "Quality and privacy gate"):
         assert f"<h2>{title}</h2>" in page
     assert "This pipeline did not run the quality stage." in page
+    assert "gradcam_grid" in page and "tsne_" in page
     assert page.count('src="data:image/png;base64,') >= 4  # sample grid, loss, label efficiency, subgroups
     assert "fraction of labels each model needs" in page and "equalised-odds" in page
     assert "Verdict:" in page and "paired t-test" in page

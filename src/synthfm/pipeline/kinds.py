@@ -283,6 +283,38 @@ def _checkpoints_run(cfg: CheckpointsJob, out: Path) -> dict[str, Any]:
     return {"checkpoints": int(curve["pretrain_step"].nunique())}
 
 
+# ---- analyze ----------------------------------------------------------------------------------------------
+
+def _analysis_kind(module: str, model: str, func: str, inputs: Callable[[Any], list[str]], help: str) -> Kind:
+    """A kind whose config model and run function live in synthfm.analyze.<module> (imported on use)."""
+    import importlib
+
+    def validate(raw: Any, where: str) -> BaseModel:
+        """Validate against the analysis module's own config model."""
+        return validate_config(getattr(importlib.import_module(f"synthfm.analyze.{module}"), model), raw, where)
+
+    def run(cfg: BaseModel, out: Path) -> dict[str, Any]:
+        """Run the analysis into the job folder."""
+        getattr(importlib.import_module(f"synthfm.analyze.{module}"), func)(cfg, out)
+        return {}
+
+    return Kind(validate, run, inputs=inputs, help=help)
+
+
+ANALYZE_KINDS = {
+    "morphology": _analysis_kind("morphology", "MorphologyConfig", "run_morphology", lambda cfg: [cfg.card],
+                                 "vessel segmentation and retinal morphology indices per image"),
+    "latent": _analysis_kind("latent", "LatentConfig", "run_latent",
+                             lambda cfg: list(cfg.cards) + ([] if ":" in cfg.encoder else [cfg.encoder]),
+                             "t-SNE / UMAP of encoder features coloured by source, labels, metadata"),
+    "keymeta": _analysis_kind("keymeta", "KeyMetaConfig", "run_keymeta",
+                              lambda cfg: list(cfg.morphology) + ([cfg.latent] if cfg.latent else []),
+                              "which metadata fields matter (stratified Kruskal-Wallis, separability)"),
+    "gradcam": _analysis_kind("gradcam", "GradCAMConfig", "run_gradcam", lambda cfg: [cfg.adapt_run],
+                              "Grad-CAM heat maps of an adapted classifier, pointing game"),
+}
+
+
 # ---- report -------------------------------------------------------------------------------------------------
 
 class ReportJob(StrictModel):
@@ -320,7 +352,7 @@ KINDS: dict[str, dict[str, Kind]] = {
                             inputs=lambda cfg: [str(_pretrain_folder(cfg.pretrain))],
                             help="downstream score vs pretraining checkpoint"),
     },
-    "analyze": {},
+    "analyze": ANALYZE_KINDS,
     "report": {"html": Kind(model_kind(ReportJob), _report_run, lambda cfg, d: d / "report.html",
                             help="the HTML report")},
 }

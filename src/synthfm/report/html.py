@@ -241,10 +241,14 @@ def artefact_section(stage: str, title: str) -> Callable[[Run], Section]:
         blocks = []
         for j in run.stage(stage):
             blocks.append(f"<h3>{esc(stage)}.{esc(j['name'])}</h3>")
-            for png in sorted(Path(j["dir"]).rglob("*.png"))[:12]:
+            for png in sorted(Path(j["dir"]).glob("*.png"))[:12]:
                 blocks.append(image(figures.png_uri(png.read_bytes()), f"{j['name']}: {png.stem}"))
-            for csv in sorted(Path(j["dir"]).rglob("*.csv"))[:6]:
+            for csv in sorted(Path(j["dir"]).glob("*.csv"))[:6]:
                 df = pd.read_csv(csv)
+                if df.shape[1] > 16:  # per-image tables are for download, not for the page
+                    blocks.append(para(f"{j['name']}: {csv.name} ({len(df)} rows x {df.shape[1]} columns) "
+                                       f"in {j['dir']}"))
+                    continue
                 blocks.append(table(df.head(30), f"{j['name']}: {csv.stem}" + (" (first 30 rows)" if len(df) > 30
                                                                                else "")))
         return Section(stage, title, blocks or not_run(stage))
