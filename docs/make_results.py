@@ -47,9 +47,11 @@ def experiment_section(exp: Path) -> str:
 def main(paths: list[str]) -> None:
     """Write docs/results.md."""
     parts = ["# Results\n", "Written by `python docs/make_results.py " + " ".join(paths) + "` from the experiments' "
-             "summary tables; nothing here is typed in by hand except the cited published figures.\n",
+             "summary tables, plus the result snippets that benchmark scripts write to docs/bench/*.md (each names its "
+             "command); nothing here is typed in by hand except the cited published figures.\n",
              PUBLISHED + "\n"]
     parts += [experiment_section(Path(p)) for p in paths]
+    parts += [snippet.read_text() for snippet in sorted((DOCS / "bench").glob("*.md")) if snippet.name != "notes.md"]
     (DOCS / "results.md").write_text("\n".join(parts))
 
 
