@@ -39,8 +39,8 @@ METRICS = ("dice", "auc", "accuracy", "sensitivity", "specificity")
 WORK = 512
 PUBLISHED = ("Badawi & Fraz 2018 (optimised B-COSFIRE filter, PeerJ 6:e5855, doi:10.7717/peerj.5855): "
              "accuracy 0.9530 on CHASE-DB1, as stated in its abstract. Other published classical figures "
-             "(Fraz et al. 2012, IEEE TBME; Azzopardi et al. 2015, B-COSFIRE, Med. Image Anal.) are left for the "
-             "lead to fill in from the papers: they were not checked here.")
+             "(Fraz et al. 2012, IEEE TBME; Azzopardi et al. 2015, B-COSFIRE, Med. Image Anal.) are not quoted "
+             "here because their figures have not been checked against the papers.")
 
 
 def upsample(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
