@@ -124,6 +124,7 @@ def main() -> None:
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated VARIANTS to time ('' for none)")
     args = p.parse_args()
+    load_start = round(os.getloadavg()[0], 2)  # other jobs on the machine: ratios above ~1 core are noise
     cfg = pretrain_config(config(args))
     with tempfile.TemporaryDirectory() as tmp:
         engine = Engine(cfg, tmp)
@@ -148,7 +149,8 @@ def main() -> None:
     report = {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "backbone": args.backbone, "image_size": args.image_size, "batch": args.batch,
+        "torch": torch.__version__, "load_average_1m_start_end": [load_start, round(os.getloadavg()[0], 2)],
+        "backbone": args.backbone, "image_size": args.image_size, "batch": args.batch,
         "mixed_precision": args.mixed_precision,
         "engine_images_per_s": args.batch / t_engine, "eager_images_per_s": args.batch / t_eager,
         "engine_over_eager": t_eager / t_engine,

@@ -58,6 +58,18 @@ def test_random_masking() -> None:
     assert torch.equal(torch.gather(shuffle, 1, restore), torch.arange(64).expand(4, -1))
 
 
+def test_seeded_masks_depend_only_on_the_sample_seed() -> None:
+    """With per-sample seeds, a sample's mask is the same alone, in any batch order, and whatever the global RNG."""
+    seeds = torch.tensor([11, 22, 33, 44])
+    torch.manual_seed(0)
+    _, mask, _ = random_masking(4, 64, 0.75, torch.device("cpu"), seeds)
+    torch.manual_seed(1)
+    _, halves, _ = random_masking(2, 64, 0.75, torch.device("cpu"), seeds[[3, 1]])
+    _, alone, _ = random_masking(1, 64, 0.75, torch.device("cpu"), seeds[:1])
+    assert torch.equal(halves, mask[[3, 1]]) and torch.equal(alone, mask[:1])
+    assert mask.sum(1).tolist() == [48.0] * 4 and not torch.equal(mask[0], mask[1])
+
+
 def test_loss_counts_masked_patches_only() -> None:
     """Changing predictions on visible patches leaves the loss unchanged; masked patches change it."""
     target, pred = torch.randn(2, 16, 12), torch.randn(2, 16, 12)

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from synthfm.config import StrictModel, read_yaml, validate_config
 from synthfm.errors import SynthfmError
+from synthfm.synth.diffusion.config import DiffusionConfig
 
 
 class SourceConfig(StrictModel):
@@ -49,11 +50,20 @@ class OptimConfig(StrictModel):
     lr: float | None = Field(None, gt=0, description="absolute peak lr (ignores base_lr scaling)")
     min_lr: float = Field(0.0, ge=0)
     weight_decay: float = Field(0.05, ge=0)
+    weight_decay_end: float | None = Field(None, ge=0, description="cosine from weight_decay to this over each "
+                                                                    "stage (DINOv2: 0.04 -> 0.2); None: constant")
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = Field(0, ge=0)
     warmup_epochs: float | None = Field(None, ge=0)
     clip_grad: float | None = Field(None, gt=0)
     accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step")
+
+    @model_validator(mode="after")
+    def _decay_to_schedule(self) -> OptimConfig:
+        """A weight-decay schedule needs a non-zero starting decay (it scales the decaying parameter group)."""
+        if self.weight_decay_end is not None and self.weight_decay == 0:
+            raise ValueError("optim.weight_decay_end needs optim.weight_decay > 0")
+        return self
 
 
 class MAEConfig(StrictModel):
@@ -94,12 +104,19 @@ class DINOConfig(StrictModel):
     teacher_temp: float = Field(0.07, gt=0)
     warmup_teacher_temp: float = Field(0.04, gt=0)
     teacher_temp_warmup: float = Field(0.3, ge=0, le=1, description="fraction of the first stage")
+    centring: Literal["centring", "sinkhorn_knopp"] = Field(
+        "centring", description="teacher targets: EMA centring (DINO) or Sinkhorn-Knopp (DINOv2, 001)")
+    sinkhorn_iterations: int = Field(3, ge=1)
     centre_momentum: float = Field(0.9, ge=0, lt=1)
     momentum_teacher: float = Field(0.992, ge=0, le=1)
     final_momentum: float = Field(1.0, ge=0, le=1)
-    mask_probability: float = Field(0.5, ge=0, le=1, description="share of global crops that get masked")
+    mask_probability: float = Field(0.5, ge=0, le=1, description="chance that a global crop gets masked")
     mask_ratio: tuple[float, float] = (0.1, 0.5)
-    max_masked: int = Field(128, ge=0, description="most masked patches per crop")
+    max_masked: int = Field(128, ge=0, description="most masked patches per crop (and per block)")
+    min_block: int = Field(4, ge=1, description="fewest patches of one rectangular mask block")
+    block_aspect: float = Field(0.3, gt=0, le=1, description="mask blocks have aspect ratio in [a, 1/a]")
+    ibot_separate_head: bool = Field(False, description="patch tokens get their own head (DINOv2 option)")
+    ibot_prototypes: int | None = Field(None, ge=2, description="prototypes of a separate iBOT head")
     dino_weight: float = Field(1.0, ge=0)
     ibot_weight: float = Field(1.0, ge=0)
     koleo_weight: float = Field(0.1, ge=0)
@@ -109,7 +126,7 @@ class PretrainConfig(StrictModel):
     """A pretraining run: objective, backbone, data curriculum, optimiser, checkpointing."""
 
     recipe: str | None = Field(None, description="named base config (see synthfm.pretrain.mae.MAE_RECIPES)")
-    objective: Literal["mae", "rasd", "dinov2"] = "mae"
+    objective: Literal["mae", "rasd", "dinov2", "diffusion"] = "mae"
     backbone: str = "vit_tiny_p8_64"
     in_chans: int = Field(3, ge=1)
     backbone_overrides: dict[str, Any] = Field(default_factory=dict)
@@ -117,6 +134,7 @@ class PretrainConfig(StrictModel):
     mae: MAEConfig = Field(default_factory=MAEConfig)
     rasd: RaSDObjectiveConfig = Field(default_factory=RaSDObjectiveConfig)
     dinov2: DINOConfig = Field(default_factory=DINOConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     image_size: int | None = Field(None, ge=8, description="training size (default: the backbone's)")
     crop_scale: tuple[float, float] = (0.2, 1.0)
     batch_size: int = Field(32, ge=1, description="images per process per micro-batch")

@@ -29,7 +29,8 @@ from synthfm.synth.rasd import RaSDConfig, RaSDStream
 from synthfm.synth.writer import PhantomConfig, render_phantom
 
 Key = tuple[int, int, int]  # (source, index within source, round = how often this source was exhausted before)
-VIEW_KEYS = ("global_crops", "local_crops")  # multi-crop keys a `views` transform may add, stacked to B x V x ...
+ITEM_KEYS = ("mask", "cond")  # per-sample tensors a source may add (structure masks, generator conditions)
+VIEW_KEYS = ("global_crops", "local_crops", "ibot_masks")  # keys a `views` transform may add, stacked B x V x ...
 BLOCK = 1024  # positions per mixing block: each block holds every source in proportion to its weight
 
 
@@ -86,8 +87,17 @@ def open_source(src: SourceConfig, size: int, channels: int, scale: tuple[float,
     return open_card_source(src.source, src.split, size, channels, scale)
 
 
+def sample_seed(seed: int, key: Key) -> int:
+    """The seed of a sample's in-model random choices (e.g. MAE masks): the same on whichever rank draws it."""
+    return _seed(seed, *key, 7)
+
+
 class MixtureDataset(Dataset):
-    """Several sources behind one index: key (source, index, round) -> {'image', 'source'[, 'mask']}, seeded."""
+    """Several sources behind one index: key (source, index, round) -> {'image', 'source', 'seed'[, 'mask']}.
+
+    Augmentation runs under a torch seed of (seed, key), and 'seed' seeds the model's own random choices for
+    the sample, so a sample is treated identically whichever process, batch size or resume draws it.
+    """
 
     def __init__(self, sources: list[Dataset], seed: int,
                  views: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None) -> None:
@@ -102,7 +112,8 @@ class MixtureDataset(Dataset):
             torch.manual_seed(_seed(self.seed, s, i, rnd))
             item = self.sources[s][i]
             extra = self.views(item["image"]) if self.views is not None else {}
-        return {"image": item["image"], "source": s, **({"mask": item["mask"]} if "mask" in item else {}), **extra}
+        return {"image": item["image"], "source": s, "seed": sample_seed(self.seed, key),
+                **{k: item[k] for k in ITEM_KEYS if k in item}, **extra}
 
 
 class MixturePlan:
@@ -160,11 +171,14 @@ class PlanBatchSampler(Sampler[list[Key]]):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack images and source ids, and structure masks when every item has one."""
+    """Stack images and source ids, and sample seeds and structure masks when every item has one."""
     out = {"image": torch.stack([x["image"] for x in items]),
            "source": torch.tensor([x["source"] for x in items], dtype=torch.long)}
-    if all("mask" in x for x in items):
-        out["mask"] = torch.stack([x["mask"] for x in items])
+    if all("seed" in x for x in items):
+        out["seed"] = torch.tensor([x["seed"] for x in items], dtype=torch.long)
+    for key in ITEM_KEYS:
+        if all(key in x for x in items):
+            out[key] = torch.stack([x[key] for x in items])
     for key in VIEW_KEYS:
         if key in items[0]:
             out[key] = torch.stack([x[key] for x in items])

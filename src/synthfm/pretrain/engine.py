@@ -58,8 +58,22 @@ class Objective(Protocol):
     def encoder(self) -> nn.Module: ...
 
 
+def build_diffusion(cfg: PretrainConfig) -> Objective:
+    """The conditional diffusion generator's objective (imported on use: diffusers is heavy)."""
+    from synthfm.synth.diffusion.objective import build_diffusion as build
+
+    return build(cfg)
+
+
 OBJECTIVES: dict[str, Callable[[PretrainConfig], Objective]] = {"mae": build_mae, "rasd": build_rasd,
-                                                           "dinov2": build_dino}
+                                                           "dinov2": build_dino, "diffusion": build_diffusion}
+
+
+def export_objective(objective: Objective, directory: Path, **extra: Any) -> Path:
+    """Save what an objective exports: its own `export` (e.g. a generator), else its encoder via save_pretrained."""
+    if hasattr(objective, "export"):
+        return objective.export(directory, **extra)
+    return save_pretrained(objective.encoder(), directory, **extra)
 
 
 class TrainModule(nn.Module):
@@ -103,6 +117,14 @@ def lr_at(step: int, total: int, warmup: int, peak: float, floor: float = 0.0) -
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(total - warmup, 1)
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def weight_decay_at(step: int, total: int, optim: OptimConfig) -> float:
+    """optim.weight_decay, or a cosine from it to optim.weight_decay_end at step `total` (DINOv2's schedule)."""
+    start, end = optim.weight_decay, optim.weight_decay_end
+    if end is None:
+        return start
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
 
 
 def stage_schedule(stage: StageConfig, optim: OptimConfig, epoch_len: int, global_batch: int) -> tuple[int, int]:
@@ -211,7 +233,8 @@ class Engine:
         stage = self.cfg.stages[index]
         cache = Path(self.cfg.cache_dir) if self.cfg.cache_dir else self.run.path / "sources"
         with self.acc.main_process_first():
-            sources = [open_source(s, self.image_size, self.cfg.in_chans, self.cfg.crop_scale, cache)
+            sources = [self.objective.open_source(s, cache) if hasattr(self.objective, "open_source")
+                       else open_source(s, self.image_size, self.cfg.in_chans, self.cfg.crop_scale, cache)
                        for s in stage.sources]
         lengths = [len(s) for s in sources]
         seed = self.cfg.seed * 1000 + index
@@ -231,10 +254,12 @@ class Engine:
         return iter(loader)
 
     # ---- one optimiser step -----------------------------------------------------------------------------
-    def set_lr(self, lr: float) -> None:
-        """Set the learning rate of every parameter group."""
+    def set_lr(self, lr: float, weight_decay: float | None = None) -> None:
+        """Set the learning rate of every parameter group (and the weight decay of the decaying ones)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+            if weight_decay is not None and group["weight_decay"] > 0:
+                group["weight_decay"] = weight_decay
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Forward/backward over the micro-batches (gradient sync on the last), clip, step; return mean logs."""
@@ -343,7 +368,7 @@ class Engine:
         self._window = {"start": time.perf_counter()}
         for step in steps:
             lr = lr_at(step, sp.steps, sp.warmup, sp.peak_lr, self.cfg.optim.min_lr)
-            self.set_lr(lr)
+            self.set_lr(lr, weight_decay_at(step, sp.steps, self.cfg.optim))
             logs = self.train_step([next(data) for _ in range(accum)])
             if hasattr(self.objective, "after_step"):  # e.g. the DINOv2 teacher EMA
                 self.objective.after_step(step, sp.steps)
@@ -354,10 +379,15 @@ class Engine:
             if self.pos.global_step % self.cfg.checkpoint_every == 0 and self.pos.step < sp.steps:
                 self.save_checkpoint()
 
+    @property
+    def export_name(self) -> str:
+        """The exported module's directory name: 'encoder', or the objective's own (e.g. 'generator')."""
+        return getattr(self.objective, "export_name", "encoder")
+
     def export(self, directory: Path, **extra: Any) -> None:
-        """Save the encoder with save_pretrained (main process)."""
+        """Save the encoder with save_pretrained, or what the objective exports (main process)."""
         if self.acc.is_main_process:
-            save_pretrained(self.objective.encoder(), directory, global_step=self.pos.global_step, **extra)
+            export_objective(self.objective, directory, global_step=self.pos.global_step, **extra)
 
     def fit(self) -> dict[str, Any]:
         """Run (or resume) every stage; return the run's summary."""
@@ -369,10 +399,10 @@ class Engine:
         while self.pos.stage < len(self.cfg.stages):
             sp = self.stage_plan(self.pos.stage)
             self.run_stage(sp)
-            self.export(self.run.path / "stages" / sp.cfg.name / "encoder", stage=sp.cfg.name)
+            self.export(self.run.path / "stages" / sp.cfg.name / self.export_name, stage=sp.cfg.name)
             self.pos = Position(self.pos.stage + 1, 0, self.pos.global_step)
             self.save_checkpoint()
-        self.export(self.run.path / "encoder")
+        self.export(self.run.path / self.export_name)
         last = next((r for r in reversed(self.run.metrics()) if "loss" in r), {})
         summary = {"global_steps": self.pos.global_step, "final_loss": last.get("loss"),
                    "stages": [s.name for s in self.cfg.stages]}
@@ -406,8 +436,8 @@ def export_encoder(run_dir: str | Path, out_dir: str | Path | None = None,
     objective = OBJECTIVES[cfg.objective](cfg)
     TrainModule(objective).load_state_dict(load_state(found[-1] / "model.safetensors"))
     state = json.loads((found[-1] / "state.json").read_text())
-    return save_pretrained(objective.encoder(), Path(out_dir or run_dir / "export"),
-                           global_step=state["global_step"], source_run=str(run_dir))
+    return export_objective(objective, Path(out_dir or run_dir / "export"), global_step=state["global_step"],
+                            source_run=str(run_dir))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,10 +69,21 @@ def patchify(imgs: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
-def random_masking(batch: int, patches: int, ratio: float, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Per-sample random subsets: ids_keep (B, K), mask (B, N; 1 = masked) and ids_restore (B, N)."""
+def sample_noise(seeds: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    """(B, size) uniform noise, row b drawn from a generator seeded with seeds[b] (independent of the batch)."""
+    rows = [torch.rand(size, generator=torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
+    return torch.stack(rows).to(device)
+
+
+def random_masking(batch: int, patches: int, ratio: float, device: torch.device,
+                   seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Per-sample random subsets: ids_keep (B, K), mask (B, N; 1 = masked) and ids_restore (B, N).
+
+    With `seeds` (B,), sample b's subset depends only on seeds[b]; otherwise it comes from the global torch RNG.
+    """
     keep = int(patches * (1 - ratio))
-    ids_shuffle = torch.argsort(torch.rand(batch, patches, device=device), dim=1)
+    noise = torch.rand(batch, patches, device=device) if seeds is None else sample_noise(seeds, patches, device)
+    ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     mask = torch.ones(batch, patches, device=device)
     mask[:, :keep] = 0
@@ -145,10 +156,11 @@ class MaskedAutoencoder(nn.Module):
         x = self.decoder_norm(self.decoder_blocks(x))
         return self.decoder_pred(x)[:, self.prefix:]
 
-    def forward(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Loss, per-patch predictions and the mask (1 = masked) for a batch of images."""
+    def forward(self, imgs: torch.Tensor,
+                seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss, per-patch predictions and the mask (1 = masked) for a batch of images (masks seeded per sample)."""
         n = (imgs.shape[-2] // self.patch) * (imgs.shape[-1] // self.patch)
-        ids_keep, mask, ids_restore = random_masking(imgs.shape[0], n, self.cfg.mask_ratio, imgs.device)
+        ids_keep, mask, ids_restore = random_masking(imgs.shape[0], n, self.cfg.mask_ratio, imgs.device, seeds)
         pred = self.decode(self.encode(imgs, ids_keep), ids_restore)
         loss = masked_pixel_loss(pred, patchify(imgs, self.patch), mask, self.cfg.norm_pix_loss)
         return loss, pred, mask
@@ -161,7 +173,7 @@ class MAEObjective(SingleModuleObjective):
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """MAE loss of a batch and what to log."""
-        loss, _, mask = self.model(batch["image"])
+        loss, _, mask = self.model(batch["image"], batch.get("seed"))
         return loss, {"loss_mae": loss.detach(), "masked_fraction": mask.mean()}
 
 

@@ -1,0 +1,55 @@
+"""`synthfm synth train CONFIG OUT` and `synthfm synth generate CONFIG OUT` (a Typer sub-app mounted by cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from synthfm.errors import SynthfmError
+
+app = typer.Typer(no_args_is_help=True, help="Conditional diffusion generators: train on cards, generate cards.")
+
+
+def train_command(config: str | Path, out: str | Path) -> dict:
+    """Train (or resume) a diffusion generator config through the pretraining engine; return the run summary."""
+    from synthfm.pretrain.config import load_pretrain_config
+    from synthfm.pretrain.engine import pretrain
+
+    cfg = load_pretrain_config(config)
+    if cfg.objective != "diffusion":
+        raise SynthfmError(f"{config} has objective {cfg.objective!r}, not 'diffusion'",
+                           "set 'objective: diffusion' (or use 'synthfm pretrain run' for encoders)")
+    return pretrain(cfg, out)
+
+
+def generate_command(config: str | Path, out: str | Path, rank: int | None = None,
+                     world: int | None = None) -> dict:
+    """Generate (or resume) a synthetic card from a generation YAML; return the summary."""
+    from synthfm.config import load_config
+    from synthfm.synth.diffusion.config import GenerateConfig
+    from synthfm.synth.diffusion.generate import generate
+
+    return generate(load_config(GenerateConfig, config), out, rank, world)
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Argument(help="Pretraining YAML with objective: diffusion")],
+    out: Annotated[Path, typer.Argument(help="Run directory (the generator is exported to OUT/generator)")],
+) -> None:
+    """Train a conditional diffusion generator on cards; `accelerate launch -m synthfm.pretrain.engine` for GPUs."""
+    typer.echo(json.dumps(train_command(config, out)))
+
+
+@app.command("generate")
+def generate_cmd(
+    config: Annotated[Path, typer.Argument(help="GenerateConfig YAML (generator, n, sampler, target, ...)")],
+    out: Annotated[Path, typer.Argument(help="Output folder: WebDataset shards + manifest + dataset.yaml")],
+    rank: Annotated[Optional[int], typer.Option(help="This job's index when not under accelerate")] = None,  # noqa: UP045
+    world: Annotated[Optional[int], typer.Option(help="Number of jobs sharing OUT")] = None,  # noqa: UP045
+) -> None:
+    """Generate N images to a target distribution of conditions as a dataset card (resumable, multi-process)."""
+    typer.echo(json.dumps(generate_command(config, out, rank, world)))

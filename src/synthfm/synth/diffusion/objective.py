@@ -1,0 +1,275 @@
+"""The `diffusion` objective of the pretraining engine: denoising loss with condition dropout, EMA, generator export.
+
+The engine runs it like any objective (Accelerate, AdamW + warm-up/cosine, accumulation, clipping, atomic
+checkpoints, exact resume). Its sources are cards (or the fundus / chest X-ray phantom): images at the
+training size in [-1, 1] with each row's condition vector. Each step draws timesteps and noise from the
+engine-seeded RNG, drops all conditions of a sample with probability `cond_dropout` (and single fields with
+`field_dropout`), and regresses the noise (or v). After each optimiser step the EMA copy moves towards the
+weights; the export is the EMA denoiser as a generator directory with its training condition counts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from torch import nn
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from synthfm.data.manifest import CardData, load_card
+from synthfm.data.readers import open_dataset
+from synthfm.data.shard_index import IndexedShardDataset
+from synthfm.data.transforms import Transform, to_tensor
+from synthfm.errors import SynthfmError
+from synthfm.pretrain.config import PretrainConfig, SourceConfig
+from synthfm.synth.diffusion.conditions import (
+    ConditionSchema,
+    band_labels,
+    card_conditions,
+    merge_schemas,
+    schema_from_card,
+    schema_from_spec,
+)
+from synthfm.synth.diffusion.generator import Generator
+from synthfm.synth.diffusion.model import EMA, ConditionalUNet, train_scheduler, unet_kwargs
+from synthfm.synth.diffusion.stable_diffusion import TextConditioner, load_pipeline
+from synthfm.synth.registry import generator_spec
+from synthfm.synth.writer import PhantomConfig, render_phantom
+
+
+def phantom_name(channels: int) -> str:
+    """The phantom behind a 'phantom' source: fundus for RGB, chest X-ray for one channel (as in pretraining)."""
+    return "fundus_phantom" if channels == 3 else "cxr_phantom"
+
+
+def phantom_values(name: str) -> dict[str, Any]:
+    """The metadata values a procedural phantom draws."""
+    if name == "fundus_phantom":
+        from synthfm.synth.fundus import FUNDUS_METADATA as values
+    else:
+        from synthfm.synth.cxr import CXR_METADATA as values
+    return dict(values)
+
+
+def source_card(src: SourceConfig, size: int, channels: int, cache: Path) -> Path:
+    """The card behind a source (a phantom is rendered into `cache` once, named as pretraining names it)."""
+    if src.source == "rasd":
+        raise SynthfmError("source 'rasd' carries no labels or metadata to condition a generator on",
+                           "train the diffusion objective on cards or 'phantom' sources")
+    if src.source != "phantom":
+        return Path(src.source)
+    name = phantom_name(channels)
+    return render_phantom(cache / f"{name}_n{src.n}_s{size}_seed{src.seed}",
+                          PhantomConfig(generator=name, n=src.n, size=max(size, 16), seed=src.seed))
+
+
+def source_schema(src: SourceConfig, cfg: PretrainConfig) -> tuple[ConditionSchema, str]:
+    """The condition fields and modality of one source, without rendering anything."""
+    d = cfg.diffusion
+    if src.source == "phantom":
+        spec = generator_spec(phantom_name(cfg.in_chans))
+        return schema_from_spec(spec, phantom_values(phantom_name(cfg.in_chans)), d.age_edges), spec.modality
+    source_card(src, 0, cfg.in_chans, Path())  # rasd is an error
+    data = load_card(src.source, check_files=False)
+    return schema_from_card(data, d.age_edges, d.max_categories), data.card.modality
+
+
+def training_schema(cfg: PretrainConfig) -> tuple[ConditionSchema, str]:
+    """The fields over every stage's sources (restricted to diffusion.conditions) and the common modality."""
+    found = [source_schema(s, cfg) for stage in cfg.stages for s in stage.sources]
+    modalities = sorted({m for _, m in found})
+    if len(modalities) > 1:
+        raise SynthfmError(f"the diffusion sources mix modalities {modalities}", "train one generator per modality")
+    return merge_schemas([s for s, _ in found], "diffusion sources").select(cfg.diffusion.conditions), modalities[0]
+
+
+def image_transform(size: int, channels: int, hflip: bool) -> Transform:
+    """uint8 array -> float tensor in [-1, 1] at size x size (bicubic), optionally flipped at random."""
+    geo: list[Any] = [T.Resize((size, size), interpolation=InterpolationMode.BICUBIC, antialias=True)]
+    if hflip:
+        geo.append(T.RandomHorizontalFlip())
+    pipeline = T.Compose([*geo, T.ToDtype(torch.float32, scale=True), T.Normalize([0.5] * channels, [0.5] * channels)])
+    return lambda arr: pipeline(to_tensor(arr))
+
+
+class ConditionedImages(Dataset):
+    """A card reader's images with each manifest row's condition vector."""
+
+    def __init__(self, base: Dataset, cond: torch.Tensor) -> None:
+        self.base, self.cond = base, cond
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.base[i]
+        return {"image": item["image"], "cond": self.cond[item["index"]]}
+
+
+def drop_conditions(cond: torch.Tensor, u: torch.Tensor, p_all: float, p_field: float) -> torch.Tensor:
+    """Classifier-free-guidance dropout from uniforms u (B, 1 + F): whole vectors with p_all, fields with p_field."""
+    keep = (u[:, :1] >= p_all) & (u[:, 1:] >= p_field)
+    return cond * keep.to(cond.device)
+
+
+def sample_draws(seeds: torch.Tensor | None, batch: int, fields: int, timesteps: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[torch.Generator] | None]:
+    """Per-sample timesteps, dropout uniforms and noise generators, from each sample's seed when the batch has
+    one (so a sample is noised identically on any rank or batch size), else from the global RNG."""
+    if seeds is None:
+        return (torch.randint(0, timesteps, (batch,), device=device),
+                torch.rand(batch, 1 + fields, device=device), None)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
+    t = torch.cat([torch.randint(0, timesteps, (1,), generator=g) for g in gens])
+    u = torch.stack([torch.rand(1 + fields, generator=g) for g in gens])
+    return t.to(device), u.to(device), gens
+
+
+def noise_like(x: torch.Tensor, gens: list[torch.Generator] | None) -> torch.Tensor:
+    """Gaussian noise shaped like x, one generator per sample when given."""
+    if gens is None:
+        return torch.randn_like(x)
+    return torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device, x.dtype)
+
+
+def prediction_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
+                      t: torch.Tensor) -> torch.Tensor:
+    """What the denoiser regresses: the noise, the velocity v, or the clean sample."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    return scheduler.get_velocity(x0, noise, t) if kind == "v_prediction" else x0
+
+
+class DiffusionObjective:
+    """Denoising objective over a Generator; trained modules: the denoiser and its EMA copy."""
+
+    export_name = "generator"
+
+    def __init__(self, cfg: PretrainConfig, gen: Generator, pipe: Any = None) -> None:
+        self.cfg, self.gen, self.pipe = cfg, gen, pipe
+        self.model = gen.model.train()
+        self.ema = EMA(self.model, cfg.diffusion.ema_decay)
+        self.scheduler = DDPMScheduler.from_config(gen.scheduler_config)
+        self.cache: Path | None = Path(cfg.cache_dir) if cfg.cache_dir else None
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The denoiser and its EMA (both checkpointed; only the denoiser has trainable parameters)."""
+        return {"generator": self.model, "ema": self.ema}
+
+    def encoder(self) -> nn.Module:
+        """The trained denoiser (the Objective protocol's exported module)."""
+        return self.model
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Noise-prediction (or v) MSE at uniform timesteps, with condition dropout."""
+        d = self.cfg.diffusion
+        images, cond = batch["image"], batch["cond"]
+        t, u, gens = sample_draws(batch.get("seed"), images.shape[0], cond.shape[1],
+                                  self.scheduler.config.num_train_timesteps, images.device)
+        cond = drop_conditions(cond, u, d.cond_dropout, d.field_dropout)
+        x0 = self.gen.encode(images, gens)
+        noise = noise_like(x0, gens)
+        noisy = self.scheduler.add_noise(x0, noise, t)
+        target = prediction_target(self.scheduler, x0, noise, t)
+        loss = F.mse_loss(self.gen.denoise(self.model, noisy, t, cond).float(), target.float())
+        uncond = (cond == 0).all(dim=1).float().mean() if cond.shape[1] else torch.ones(())
+        return loss, {"loss_diffusion": loss.detach(), "uncond_fraction": uncond}
+
+    def after_step(self, step: int, total: int) -> None:
+        """Move the EMA copy towards the weights."""
+        self.ema.update(self.model)
+
+    def open_source(self, src: SourceConfig, cache: Path) -> Dataset:
+        """A source's images at the training size with each row's condition vector."""
+        self.cache = cache
+        data = load_card(source_card(src, self.gen.image_size, self.cfg.in_chans, cache))
+        if data.channels != self.gen.channels:
+            raise SynthfmError(f"card {src.source} has {data.channels}-channel images but the generator makes "
+                               f"{self.gen.channels}", "set in_chans in the config to match the card's modality")
+        transform = image_transform(self.gen.image_size, data.channels, self.cfg.diffusion.hflip)
+        base = (IndexedShardDataset(data, src.split, transform) if data.card.source.format == "shards"
+                else open_dataset(data, src.split, transform=transform))
+        return ConditionedImages(base, torch.from_numpy(card_conditions(self.gen.schema, data)))
+
+    def export(self, directory: Path, **extra: Any) -> Path:
+        """Save the EMA denoiser as a generator directory with the training condition counts."""
+        cache = self.cache or Path(extra.get("source_run", ".")) / "sources"
+        return self.gen.save(directory, model=self.ema.model, pipe=self.pipe,
+                             training=training_counts(self.cfg, self.gen.schema, cache), **extra)
+
+
+def _source_rows(src: SourceConfig, cfg: PretrainConfig, size: int, cache: Path) -> CardData:
+    """The card rows a source trained on."""
+    data = load_card(source_card(src, size, cfg.in_chans, cache), check_files=False)
+    return data.subset(data.indices(src.split))
+
+
+def training_counts(cfg: PretrainConfig, schema: ConditionSchema, cache: Path) -> dict[str, Any]:
+    """Joint counts of the training rows' condition vectors, and the ages seen per age band."""
+    size = cfg.image_size or 0
+    parts = [_source_rows(s, cfg, size, cache) for stage in cfg.stages for s in stage.sources]
+    cond = np.concatenate([card_conditions(schema, p) for p in parts])
+    uniq, counts = np.unique(cond, axis=0, return_counts=True)
+    ages: dict[str, list[float]] = {}
+    for p in parts:
+        column = p.card.metadata.age
+        if column:
+            values = np.asarray(p.df[column].astype("float64").to_numpy(na_value=np.nan))
+            for band, lo, hi in _band_ranges(values, cfg.diffusion.age_edges):
+                old = ages.get(band, [lo, hi])
+                ages[band] = [min(old[0], lo), max(old[1], hi)]
+    joint = [[int(c), *map(int, u)] for u, c in zip(uniq, counts, strict=True)]
+    return {"rows": len(cond), "joint": joint, "ages": ages}
+
+
+def _band_ranges(ages: np.ndarray, edges: tuple[float, ...]) -> list[tuple[str, float, float]]:
+    """(band label, youngest, oldest) of the recorded ages in each band."""
+    ages = ages[~np.isnan(ages)]
+    bands = np.clip(np.digitize(ages, edges[1:-1]), 0, len(edges) - 2)
+    labels = band_labels(edges)
+    return [(labels[k], float(ages[bands == k].min()), float(ages[bands == k].max())) for k in np.unique(bands)]
+
+
+def build_generator(cfg: PretrainConfig) -> tuple[Generator, Any]:
+    """A fresh generator for the config (and the loaded pipeline on the Stable Diffusion path)."""
+    d = cfg.diffusion
+    schema, modality = training_schema(cfg)
+    if d.model == "stable_diffusion":
+        if d.pretrained is None:
+            raise SynthfmError("diffusion.model 'stable_diffusion' needs diffusion.pretrained",
+                               "set it to a local StableDiffusionPipeline directory")
+        pipe = load_pipeline(d.pretrained)
+        factor = pipe.vae_scale_factor
+        size = cfg.image_size or pipe.unet.config.sample_size * factor
+        text = TextConditioner(pipe.tokenizer, pipe.text_encoder, d.prompt_template, modality, schema)
+        pipe.vae.requires_grad_(False).eval()
+        return Generator("stable_diffusion", pipe.unet, dict(pipe.scheduler.config), schema, size, 3, modality,
+                         vae=pipe.vae, text=text), pipe
+    if cfg.image_size is None:
+        raise SynthfmError("the diffusion objective needs image_size", "set image_size (e.g. 32, 64 or 256)")
+    sched = dict(train_scheduler(d.train_timesteps, d.beta_schedule, d.prediction_type).config)
+    if d.model == "latent":
+        from diffusers import AutoencoderKL
+
+        if d.vae is None:
+            raise SynthfmError("diffusion.model 'latent' needs diffusion.vae", "set it to a local AutoencoderKL dir")
+        vae = AutoencoderKL.from_pretrained(d.vae, local_files_only=True).requires_grad_(False).eval()
+        gen = Generator("latent", nn.Identity(), sched, schema, cfg.image_size, cfg.in_chans, modality, vae=vae)
+        c, h, _ = gen.latent_shape
+        gen.model = ConditionalUNet(unet_kwargs(d.unet, h, c), schema.sizes)
+        return gen, None
+    model = ConditionalUNet(unet_kwargs(d.unet, cfg.image_size, cfg.in_chans), schema.sizes)
+    return Generator("pixel", model, sched, schema, cfg.image_size, cfg.in_chans, modality), None
+
+
+def build_diffusion(cfg: PretrainConfig) -> DiffusionObjective:
+    """The engine's factory for objective 'diffusion'."""
+    gen, pipe = build_generator(cfg)
+    return DiffusionObjective(cfg, gen, pipe)
