@@ -24,7 +24,7 @@ app.add_typer(data_app, name="data")
 pretrain_app = typer.Typer(no_args_is_help=True,
                            help="Self-supervised pretraining: MAE, DINOv2, RaSD prototype disentangling.")
 app.add_typer(pretrain_app, name="pretrain")
-synth_app = typer.Typer(no_args_is_help=True, help="Generators: fundus and chest X-ray phantoms (diffusion to come).")
+synth_app = typer.Typer(no_args_is_help=True, help="Generators: phantoms; conditional diffusion (train, generate).")
 app.add_typer(synth_app, name="synth")
 
 PENDING = {
@@ -57,6 +57,9 @@ def _mount() -> None:
     app.add_typer(site_app, name="site")
     app.add_typer(hub_app, name="hub")
     app.add_typer(analyze_app, name="analyze")
+    from synthfm.synth.diffusion.commands import app as diffusion_app
+
+    synth_app.add_typer(diffusion_app)
 
 
 _mount()

@@ -155,7 +155,37 @@ def _consortium_run(cfg: BaseModel, out: Path) -> dict[str, Any]:
     return {"composed_card": summary["composed_card"], "evaluation": summary.get("evaluation")}
 
 
+def _generator_validate(raw: Any, where: str) -> BaseModel:
+    """A pretraining config whose objective is the diffusion generator."""
+    from synthfm.errors import SynthfmError
+
+    cfg = pretrain_config({"objective": "diffusion", **(raw or {})}, where)
+    if cfg.objective != "diffusion":
+        raise SynthfmError(f"{where}: a generator job needs objective 'diffusion', got {cfg.objective!r}",
+                           "drop the objective key, or move the job to the pretrain stage")
+    return cfg
+
+
+def _generate_validate(raw: Any, where: str) -> BaseModel:
+    """`synthfm synth generate`'s config."""
+    from synthfm.synth.diffusion.config import GenerateConfig
+
+    return validate_config(GenerateConfig, raw, where)
+
+
+def _generate_run(cfg: Any, out: Path) -> dict[str, Any]:
+    """Generate the synthetic card into the job folder (resumes at the first missing shard)."""
+    from synthfm.synth.diffusion.generate import generate
+
+    return generate(cfg, out)
+
+
 SYNTH_KINDS = {
+    "generator": Kind(_generator_validate, lambda cfg, out: _pretrain_run(cfg, out), lambda cfg, d: d / "generator",
+                      lambda cfg: _pretrain_inputs(cfg), help="train a conditional diffusion generator on cards"),
+    "generate": Kind(_generate_validate, _generate_run, _card_out,
+                     lambda cfg: [cfg.generator] + ([cfg.target.card] if cfg.target else []),
+                     help="generate a synthetic card to a target distribution of conditions"),
     "consortium": Kind(_consortium_validate, _consortium_run, lambda cfg, d: d / "hub" / "composed" / CARD_FILE,
                        help="simulated consortium: site bundles -> hub -> composed pretraining card"),
 }
