@@ -16,6 +16,9 @@ COMMANDS = {
     "loader": "python benchmarks/bench_loader.py > docs/bench/loader.json",
     "synth": "python benchmarks/bench_synth.py > docs/bench/synth.json",
     "mae": "python benchmarks/bench_mae.py > docs/bench/mae.json",
+    "probe_gain": "python benchmarks/bench_probe_gain.py --seeds 0,1,2 --out docs/bench/probe_gain.json",
+    "sampling": "python benchmarks/bench_sampling.py > docs/bench/sampling.json",
+    "vessels_chase": "python benchmarks/eval_vessels.py",
 }
 NOTES = {
     "loader": "Images/s of one pass through a DataLoader (batch 64) over 512 images: a folder of PNGs read with "
@@ -23,6 +26,11 @@ NOTES = {
               "column is a forward+backward+AdamW step at the same size, to show the loader keeps up with training.",
     "synth": "Single-thread generator throughput, with two baselines measured in the same run.",
     "mae": "Our engine's MAE step against a plain eager PyTorch loop of the same model and batch.",
+    "probe_gain": "Linear probe of phantom DR grade on a tiny MAE-pretrained encoder vs the same encoder at random "
+                  "init (balanced accuracy and AUROC; CLS, mean-pooled and both features).",
+    "sampling": "Fréchet distance to held-out phantom images against model evaluations for DDPM / DDIM / "
+                "DPM-Solver++, cost per image on CPU, and peak memory against N.",
+    "vessels_chase": "Vessel segmentation on CHASE_DB1 against the first observer (see docs/results.md).",
 }
 
 
