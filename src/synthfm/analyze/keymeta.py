@@ -229,7 +229,13 @@ def analysis_table(cfg: KeyMetaConfig) -> tuple[pd.DataFrame, np.ndarray | None]
     points = points.assign(_pos=np.arange(len(points)))
     if morph is None:
         return points, feats
-    joined = points.merge(morph[[c for c in morph if c not in points or c == "id"]], on="id", how="inner")
+    key = "row" if "row" in points and "row" in morph else "id"  # manifest row: the same in both tables
+    morph = morph[[c for c in morph if c not in points or c == key]]
+    joined = points.assign(**{key: points[key].astype(str)}).merge(morph.assign(**{key: morph[key].astype(str)}),
+                                                                  on=key, how="inner")
+    if joined.empty:
+        raise SynthfmError(f"the latent run {cfg.latent} and the morphology tables share no image ({key})",
+                           "analyse the same card in both (and rows the latent sample includes)")
     return joined, feats[joined["_pos"].to_numpy()]
 
 

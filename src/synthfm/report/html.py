@@ -244,7 +244,10 @@ def artefact_section(stage: str, title: str) -> Callable[[Run], Section]:
             for png in sorted(Path(j["dir"]).glob("*.png"))[:12]:
                 blocks.append(image(figures.png_uri(png.read_bytes()), f"{j['name']}: {png.stem}"))
             for csv in sorted(Path(j["dir"]).glob("*.csv"))[:6]:
-                df = pd.read_csv(csv)
+                df = pd.read_csv(csv) if csv.stat().st_size > 1 else pd.DataFrame()
+                if df.empty:
+                    blocks.append(para(f"{j['name']}: {csv.name} is empty."))
+                    continue
                 if df.shape[1] > 16:  # per-image tables are for download, not for the page
                     blocks.append(para(f"{j['name']}: {csv.name} ({len(df)} rows x {df.shape[1]} columns) "
                                        f"in {j['dir']}"))
