@@ -1,0 +1,205 @@
+"""Quality gate benchmark: planted-copy recall / false positives, FD ranking, and 100k-scale memory.
+
+Usage: python benchmarks/bench_quality.py > docs/bench/quality.json   (add --quick for a smaller run)
+
+1. Planted copies: 128 px fundus phantoms; real train / real held-out / genuine synthetic from different
+   seeds; copies of random training images (exact, h-flip, v-flip, 90% crop, JPEG q70, colour jitter)
+   planted among the genuine ones. Recall per transform and false positives on the genuine images, for
+   the audit's pixel score, against two baselines in the same run: the raw best NCC (no score
+   normalisation) and cosine similarity in a random-init encoder's feature space, each thresholded the
+   same way (held-out real max + margin).
+2. FD ranking: reference vs same-distribution / colour-shifted / no-DR-lesion sets in a random-init ViT.
+3. Scale: FD (streamed moments) and the feature-space nearest-neighbour audit (blocked exact search) on
+   100k x 100k synthetic 128-d feature vectors in memory-mapped .npy files, each stage in its own process
+   with its peak RSS; the image -> feature + grey-map pass is measured separately on a phantom card.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def rss_mb() -> float:
+    """Peak resident set size of this process (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def planted(n_train: int, n_held: int, n_gen: int, per_kind: int) -> dict:
+    """Recall per transform and false-positive rate of the audit and two baselines."""
+    from quality.conftest import TINY_SPACE, render
+    from synthfm.quality.config import MemorisationConfig, SpaceConfig
+    from synthfm.quality.features import build_space, grey_maps
+    from synthfm.quality.memorisation import AuditInputs, Centred, audit, feature_nearest, pixel_nearest, threshold
+    from synthfm.quality.plant import plant
+
+    t0 = time.time()
+    train, held, gen = render(n_train, 128, 200), render(n_held, 128, 201), render(n_gen, 128, 202)
+    render_s = time.time() - t0
+    copies, src, kinds = plant(train, per_kind, seed=0)
+    synth, real = np.concatenate([gen, copies]), np.concatenate([train, held])
+
+    def maps(x: np.ndarray) -> np.ndarray:
+        return grey_maps(torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2), 96).numpy()
+
+    space = build_space(SpaceConfig(**TINY_SPACE), "fundus")
+    feats = {k: np.concatenate([space(torch.from_numpy(x[i:i + 64]).permute(0, 3, 1, 2)).numpy()
+                                for i in range(0, len(x), 64)]) for k, x in (("s", synth), ("r", real))}
+    cfg = MemorisationConfig()
+    tr, ho = np.arange(n_train), np.arange(n_train, n_train + n_held)
+    inp = AuditInputs(maps(synth), maps(real), feats["s"], feats["r"], tr, ho, np.arange(len(synth)),
+                      np.arange(len(real)))
+    t0 = time.time()
+    table, calib = audit(inp, cfg)
+    audit_s = time.time() - t0
+    kinds_a = np.array(kinds)
+
+    def figures(score: np.ndarray, thr: float) -> dict:
+        flag = score > thr
+        return {"recall": float(flag[n_gen:].mean()), "false_positive_rate": float(flag[:n_gen].mean()),
+                **{f"recall_{k}": float(flag[n_gen:][kinds_a == k].mean()) for k in dict.fromkeys(kinds)}}
+
+    pix_thr = float(calib.loc[calib["view"] == "pixel", "threshold"].item())
+    # baseline 1: raw best NCC, calibrated the same way (held-out max + margin)
+    mean = Centred(inp.real_maps, tr, cfg, True).fit_mean()
+    raw_thr = threshold(pixel_nearest(inp.real_maps, ho, inp.real_maps, tr, cfg, mean).similarity, cfg)
+    # baseline 2: feature-space cosine similarity of a random-init encoder
+    fh = feature_nearest(feats["r"], ho, feats["r"], tr, cfg)
+    fs = feature_nearest(feats["s"], np.arange(len(synth)), feats["r"], tr, cfg)
+    cos_thr = threshold(fh.similarity, cfg)
+    return {
+        "images": {"real_train": n_train, "real_heldout": n_held, "genuine_synthetic": n_gen,
+                   "planted": len(copies), "size_px": 128, "pixel_size": cfg.pixel_size},
+        "render_s": round(render_s, 1), "audit_s": round(audit_s, 1),
+        "audit_pixel_score": {**figures(table["pixel_score"].to_numpy(), pix_thr), "threshold": pix_thr},
+        "audit_flagged_any_view": figures(table["flagged"].to_numpy().astype(float), 0.5),
+        "source_found": float((table["pixel_real_row"].to_numpy()[n_gen:] == src).mean()),
+        "baseline_raw_ncc": {**figures(table["pixel_similarity"].to_numpy(), raw_thr), "threshold": raw_thr},
+        "baseline_feature_cosine": {**figures(fs.similarity, cos_thr), "threshold": cos_thr},
+    }
+
+
+def fd_ranking(n: int) -> dict:
+    """FD of same-distribution, colour-shifted and lesion-free sets against a reference set."""
+    from quality.conftest import TINY_SPACE, render
+    from synthfm.quality.config import SpaceConfig
+    from synthfm.quality.features import build_space
+    from synthfm.quality.fidelity import frechet_distance
+
+    space = build_space(SpaceConfig(**TINY_SPACE), "fundus")
+
+    def f(x: np.ndarray) -> np.ndarray:
+        return space(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+
+    priors = {"dr_grade": [0.0, 0.0, 0.0, 0.5, 0.5]}
+    ref, same = f(render(n, 64, 300, **priors)), render(n, 64, 301, **priors)
+    colour = np.clip(same.astype(np.float32) * np.array([0.85, 1.0, 1.25]), 0, 255).astype(np.uint8)
+    lesion_free = render(n, 64, 301, dr_grade=[1.0, 0, 0, 0, 0])
+    return {"space": space.name, "n": n, "FD_same": frechet_distance(f(same), ref),
+            "FD_colour_shift": frechet_distance(f(colour), ref),
+            "FD_no_dr_lesions": frechet_distance(f(lesion_free), ref)}
+
+
+def stage(name: str, args: list[str]) -> dict:
+    """One measured stage, run in a child process (`--stage NAME ARGS`): its result, the peak RSS after the
+    imports (torch, timm, ...) and the peak RSS at the end - the difference is what the stage itself held."""
+    import synthfm.quality.run  # noqa: F401  (everything the stages import, so the baseline includes it)
+
+    base = rss_mb()
+    t = time.time()
+    if name == "fd":
+        from synthfm.quality.fidelity import frechet_distance
+
+        a, b = (np.load(p, mmap_mode="r") for p in args)
+        out: dict = {"FD": frechet_distance(a, b)}
+    elif name == "nn_audit":
+        from synthfm.quality.config import MemorisationConfig
+        from synthfm.quality.memorisation import feature_nearest
+
+        a, b = (np.load(p, mmap_mode="r") for p in args)
+        train = np.arange(len(b) - len(b) // 10)
+        r = feature_nearest(a, np.arange(len(a)), b, train, MemorisationConfig(chunk=4096))
+        out = {"queries": len(a), "index": len(train), "mean_best_cosine": float(r.similarity.mean())}
+    else:
+        out = stream_card(int(args[0]), t)
+    return {**out, "seconds": round(time.time() - t, 1), "rss_after_imports_mb": round(base, 1),
+            "peak_rss_mb": round(rss_mb(), 1)}
+
+
+def stream_card(n: int, t0: float) -> dict:
+    """Render a phantom card, then time the one streamed pass writing features and grey maps."""
+    from synthfm.data.manifest import load_card
+    from synthfm.quality.config import SpaceConfig
+    from synthfm.quality.features import build_space, extract
+    from synthfm.synth.writer import PhantomConfig, render_phantom
+
+    tmp = Path(tempfile.mkdtemp())
+    data = load_card(render_phantom(tmp / "card", PhantomConfig(n=n, size=128, seed=5)))
+    space = build_space(SpaceConfig(encoder="random:vit_tiny_p8_64"), "fundus")
+    t = time.time()
+    extract(data, np.arange(n), [space], 96, tmp / "cache", "s", 64)
+    return {"images": n, "size_px": 128, "space": space.name, "stream_seconds": round(time.time() - t, 1),
+            "images_per_s": round(n / (time.time() - t), 1), "render_seconds": round(t - t0, 1)}
+
+
+def child(name: str, *args: str) -> dict:
+    """Run a stage in a fresh process (so its peak RSS is its own)."""
+    res = subprocess.run([sys.executable, __file__, "--stage", name, *args], capture_output=True, text=True,
+                         check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def scale(n: int, d: int) -> dict:
+    """FD and the feature NN audit on n x n memory-mapped feature vectors, each in its own process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for k, shift in (("a", 0.0), ("b", 0.1)):
+            p = Path(tmp) / f"{k}.npy"
+            arr = np.lib.format.open_memmap(p, mode="w+", dtype=np.float32, shape=(n, d))
+            rng = np.random.default_rng(len(paths))
+            for i in range(0, n, 10_000):
+                arr[i:i + 10_000] = rng.normal(shift, 1.0, (min(10_000, n - i), d)).astype(np.float32)
+            arr.flush()
+            del arr
+            paths.append(str(p))
+        return {"n": n, "dim": d, "feature_file_mb": round(n * d * 4 / 2**20, 1),
+                "full_distance_matrix_gb": round(n * n * 4 / 2**30, 1),
+                "fd": child("fd", *paths), "nn_audit": child("nn_audit", *paths)}
+
+
+def main() -> None:
+    """Run every part and print one JSON document."""
+    quick = "--quick" in sys.argv
+    torch.set_num_threads(2)
+    doc = {"benchmark": "quality", "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores",
+           "python": platform.python_version(), "torch": torch.__version__,
+           "baseline": "raw best NCC without score normalisation, and random-init encoder cosine similarity, "
+                       "calibrated the same way (held-out real max + 0.05)"}
+    doc["planted_copies"] = planted(*((80, 60, 80, 10) if quick else (300, 200, 300, 50)))
+    doc["fd_ranking"] = fd_ranking(48 if quick else 96)
+    doc["scale_features"] = scale(20_000 if quick else 100_000, 128)
+    doc["image_stream"] = child("stream", str(100 if quick else 500))
+    doc["base_rss_mb"] = round(rss_mb(), 1)
+    print(json.dumps(doc, indent=2))
+
+
+
+
+if __name__ == "__main__":
+    if "--stage" in sys.argv:
+        k = sys.argv.index("--stage")
+        print(json.dumps(stage(sys.argv[k + 1], sys.argv[k + 2:])))
+    else:
+        main()

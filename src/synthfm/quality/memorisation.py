@@ -1,0 +1,310 @@
+"""Memorisation audit: the nearest real training image of every synthetic image, and near-copies flagged.
+
+Two views, each a shortlist search followed by a score:
+
+* **features** - cosine similarity in the feature space (blocked exact k-NN, `search.topk_search`);
+* **pixels** - robust to flips, crops, JPEG and colour jitter. Retrieval uses a coarse grey descriptor
+  (standardised, centred on the real set's mean) with the four flips on the query side and, on the index
+  side, the whole image plus crops of each `crop_scales` on a `crop_grid` x `crop_grid` grid of offsets.
+  Each shortlisted pair is then verified on band-pass grey maps (near-black background masked out, so a
+  shared field-of-view edge counts for nothing) by normalised cross-correlation maximised over the four
+  flips, each crop scale and every shift (FFT correlation).
+
+A raw best similarity says little on its own: two featureless images (heavy haze) correlate well without
+being copies. The score is therefore the best similarity minus the mean of the other shortlisted ones (the
+"score normalisation" of copy detection). The flag threshold is calibrated on real held-out images searched
+against the same training index - real images that are *not* copies - at `calibration_quantile` plus
+`calibration_margin`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from scipy.fft import next_fast_len
+
+from synthfm.io import atomic_path
+from synthfm.quality.config import MemorisationConfig
+from synthfm.quality.search import Block, rows_block, topk_search
+
+FLIPS = ((), (-1,), (-2,), (-2, -1))
+THUMB = 96
+
+
+# ---- pixel descriptors ----------------------------------------------------------------------------------
+def as_float(maps: np.ndarray) -> torch.Tensor:
+    """uint8 grey maps (n, S, S) -> float (n, 1, S, S) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(maps)).float()[:, None] / 255.0
+
+
+def _standardise(d: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit norm along the last axis."""
+    d = d - d.mean(-1, keepdim=True)
+    return d / d.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+def descriptor(g: torch.Tensor, size: int, crop: float = 1.0, offset: tuple[float, float] = (0.5, 0.5)) -> torch.Tensor:
+    """Standardised area-pooled grey descriptor (n, size*size) of a crop (side fraction, relative offset)."""
+    if crop < 1:
+        s = g.shape[-1]
+        c = round(s * crop)
+        r0, c0 = round((s - c) * offset[0]), round((s - c) * offset[1])
+        g = g[..., r0:r0 + c, c0:c0 + c]
+    return _standardise(F.interpolate(g, size=(size, size), mode="area").flatten(1))
+
+
+def query_descriptors(g: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, 4, D): the descriptor of each flip."""
+    return torch.stack([descriptor(g.flip(f) if f else g, size) for f in FLIPS], 1)
+
+
+def index_descriptors(g: torch.Tensor, size: int, scales: list[float], grid: int) -> torch.Tensor:
+    """(n, W, D): the whole image and its crops at every scale on a grid of offsets."""
+    steps = np.linspace(0, 1, grid) if grid > 1 else [0.5]
+    crops = [descriptor(g, size, s, (a, b)) for s in scales if s < 1 for a in steps for b in steps]
+    return torch.stack([descriptor(g, size), *crops], 1)
+
+
+class Centred:
+    """Descriptors centred on the real index's mean descriptor and re-normalised, read in blocks."""
+
+    def __init__(self, maps: np.ndarray, rows: np.ndarray, cfg: MemorisationConfig, index: bool) -> None:
+        self.maps, self.rows, self.cfg, self.index = maps, rows, cfg, index
+        self.mean: torch.Tensor | None = None
+
+    def raw(self, start: int, stop: int) -> torch.Tensor:
+        """Uncentred descriptors of rows[start:stop]."""
+        g = as_float(read_rows(self.maps, self.rows[start:stop]))
+        if self.index:
+            return index_descriptors(g, self.cfg.coarse_size, self.cfg.crop_scales, self.cfg.crop_grid)
+        return query_descriptors(g, self.cfg.coarse_size)
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        d = self.raw(start, stop) - self.mean
+        return d / d.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+    def fit_mean(self) -> torch.Tensor:
+        """The mean descriptor over every row and variant (one blocked pass)."""
+        total, count = 0.0, 0
+        for i in range(0, len(self.rows), self.cfg.chunk):
+            d = self.raw(i, i + self.cfg.chunk)
+            total = total + d.sum((0, 1))
+            count += d.shape[0] * d.shape[1]
+        return total / count
+
+
+def read_rows(maps: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """maps[rows] read in sorted order (memory maps like monotone access), returned in the order of rows."""
+    order = np.argsort(rows, kind="stable")
+    out = np.empty((len(rows), *maps.shape[1:]), maps.dtype)
+    out[order] = maps[rows[order]]
+    return out
+
+
+# ---- verification ---------------------------------------------------------------------------------------
+def gaussian_blur(g: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (n, 1, S, S) with replicate padding."""
+    r = max(1, int(3 * sigma + 0.5))
+    x = torch.arange(-r, r + 1, dtype=g.dtype)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k = k / k.sum()
+    g = F.conv2d(F.pad(g, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(g, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+
+
+def bandpass(g: torch.Tensor, band: tuple[float, float], background: float) -> torch.Tensor:
+    """Band-pass grey maps with the near-black background (and a 3 px rim inside it) set to zero."""
+    lo, hi = band
+    smooth = gaussian_blur(g, 2.0)
+    h = (gaussian_blur(g, lo) if lo > 0 else g) - (smooth if hi == 2.0 else gaussian_blur(g, hi))
+    flat = smooth.flatten(1)
+    floor, top = flat.amin(1), flat.amax(1)
+    mask = (smooth > (floor + background * (top - floor)).view(-1, 1, 1, 1)).float()
+    return h * -F.max_pool2d(-mask, 7, 1, 3)
+
+
+def _templates(q: torch.Tensor, margin: int, size: int) -> list[torch.Tensor]:
+    """Conjugate FFTs at `size` of the unit-norm inner part of each flip of q (one (n, size, size//2+1) each)."""
+    s = q.shape[-1]
+    out = []
+    for f in FLIPS:
+        t = (q.flip(f) if f else q)[:, 0, margin:s - margin, margin:s - margin]
+        t = t / t.flatten(1).norm(dim=1).view(-1, 1, 1).clamp_min(1e-8)
+        out.append(torch.fft.rfft2(t, s=(size, size)).conj())
+    return out
+
+
+def best_alignment(q: torch.Tensor, r: torch.Tensor, pairs: np.ndarray, cfg: MemorisationConfig) -> torch.Tensor:
+    """Max normalised cross-correlation of query q[i] with index image r[j] for each pair (i, j): (P,).
+
+    `q` holds grey maps, `r` band-passed maps. For each crop scale s the query is shrunk by s (a crop of
+    side s, resized back, covers s of the original) and band-passed; the inner part of each of its four
+    flips slides over r at every shift (FFT correlation, zero-padded so no shift wraps around).
+    """
+    qi, rj = torch.from_numpy(pairs[:, 0]), torch.from_numpy(pairs[:, 1])
+    s = r.shape[-1]
+    fast = next_fast_len(s)
+    fr = torch.fft.rfft2(r[:, 0], s=(fast, fast))[rj]
+    best = torch.full((len(pairs),), -1.0)
+    for scale in sorted({1.0, *cfg.crop_scales}):
+        size = round(s * scale)
+        qs = q if size == s else F.interpolate(q, size=(size, size), mode="area")
+        qb = bandpass(qs, cfg.band, cfg.background)
+        n = size - 2 * cfg.margin
+        energy = (F.avg_pool2d(r * r, n, 1)[:, 0] * n * n).clamp_min(1e-12).sqrt()[rj]
+        for ft in _templates(qb, cfg.margin, fast):
+            corr = torch.fft.irfft2(fr * ft[qi], s=(fast, fast))[:, : s - n + 1, : s - n + 1]
+            best = torch.maximum(best, (corr / energy).flatten(1).amax(1))
+    return best
+
+
+def verify(q_maps: np.ndarray, q_rows: np.ndarray, r_maps: np.ndarray, shortlist: np.ndarray,
+           cfg: MemorisationConfig) -> np.ndarray:
+    """Pixel similarity (n, K) of every query to each of its shortlisted index rows, in blocks."""
+    k = shortlist.shape[1]
+    out = np.empty(shortlist.shape, np.float32)
+    step = max(1, cfg.chunk // k)
+    for i in range(0, len(q_rows), step):
+        cand = shortlist[i:i + step]
+        unique, inverse = np.unique(cand, return_inverse=True)
+        q = as_float(read_rows(q_maps, q_rows[i:i + step]))
+        r = bandpass(as_float(read_rows(r_maps, unique)), cfg.band, cfg.background)
+        pairs = np.stack([np.repeat(np.arange(len(cand)), k), inverse.reshape(-1)], 1)
+        out[i:i + len(cand)] = best_alignment(q, r, pairs, cfg).view(len(cand), k).numpy()
+    return out
+
+
+# ---- scores and the audit -------------------------------------------------------------------------------
+@dataclass
+class Nearest:
+    """Per query: nearest index row, its similarity and the normalised score."""
+
+    index: np.ndarray
+    similarity: np.ndarray
+    score: np.ndarray
+
+
+def normalised(sims: np.ndarray, idx: np.ndarray) -> Nearest:
+    """Best similarity, its row, and best minus the mean of the rest of the shortlist."""
+    order = np.argsort(-sims, axis=1, kind="stable")
+    s = np.take_along_axis(sims, order, 1)
+    i = np.take_along_axis(idx, order, 1)
+    rest = s[:, 1:].mean(1) if s.shape[1] > 1 else np.zeros(len(s))
+    return Nearest(i[:, 0], s[:, 0], s[:, 0] - rest)
+
+
+def pixel_nearest(q_maps: np.ndarray, q_rows: np.ndarray, r_maps: np.ndarray, index_rows: np.ndarray,
+                  cfg: MemorisationConfig, mean: torch.Tensor) -> Nearest:
+    """Shortlist by coarse descriptors, verify by band-pass NCC; rows are positions in the map arrays."""
+    queries, index = Centred(q_maps, q_rows, cfg, False), Centred(r_maps, index_rows, cfg, True)
+    queries.mean = index.mean = mean
+    _, pos = topk_search(queries, len(q_rows), index, len(index_rows), cfg.shortlist, cfg.chunk)
+    shortlist = index_rows[pos]
+    return normalised(verify(q_maps, q_rows, r_maps, shortlist, cfg), shortlist)
+
+
+def feature_nearest(q_feat: np.ndarray, q_rows: np.ndarray, r_feat: np.ndarray, index_rows: np.ndarray,
+                    cfg: MemorisationConfig) -> Nearest:
+    """Cosine k-NN in feature space, normalised the same way."""
+    sims, pos = topk_search(_take(q_feat, q_rows), len(q_rows), _take(r_feat, index_rows), len(index_rows),
+                            cfg.shortlist, cfg.chunk)
+    return normalised(sims, index_rows[pos])
+
+
+def _take(x: np.ndarray, rows: np.ndarray) -> Block:
+    """Unit-vector blocks of x[rows]."""
+
+    def get(start: int, stop: int) -> torch.Tensor:
+        return rows_block(read_rows(x, rows[start:stop]))(0, stop - start)
+
+    return get
+
+
+def threshold(scores: np.ndarray, cfg: MemorisationConfig) -> float:
+    """Flag threshold: the held-out real scores' quantile plus the margin."""
+    return float(np.quantile(scores, cfg.calibration_quantile) + cfg.calibration_margin)
+
+
+@dataclass
+class AuditInputs:
+    """What the audit reads: grey maps and features of both cards, and which real rows index / calibrate."""
+
+    synth_maps: np.ndarray
+    real_maps: np.ndarray
+    synth_features: np.ndarray | None
+    real_features: np.ndarray | None
+    train_rows: np.ndarray
+    heldout_rows: np.ndarray
+    synth_ids: np.ndarray
+    real_ids: np.ndarray
+
+
+def audit(inp: AuditInputs, cfg: MemorisationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per synthetic image, calibration table) of the memorisation audit."""
+    table = pd.DataFrame({"synthetic_id": inp.synth_ids, "synthetic_row": np.arange(len(inp.synth_ids))})
+    calib, flags = [], []
+    all_synth = np.arange(len(inp.synth_ids))
+    mean = Centred(inp.real_maps, inp.train_rows, cfg, True).fit_mean()
+    for view in ("pixel", "feature") if inp.synth_features is not None else ("pixel",):
+        if view == "pixel":
+            held = pixel_nearest(inp.real_maps, inp.heldout_rows, inp.real_maps, inp.train_rows, cfg, mean)
+            syn = pixel_nearest(inp.synth_maps, all_synth, inp.real_maps, inp.train_rows, cfg, mean)
+        else:
+            held = feature_nearest(inp.real_features, inp.heldout_rows, inp.real_features, inp.train_rows, cfg)
+            syn = feature_nearest(inp.synth_features, all_synth, inp.real_features, inp.train_rows, cfg)
+        thr = threshold(held.score, cfg)
+        table[f"{view}_real_id"] = inp.real_ids[syn.index]
+        table[f"{view}_real_row"] = syn.index
+        table[f"{view}_similarity"] = syn.similarity
+        table[f"{view}_score"] = syn.score
+        table[f"{view}_flag"] = syn.score > thr
+        if view in cfg.flag_on:
+            flags.append(table[f"{view}_flag"].to_numpy())
+        calib.append({"view": view, "n_heldout": len(held.score), "quantile": cfg.calibration_quantile,
+                      "heldout_quantile": float(np.quantile(held.score, cfg.calibration_quantile)),
+                      "margin": cfg.calibration_margin, "threshold": thr,
+                      "heldout_median": float(np.median(held.score)), "heldout_max": float(held.score.max()),
+                      "heldout_flagged": int((held.score > thr).sum())})
+    table["flagged"] = np.logical_or.reduce(flags) if flags else False
+    return table, pd.DataFrame(calib)
+
+
+def memorisation_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """Summary figures: flagged count and fraction, and the largest scores."""
+    out = {"near_copies": float(table["flagged"].sum()), "near_copy_fraction": float(table["flagged"].mean())}
+    for view in ("pixel", "feature"):
+        if f"{view}_score" in table:
+            out[f"{view}_score_max"] = float(table[f"{view}_score"].max())
+    return out
+
+
+# ---- thumbnails -----------------------------------------------------------------------------------------
+def thumbnail_grid(table: pd.DataFrame, synth_maps: np.ndarray, real_maps: np.ndarray, path: Path,
+                   limit: int) -> list[dict[str, Any]]:
+    """A PNG of (synthetic | nearest real) pairs, flagged first then by pixel score; returns the rows drawn."""
+    order = table.sort_values(["flagged", "pixel_score"], ascending=False).head(limit)
+    cell, pad, text = THUMB, 4, 24
+    width = 2 * cell + 3 * pad
+    img = Image.new("RGB", (width, max(1, len(order)) * (cell + text + pad) + pad), "white")
+    draw = ImageDraw.Draw(img)
+    drawn = []
+    for k, rec in enumerate(order.to_dict("records")):
+        y = pad + k * (cell + text + pad)
+        for j, arr in enumerate((synth_maps[rec["synthetic_row"]], real_maps[rec["pixel_real_row"]])):
+            img.paste(Image.fromarray(np.asarray(arr)).resize((cell, cell), Image.BILINEAR).convert("RGB"),
+                      (pad + j * (cell + pad), y))
+        colour = (200, 0, 0) if rec["flagged"] else (60, 60, 60)
+        draw.text((pad, y + cell + 2), f"{'FLAG ' if rec['flagged'] else ''}score {rec['pixel_score']:.2f}",
+                  fill=colour)
+        draw.text((pad, y + cell + 12), f"{rec['synthetic_id']} | {rec['pixel_real_id']}"[:40], fill=colour)
+        drawn.append({"synthetic_id": rec["synthetic_id"], "real_id": rec["pixel_real_id"], "grid_row": k})
+    with atomic_path(path, ".png") as tmp:
+        img.save(tmp, format="PNG")
+    return drawn
