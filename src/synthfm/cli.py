@@ -27,46 +27,6 @@ app.add_typer(pretrain_app, name="pretrain")
 synth_app = typer.Typer(no_args_is_help=True, help="Generators: phantoms; conditional diffusion (train, generate).")
 app.add_typer(synth_app, name="synth")
 
-PENDING = {
-    "quality": "Quality and privacy gate for synthetic data.",
-}
-
-
-def _pending_group(name: str, help_text: str) -> typer.Typer:
-    """A stage group whose commands are not available yet."""
-    group = typer.Typer(help=f"{help_text} (not yet available)", invoke_without_command=True)
-
-    @group.callback()
-    def _not_yet(ctx: typer.Context) -> None:
-        """Say that this stage is not available yet."""
-        err_console.print(f"[yellow]synthfm {name}[/] is not yet available in synthfm {__version__}.")
-        raise typer.Exit(1)
-
-    return group
-
-
-def _mount() -> None:
-    """Sub-command groups and commands that live in their stage packages."""
-    from synthfm.analyze.commands import app as analyze_app
-    from synthfm.consortium.commands import hub_app, site_app
-    from synthfm.evaluate.commands import app as efficiency_app
-    from synthfm.evaluate.commands import evaluate_cli
-
-    app.command("evaluate")(evaluate_cli)
-    app.add_typer(efficiency_app, name="efficiency")
-    app.add_typer(site_app, name="site")
-    app.add_typer(hub_app, name="hub")
-    app.add_typer(analyze_app, name="analyze")
-    from synthfm.synth.diffusion.commands import app as diffusion_app
-
-    synth_app.add_typer(diffusion_app)
-
-
-_mount()
-
-for _name, _help in PENDING.items():
-    app.add_typer(_pending_group(_name, _help), name=_name)
-
 
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
@@ -308,6 +268,27 @@ def phantom_cmd(
         base["target"] = {**base.get("target", {}), "card": str(target)}
     cfg = validate_config(PhantomConfig, base, str(config) if config else "command-line options")
     console.print(f"wrote card [bold]{render_phantom(out, cfg)}[/]")
+
+
+def _mount() -> None:
+    """Commands and groups that live in their stage packages (each exposes a Typer app in commands.py)."""
+    from synthfm.analyze.commands import app as analyze_app
+    from synthfm.consortium.commands import hub_app, site_app
+    from synthfm.evaluate.commands import app as efficiency_app
+    from synthfm.evaluate.commands import evaluate_cli
+    from synthfm.quality.commands import quality as quality_cmd
+    from synthfm.synth.diffusion.commands import app as diffusion_app
+
+    app.command("evaluate")(evaluate_cli)
+    app.command("quality")(quality_cmd)
+    app.add_typer(efficiency_app, name="efficiency")
+    app.add_typer(site_app, name="site")
+    app.add_typer(hub_app, name="hub")
+    app.add_typer(analyze_app, name="analyze")
+    synth_app.add_typer(diffusion_app)
+
+
+_mount()
 
 
 def main(argv: list[str] | None = None) -> None:

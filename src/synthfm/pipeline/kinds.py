@@ -191,6 +191,25 @@ SYNTH_KINDS = {
 }
 
 
+# ---- quality ----------------------------------------------------------------------------------------------
+
+class QualityJob(StrictModel):
+    """The quality and privacy gate of a synthetic card against a real one; a failed gate stops the pipeline."""
+
+    synthetic: str = Field(description="synthetic card, usually ${synth.<job>}")
+    real: str = Field(description="real card, usually ${data.<job>}")
+    config: dict[str, Any] = Field(default_factory=dict, description="QualityConfig keys (spaces, gate, ...)")
+
+
+def _quality_run(cfg: QualityJob, out: Path) -> dict[str, Any]:
+    """Run every check, write the tables, then apply the gate."""
+    from synthfm.quality.config import QualityConfig
+    from synthfm.quality.run import run_quality
+
+    summary = run_quality(cfg.synthetic, cfg.real, validate_config(QualityConfig, cfg.config, "quality.config"), out)
+    return {"verdict": summary.get("verdict")}
+
+
 # ---- pretrain / adapt ---------------------------------------------------------------------------------------
 
 def _pretrain_inputs(cfg: PretrainConfig) -> list[str]:
@@ -367,7 +386,8 @@ def _report_run(cfg: ReportJob, out: Path) -> dict[str, Any]:
 KINDS: dict[str, dict[str, Kind]] = {
     "data": DATA_KINDS,
     "synth": SYNTH_KINDS,
-    "quality": {},
+    "quality": {"gate": Kind(model_kind(QualityJob), _quality_run, inputs=lambda cfg: [cfg.synthetic, cfg.real],
+                             help="fidelity, memorisation audit, label and metadata checks, gate")},
     "pretrain": {"pretrain": Kind(pretrain_config, _pretrain_run, lambda cfg, d: d / "encoder", _pretrain_inputs,
                                   help="self-supervised pretraining (MAE, DINOv2, RaSD)")},
     "adapt": {"adapt": Kind(model_kind(AdaptConfig), _adapt_run, inputs=_adapt_inputs,
