@@ -19,6 +19,7 @@ COMMANDS = {
     "probe_gain": "python benchmarks/bench_probe_gain.py --seeds 0,1,2 --out docs/bench/probe_gain.json",
     "sampling": "python benchmarks/bench_sampling.py > docs/bench/sampling.json",
     "vessels_chase": "python benchmarks/eval_vessels.py",
+    "quality": "python benchmarks/bench_quality.py > docs/bench/quality.json",
 }
 NOTES = {
     "loader": "Images/s of one pass through a DataLoader (batch 64) over 512 images: a folder of PNGs read with "
@@ -31,6 +32,8 @@ NOTES = {
     "sampling": "Fréchet distance to held-out phantom images against model evaluations for DDPM / DDIM / "
                 "DPM-Solver++, cost per image on CPU, and peak memory against N.",
     "vessels_chase": "Vessel segmentation on CHASE_DB1 against the first observer (see docs/results.md).",
+    "quality": "Planted-copy recall and false positives of the memorisation audit, FD ranking of phantom sets, "
+               "and peak RSS of FD and the nearest-neighbour audit at 100k.",
 }
 
 
