@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from synthfm.analyze.commands import app
@@ -33,6 +34,25 @@ def test_latent_maps_and_keymeta_from_them(planted_card: Path, tmp_path: Path) -
     ranked = pd.read_csv(run_keymeta(KeyMetaConfig(latent=str(tmp_path / "lat"), fields=["site", "batch"],
                                                    min_group=3), tmp_path / "km"))
     assert ranked["knn_balanced_accuracy"].between(0, 1).all() and ranked["silhouette"].notna().all()
+
+
+def test_latent_refuses_wrong_channels_and_shard_cards(planted_card: Path, tmp_path: Path) -> None:
+    """A 1-channel encoder on an RGB card, or a shard card, is one clear error naming the card and the fix."""
+    from synthfm.data.prepare import prepare_card
+    from synthfm.data.preprocess import PrepareConfig
+    from synthfm.errors import SynthfmError
+    from synthfm.models.backbones import create_backbone
+    from synthfm.models.checkpoint import save_pretrained
+
+    encoder = save_pretrained(create_backbone("vit_tiny_p8_64", in_chans=1, **TINY), tmp_path / "gray_encoder")
+    gray = LatentConfig(cards=[str(planted_card)], encoder=str(encoder), n=8)
+    with pytest.raises(SynthfmError, match="takes 1-channel images but card 'planted'"):
+        run_latent(gray, tmp_path / "gray")
+    shards = prepare_card(planted_card, tmp_path / "shards", PrepareConfig(size=32, format="shards", limit=8))
+    with pytest.raises(SynthfmError, match="WebDataset shards") as err:
+        run_latent(LatentConfig(cards=[str(shards)], encoder="vit_tiny_p8_64", backbone_overrides=TINY, n=8),
+                   tmp_path / "sh")
+    assert "--format folder" in err.value.fix
 
 
 def test_cli_morphology_and_bad_input(planted_card: Path, tmp_path: Path) -> None:
