@@ -131,20 +131,25 @@ DATA_KINDS = {
 }
 
 
+def _pretrain_inputs(cfg: PretrainConfig) -> list[str]:
+    """Card sources of every curriculum stage (phantom and RaSD are generated)."""
+    return [s.source for st in cfg.stages for s in st.sources if s.source not in ("phantom", "rasd")]
+
+
+def _pretrain_run(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
+    """Pretrain in the job folder (the engine resumes an interrupted run)."""
+    from synthfm.pretrain.engine import pretrain
+
+    return pretrain(cfg, out)
+
+
 # ---- synth ------------------------------------------------------------------------------------------------
 
 def _consortium_validate(raw: Any, where: str) -> BaseModel:
     """A consortium config inline, or the path of one (e.g. configs/consortium.yaml)."""
-    from synthfm.consortium.simulate import load_consortium_config
+    from synthfm.consortium.simulate import ConsortiumConfig, load_consortium_config
 
-    return load_consortium_config(raw if isinstance(raw, str) else validate_config(_consortium_model(), raw, where))
-
-
-def _consortium_model() -> type[BaseModel]:
-    """The consortium config model (imported on use)."""
-    from synthfm.consortium.simulate import ConsortiumConfig
-
-    return ConsortiumConfig
+    return load_consortium_config(raw) if isinstance(raw, str) else validate_config(ConsortiumConfig, raw, where)
 
 
 def _consortium_run(cfg: BaseModel, out: Path) -> dict[str, Any]:
@@ -181,8 +186,8 @@ def _generate_run(cfg: Any, out: Path) -> dict[str, Any]:
 
 
 SYNTH_KINDS = {
-    "generator": Kind(_generator_validate, lambda cfg, out: _pretrain_run(cfg, out), lambda cfg, d: d / "generator",
-                      lambda cfg: _pretrain_inputs(cfg), help="train a conditional diffusion generator on cards"),
+    "generator": Kind(_generator_validate, _pretrain_run, lambda cfg, d: d / "generator", _pretrain_inputs,
+                      help="train a conditional diffusion generator on cards"),
     "generate": Kind(_generate_validate, _generate_run, _card_out,
                      lambda cfg: [cfg.generator] + ([cfg.target.card] if cfg.target else []),
                      help="generate a synthetic card to a target distribution of conditions"),
@@ -211,18 +216,6 @@ def _quality_run(cfg: QualityJob, out: Path) -> dict[str, Any]:
 
 
 # ---- pretrain / adapt ---------------------------------------------------------------------------------------
-
-def _pretrain_inputs(cfg: PretrainConfig) -> list[str]:
-    """Card sources of every curriculum stage (phantom and RaSD are generated)."""
-    return [s.source for st in cfg.stages for s in st.sources if s.source not in ("phantom", "rasd")]
-
-
-def _pretrain_run(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
-    """Pretrain in the job folder (the engine resumes an interrupted run)."""
-    from synthfm.pretrain.engine import pretrain
-
-    return pretrain(cfg, out)
-
 
 def _adapt_inputs(cfg: AdaptConfig) -> list[str]:
     """The downstream card, and the encoder unless it is random init."""

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,14 @@ class Run:
     plan: dict[str, Any]
     grid: int = 8
     jobs: list[dict[str, Any]] = field(default_factory=list)
+
+    @cached_property
+    def adapt_summaries(self) -> pd.DataFrame:
+        """Summary rows (mean, CI) of every adaptation job, with the job name as `model` (read once)."""
+        from synthfm.evaluate.results import load_results, summary_table
+
+        parts = [summary_table(load_results(j["dir"])).assign(model=j["name"]) for j in self.stage("adapt")]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
     def stage(self, stage: str, kind: str | None = None) -> list[dict[str, Any]]:
         """Finished jobs of one stage (optionally one kind)."""
@@ -151,17 +160,9 @@ def pretrain_section(run: Run) -> Section:
     return Section("pretrain", "Pretraining", blocks or not_run("pretrain"))
 
 
-def _adapt_summaries(run: Run) -> pd.DataFrame:
-    """Summary rows (mean, CI) of every adaptation job, with the job name as `model`."""
-    from synthfm.evaluate.results import load_results, summary_table
-
-    parts = [summary_table(load_results(j["dir"])).assign(model=j["name"]) for j in run.stage("adapt")]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
 def downstream_section(run: Run) -> Section:
     """Mean ± 95% CI per adaptation job and label fraction, then the A-vs-B tests."""
-    summ = _adapt_summaries(run)
+    summ = run.adapt_summaries
     if summ.empty:
         return Section("downstream", "Downstream results", not_run("adapt"))
     keep = summ[summ["metric"].isin(["auroc", "auprc", "balanced_accuracy", "kappa", "accuracy"])]
@@ -192,7 +193,7 @@ def efficiency_section(run: Run) -> Section:
                             f"label efficiency: {j['name']}"))
         blocks.append(table(needed[["experiment", "reference", "target", "fraction_needed", "note"]],
                             "fraction of labels each model needs to match the reference at its largest fraction"))
-    summ = _adapt_summaries(run)
+    summ = run.adapt_summaries
     if not blocks and not summ.empty and summ["fraction"].nunique() > 1:
         test = _internal(summ[(summ["metric"] == "auroc") & (summ["split"] == "test")])
         blocks = [image(figures.efficiency_curves(g, f"{ds} {task}", "test AUROC"), f"label efficiency on {ds} {task}")
