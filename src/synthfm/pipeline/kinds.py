@@ -303,6 +303,30 @@ def _efficiency_run(cfg: EfficiencyJob, out: Path) -> dict[str, Any]:
     return {row["experiment"]: row["note"] for row in needed.to_dict("records")}
 
 
+class ArmsJob(StrictModel):
+    """Many arms at once: mean ± CI per arm and fraction, t-tests vs baselines (one Holm family), labels to match."""
+
+    arms: dict[str, str] = Field(description="display name -> adaptation experiment (${adapt.<job>}), in table order")
+    baselines: list[str] = Field(min_length=1, description="arms every other arm is tested against")
+    reference: str = Field(description="the arm whose mean at 100% labels the others must match")
+    metrics: list[str] = Field(default_factory=lambda: ["auroc", "accuracy"], min_length=1)
+    split: str = "test"
+    title: str | None = Field(None, description="what the arms share, e.g. 'linear probe, RetinaMNIST DR grade'")
+
+
+def _arms_run(cfg: ArmsJob, out: Path) -> dict[str, Any]:
+    """Write arms_summary, arms_tests, arms_match (CSV + Parquet) and arms.json for the report."""
+    from synthfm.evaluate.arms import arm_tables
+    from synthfm.evaluate.results import write_table
+
+    tables = arm_tables(cfg.arms, cfg.baselines, cfg.reference, cfg.metrics, cfg.split)
+    for name, df in tables.items():
+        write_table(df, out / f"arms_{name}")
+    doc = {**cfg.model_dump(), **{name: json.loads(df.to_json(orient="records")) for name, df in tables.items()}}
+    atomic_write_json(out / "arms.json", doc)
+    return {"tests": len(doc["tests"]), "significant": sum(bool(r["significant"]) for r in doc["tests"])}
+
+
 class CheckpointsJob(StrictModel):
     """Downstream score against pretraining step: adapt from every kept checkpoint of a pretraining job."""
 
@@ -391,6 +415,8 @@ KINDS: dict[str, dict[str, Kind]] = {
                          help="subgroup metrics and gaps from saved predictions"),
         "efficiency": Kind(model_kind(EfficiencyJob), _efficiency_run, inputs=lambda cfg: list(cfg.models.values()),
                            help="label-efficiency curves, labels needed to match a reference"),
+        "arms": Kind(model_kind(ArmsJob), _arms_run, inputs=lambda cfg: list(cfg.arms.values()),
+                     help="many arms: mean ± CI, t-tests vs baselines (Holm over all), labels to match"),
         "checkpoints": Kind(model_kind(CheckpointsJob), _checkpoints_run,
                             inputs=lambda cfg: [str(_pretrain_folder(cfg.pretrain))],
                             help="downstream score vs pretraining checkpoint"),

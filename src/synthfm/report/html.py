@@ -27,7 +27,7 @@ from synthfm import __version__
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_text
 from synthfm.report import figures
-from synthfm.report.verdict import verdict
+from synthfm.report.verdict import arms_verdict, verdict
 
 
 @dataclass
@@ -175,7 +175,27 @@ def downstream_section(run: Run) -> Section:
         df = pd.DataFrame(comp["rows"])
         blocks.append(table(df, f"{j['name']}: {comp['label_a'] or comp['a']} vs {comp['label_b'] or comp['b']} "
                                 f"({comp['split']} {comp['metric']}; paired t-test by seed, Holm across rows)"))
-    return Section("downstream", "Downstream results", blocks)
+    return Section("downstream", "Downstream results", blocks + arms_blocks(run))
+
+
+def arms_blocks(run: Run) -> list[str]:
+    """Each many-arm comparison: per-arm curves with CI bands, the mean ± CI table, the tests, labels to match."""
+    blocks = []
+    for j in run.stage("evaluate", "arms"):
+        doc = json.loads((Path(j["dir"]) / "arms.json").read_text())
+        title = doc.get("title") or j["name"]
+        summ, tests = pd.DataFrame(doc["summary"]), pd.DataFrame(doc["tests"])
+        blocks.append(f"<h3>{esc(title)}</h3>")
+        for metric, g in summ.groupby("metric", sort=False):
+            blocks.append(image(figures.efficiency_curves(g.rename(columns={"arm": "model"}), title,
+                                                          f"{doc['split']} {metric}"), f"{title}: {metric} per arm"))
+        blocks.append(table(summ[["metric", "arm", "fraction", "n", "mean", "ci_low", "ci_high"]],
+                            f"{title}: mean over seeds with the 95% CI (1.96·sd/√n)"))
+        blocks.append(table(tests[["metric", "arm", "baseline", "fraction", "n", "mean_diff", "t", "p", "p_holm",
+                                   "significant"]], f"{title}: paired t-tests by seed, Holm per metric"))
+        blocks.append(table(pd.DataFrame(doc["match"])[["metric", "arm", "reference", "target", "note"]],
+                            f"{title}: labels needed to match {doc['reference']} at 100%"))
+    return blocks
 
 
 def _internal(df: pd.DataFrame) -> pd.DataFrame:
@@ -268,7 +288,9 @@ def verdict_lines(run: Run) -> list[str]:
         comp["label_a"] = comp["label_a"] or j["config"]["a"]
         comp["label_b"] = comp["label_b"] or j["config"]["b"]
         comps.append(comp)
-    return verdict(comps)
+    lines = [line for j in run.stage("evaluate", "arms")
+             for line in arms_verdict(json.loads((Path(j["dir"]) / "arms.json").read_text()))]
+    return lines + verdict(comps) if comps or not lines else lines
 
 
 SECTIONS: list[Callable[[Run], Section]] = [

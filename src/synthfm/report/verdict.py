@@ -46,3 +46,52 @@ def verdict(comparisons: list[dict[str, Any]]) -> list[str]:
                      + ("it did worse in some comparisons and no better in the rest. " if losses else
                         "no comparison showed a significant gain. ") + WHAT_WOULD_CHANGE_IT)
     return lines
+
+
+def _signed(row: dict[str, Any]) -> str:
+    """'arm better/worse at F% (+d)' for one significant test row."""
+    word = "better" if row["mean_diff"] > 0 else "worse"
+    return f"{row['arm']} {word} at {100 * float(row['fraction']):g}% ({row['mean_diff']:+.3f})"
+
+
+def _baseline_line(doc: dict[str, Any], base: str, metric: str, n_family: int) -> str:
+    """Which arms differed significantly from one baseline, in one sentence."""
+    rows = [r for r in doc["tests"] if r["baseline"] == base and r["metric"] == metric]
+    hits = [_signed(r) for r in rows if r["significant"]]
+    found = "; ".join(hits) + (". No other difference was significant." if hits else "") if hits else \
+        "no difference was significant."
+    return (f"{doc.get('title') or 'Arms'}, against {base} ({doc['split']} {metric}, paired t-tests over seeds, "
+            f"Holm-corrected over all {n_family} tests): {found}")
+
+
+def _match_line(doc: dict[str, Any], metric: str) -> str:
+    """The label fraction each arm needs to match the reference at 100% labels."""
+    rows = [r for r in doc["match"] if r["metric"] == metric]
+    if not rows:
+        return ""
+    parts = ", ".join(f"{r['arm']} {r['note']}" for r in rows if r["arm"] != doc["reference"])
+    return (f"Labels needed to match {doc['reference']} at 100% of the labels ({metric} {rows[0]['target']:.3f}): "
+            f"{parts}.")
+
+
+def arms_verdict(doc: dict[str, Any]) -> list[str]:
+    """Sentences for a many-arm comparison (evaluate `arms` job) on its first metric, and what they add up to."""
+    metric = doc["metrics"][0]
+    n_family = sum(1 for r in doc["tests"] if r["metric"] == metric)
+    lines = [_baseline_line(doc, base, metric, n_family) for base in doc["baselines"]]
+    lines.append(_match_line(doc, metric))
+    floor = doc["baselines"][0]
+    tested = [r for r in doc["tests"] if r["metric"] == metric and r["baseline"] == floor
+              and r["arm"] not in doc["baselines"]]
+    gains = sorted({r["arm"] for r in tested if r["significant"] and r["mean_diff"] > 0})
+    losses = sorted({r["arm"] for r in tested if r["significant"] and r["mean_diff"] < 0})
+    title = doc.get("title") or "these arms"
+    if gains and not losses:
+        lines.append(f"Verdict ({title}): pretraining helped against {floor} for {', '.join(gains)}.")
+    elif gains:
+        lines.append(f"Verdict ({title}): mixed against {floor} — gains for {', '.join(gains)}, losses for "
+                     f"{', '.join(losses)}. " + WHAT_WOULD_CHANGE_IT)
+    else:
+        lines.append(f"Verdict ({title}): no pretraining arm beat {floor} significantly"
+                     + (f"; {', '.join(losses)} did worse. " if losses else ". ") + WHAT_WOULD_CHANGE_IT)
+    return [line for line in lines if line]
