@@ -44,6 +44,9 @@ def tiny_pipeline(steps: int = 4) -> dict[str, Any]:
                                                    "n_boot": 20}}},
             "labels": {"efficiency": {"models": {"MAE": "${adapt.mae_probe}", "random": "${adapt.random_probe}"},
                                       "reference": "random"}},
+            "arms": {"arms": {"title": "tiny arms", "arms": {"MAE": "${adapt.mae_probe}",
+                                                              "random": "${adapt.random_probe}"},
+                              "baselines": ["random"], "reference": "random"}},
         },
         "analyze": {
             "latent": {"latent": {"cards": ["${data.fundus}"], "encoder": "${pretrain.mae}", "n": 48,

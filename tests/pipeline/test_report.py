@@ -24,6 +24,8 @@ def test_report_is_self_contained_with_every_section(finished: Path) -> None:
     assert page.count('src="data:image/png;base64,') >= 4  # sample grid, loss, label efficiency, subgroups
     assert "fraction of labels each model needs" in page and "equalised-odds" in page
     assert "Verdict:" in page and "paired t-test" in page
+    assert "tiny arms: paired t-tests by seed" in page and "Verdict (tiny arms):" in page
+    assert "tiny arms, against random (test auroc" in page
 
 
 def test_report_command_rejects_a_folder_without_a_run(tmp_path: Path) -> None:

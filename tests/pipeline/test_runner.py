@@ -44,7 +44,7 @@ def test_dry_run_plans_without_running(tmp_path: Path, spec: Any, write_spec: An
     lines: list[str] = []
     _root, jobs = run_pipeline(write_spec(tmp_path / "p.yaml", spec()), tmp_path / "run", dry_run=True,
                               say=lines.append)
-    assert [j.status for j in jobs] == ["to run"] * 10 and not (tmp_path / "run").exists()
+    assert [j.status for j in jobs] == ["to run"] * 11 and not (tmp_path / "run").exists()
     assert any("pretrain.mae" in line and "to run" in line for line in lines)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from synthfm.pipeline.runner import run_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
-PIPELINES = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "consortium.yaml")
+CANDIDATES = [*(REPO / "configs").glob("*.yaml"), *(REPO / "configs" / "experiments").glob("*.yaml")]
+PIPELINES = sorted(p for p in CANDIDATES if "report" in yaml.safe_load(p.read_text()))  # the rest are stage configs
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
