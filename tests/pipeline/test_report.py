@@ -71,3 +71,15 @@ def test_verdict_says_plainly_when_pretraining_did_not_help() -> None:
     assert verdict([_comparison(0.1, 0.001)])[-1] == "Verdict: pretraining helped in every comparison."
     assert "mixed" in verdict([_comparison(0.1, 0.001), _comparison(0.0, 0.9)])[-1]
     assert "makes no claim" in verdict([])[0]
+
+
+def test_results_doc_section_comes_from_the_run(finished: Path) -> None:
+    """docs/make_results.py turns a pipeline root into the headline section: verdict, tables, published rows."""
+    import runpy
+
+    make = runpy.run_path(str(Path(__file__).resolve().parents[2] / "docs" / "make_results.py"))
+    text = make["pipeline_section"](finished)
+    assert text.startswith("## Headline: tiny") and "- Verdict (tiny arms):" in text
+    assert "| arm | 50% | 100% |" in text and "| auroc | MAE | random | 50% |" in text
+    assert "| ResNet-18 (28 px) | 0.717 | 0.524 |" in text and "| ours: MAE, tiny arms |" in text
+    assert "| adapt.mae_probe | adapt |" in text
