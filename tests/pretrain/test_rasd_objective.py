@@ -101,6 +101,19 @@ def test_second_view_warps_image_and_labels_alike() -> None:
     assert not torch.allclose(labels, onehot)
 
 
+def test_second_view_of_a_sample_depends_only_on_its_seed() -> None:
+    """With per-sample seeds a sample's second view is the same alone or in any batch, whatever the global RNG."""
+    torch.manual_seed(0)
+    onehot = torch.nn.functional.one_hot(torch.randint(0, 3, (4, 16, 16)), 3).permute(0, 3, 1, 2).float()
+    imgs, seeds = torch.rand(4, 3, 16, 16), torch.tensor([11, 12, 13, 14])
+    batch, batch_labels = second_view(imgs, onehot, (0.3, 0.6), seeds)
+    torch.manual_seed(99)
+    alone, alone_labels = second_view(imgs[2:3], onehot[2:3], (0.3, 0.6), seeds[2:3])
+    assert torch.allclose(batch[2:3], alone) and torch.allclose(batch_labels[2:3], alone_labels)
+    other, _ = second_view(imgs[2:3], onehot[2:3], (0.3, 0.6), torch.tensor([15]))
+    assert not torch.allclose(alone, other)
+
+
 def explained_variance(image: torch.Tensor, mask: torch.Tensor) -> float:
     """Fraction of the image's variance explained by its label map's region means."""
     x, m = image.flatten(), mask.flatten()

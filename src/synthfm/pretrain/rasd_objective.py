@@ -30,7 +30,7 @@ from torch import nn
 from synthfm.errors import SynthfmError
 from synthfm.models.backbones import backbone_geometry
 from synthfm.pretrain.config import PretrainConfig, RaSDObjectiveConfig
-from synthfm.pretrain.mae import build_encoder
+from synthfm.pretrain.mae import build_encoder, sample_noise
 from synthfm.pretrain.objective import SingleModuleObjective
 
 RASD_RECIPES: dict[str, dict[str, Any]] = {
@@ -69,10 +69,16 @@ def prototype_nce(feats: torch.Tensor, coverage: torch.Tensor, protos: torch.Ten
     return (nll * weight).sum() / weight.sum().clamp_min(1e-6)
 
 
-def second_view(imgs: torch.Tensor, onehot: torch.Tensor, scale: tuple[float, float]) -> tuple[torch.Tensor, ...]:
-    """Same random resized crop + h-flip of images and one-hot label maps (one affine grid), then gain/offset."""
+def second_view(imgs: torch.Tensor, onehot: torch.Tensor, scale: tuple[float, float],
+                seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Same random resized crop + h-flip of images and one-hot label maps (one affine grid), then gain/offset.
+
+    With per-sample `seeds` (the engine's batch['seed']) each sample's draws come from its own seed, so its
+    second view is the same on any rank, batch size or resume; without, from the global RNG.
+    """
     b = imgs.shape[0]
-    u = torch.rand(b, 4, device=imgs.device)
+    draws = torch.rand(b, 6, device=imgs.device) if seeds is None else sample_noise(seeds, 6, imgs.device)
+    u, gain_offset = draws[:, :4], draws[:, 4:, None, None, None]
     side = (scale[0] + (scale[1] - scale[0]) * u[:, 0]).sqrt()
     flip = torch.where(u[:, 1] < 0.5, -1.0, 1.0)
     theta = torch.zeros(b, 2, 3, device=imgs.device)
@@ -81,7 +87,6 @@ def second_view(imgs: torch.Tensor, onehot: torch.Tensor, scale: tuple[float, fl
     grid = F.affine_grid(theta, list(imgs.shape), align_corners=False)
     out = F.grid_sample(imgs, grid, align_corners=False)
     labels = F.grid_sample(onehot, grid, align_corners=False)
-    gain_offset = torch.rand(b, 2, 1, 1, 1, device=imgs.device)
     return out * (0.8 + 0.4 * gain_offset[:, 0]) + (0.4 * gain_offset[:, 1] - 0.2), labels
 
 
@@ -101,17 +106,19 @@ class PrototypeDisentangler(nn.Module):
         tokens = self.encoder.forward_features(imgs)[:, self.prefix:]
         return F.normalize(self.head(tokens), dim=-1)
 
-    def views(self, imgs: torch.Tensor, mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def views(self, imgs: torch.Tensor, mask: torch.Tensor,
+              seeds: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(features, coverage) of each view; coverage (B, K, N) over classes 0..max label of the batch."""
         onehot = F.one_hot(mask.long(), int(mask.max()) + 1).permute(0, 3, 1, 2).float()
         pairs = [(imgs, onehot)]
         if self.cfg.views == 2:
-            pairs.append(second_view(imgs, onehot, self.cfg.view_scale))
+            pairs.append(second_view(imgs, onehot, self.cfg.view_scale, seeds))
         return [(self.patch_features(x), F.avg_pool2d(m, self.patch).flatten(2)) for x, m in pairs]
 
-    def forward(self, imgs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, imgs: torch.Tensor, mask: torch.Tensor,
+                seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean prototype InfoNCE over every (patch view, prototype view) pair, and what to log."""
-        views = self.views(imgs, mask)
+        views = self.views(imgs, mask, seeds)
         protos = []
         for feats, cov in views:
             valid = cov.sum(-1) >= self.cfg.min_coverage
@@ -135,7 +142,7 @@ class RaSDObjective(SingleModuleObjective):
         if "mask" not in batch:
             raise SynthfmError("the rasd objective needs structure masks, which only 'rasd' sources provide",
                                "train the rasd objective on stages whose sources are all 'rasd'")
-        return self.model(batch["image"], batch["mask"])
+        return self.model(batch["image"], batch["mask"], batch.get("seed"))
 
 
 def build_rasd(cfg: PretrainConfig) -> RaSDObjective:
