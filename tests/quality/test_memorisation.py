@@ -7,7 +7,7 @@ import torch
 
 from synthfm.quality.config import MemorisationConfig
 from synthfm.quality.features import grey_maps
-from synthfm.quality.memorisation import AuditInputs, audit, memorisation_metrics
+from synthfm.quality.memorisation import AuditInputs, Nearest, audit, flag, memorisation_metrics
 from synthfm.quality.plant import TRANSFORMS, plant
 from synthfm.quality.search import rows_block, topk_search
 
@@ -48,3 +48,13 @@ def test_blocked_search_equals_brute_force() -> None:
     brute = xn @ xn.T
     np.fill_diagonal(brute, -np.inf)
     assert np.array_equal(self_idx[:, 0], brute.argmax(1))
+
+
+def test_a_flag_needs_a_high_score_and_a_real_images_closeness() -> None:
+    """Held-out real: scores 0..0.1, best similarities 0.6..0.9 -> threshold 0.15, floor (median) 0.75. An image
+    unlike anything real that stands out from its shortlist (score 0.3, similarity 0.35) is not a copy."""
+    held = Nearest(np.zeros(5, int), np.array([0.6, 0.7, 0.75, 0.8, 0.9]), np.array([0.0, 0.02, 0.05, 0.08, 0.1]))
+    syn = Nearest(np.zeros(4, int), np.array([0.99, 0.35, 0.99, 0.74]), np.array([0.4, 0.3, 0.1, 0.3]))
+    flags, thr, floor = flag(syn, held, MemorisationConfig())
+    assert (thr, floor) == (np.float64(0.1) + 0.05, 0.75)
+    assert flags.tolist() == [True, False, False, False]

@@ -57,6 +57,8 @@ class MemorisationConfig(StrictModel):
     shortlist: int = Field(8, ge=2, description="candidates verified per image; scores are best minus the rest")
     calibration_quantile: float = Field(1.0, gt=0, le=1, description="of held-out real scores")
     calibration_margin: float = Field(0.05, ge=0, description="added to that quantile")
+    min_similarity_quantile: float = Field(0.5, ge=0, le=1, description="a flag also needs a best similarity at "
+                                           "least this quantile of the held-out real images' best similarities")
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="real rows held out when the card has no split")
     flag_on: list[Literal["pixel", "feature"]] = Field(default_factory=lambda: ["pixel", "feature"])
     chunk: int = Field(512, ge=1, description="rows per search block (memory bound)")

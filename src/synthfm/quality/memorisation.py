@@ -14,7 +14,10 @@ A raw best similarity says little on its own: two featureless images (heavy haze
 being copies. The score is therefore the best similarity minus the mean of the other shortlisted ones (the
 "score normalisation" of copy detection). The flag threshold is calibrated on real held-out images searched
 against the same training index - real images that are *not* copies - at `calibration_quantile` plus
-`calibration_margin`.
+`calibration_margin`. A flag also needs the best similarity itself to reach `min_similarity_quantile` of the
+held-out real images' best similarities: a copy is at least as close to its source as a typical real image is
+to its nearest neighbour, whereas an image unlike anything real (a broken generator's noise) can stand out
+from its shortlist while being close to nothing.
 """
 
 from __future__ import annotations
@@ -232,6 +235,14 @@ def threshold(scores: np.ndarray, cfg: MemorisationConfig) -> float:
     return float(np.quantile(scores, cfg.calibration_quantile) + cfg.calibration_margin)
 
 
+def flag(syn: Nearest, held: Nearest, cfg: MemorisationConfig) -> tuple[np.ndarray, float, float]:
+    """(flags, score threshold, similarity floor): a score above the held-out calibration and a best similarity
+    at least the held-out images' `min_similarity_quantile`."""
+    thr = threshold(held.score, cfg)
+    floor = float(np.quantile(held.similarity, cfg.min_similarity_quantile))
+    return (syn.score > thr) & (syn.similarity >= floor), thr, floor
+
+
 @dataclass
 class AuditInputs:
     """What the audit reads: grey maps and features of both cards, and which real rows index / calibrate."""
@@ -259,17 +270,17 @@ def audit(inp: AuditInputs, cfg: MemorisationConfig) -> tuple[pd.DataFrame, pd.D
         else:
             held = feature_nearest(inp.real_features, inp.heldout_rows, inp.real_features, inp.train_rows, cfg)
             syn = feature_nearest(inp.synth_features, all_synth, inp.real_features, inp.train_rows, cfg)
-        thr = threshold(held.score, cfg)
+        flags_view, thr, floor = flag(syn, held, cfg)
         table[f"{view}_real_id"] = inp.real_ids[syn.index]
         table[f"{view}_real_row"] = syn.index
         table[f"{view}_similarity"] = syn.similarity
         table[f"{view}_score"] = syn.score
-        table[f"{view}_flag"] = syn.score > thr
+        table[f"{view}_flag"] = flags_view
         if view in cfg.flag_on:
             flags.append(table[f"{view}_flag"].to_numpy())
         calib.append({"view": view, "n_heldout": len(held.score), "quantile": cfg.calibration_quantile,
                       "heldout_quantile": float(np.quantile(held.score, cfg.calibration_quantile)),
-                      "margin": cfg.calibration_margin, "threshold": thr,
+                      "margin": cfg.calibration_margin, "threshold": thr, "similarity_floor": floor,
                       "heldout_median": float(np.median(held.score)), "heldout_max": float(held.score.max()),
                       "heldout_flagged": int((held.score > thr).sum())})
     table["flagged"] = np.logical_or.reduce(flags) if flags else False

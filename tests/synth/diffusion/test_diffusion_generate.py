@@ -122,3 +122,23 @@ def test_unknown_conditions_are_clear_errors(trained: Path, make_card) -> None:
         plan_conditions(GenerateConfig(generator=".", rebalance={"cataract": {"maybe": 1.0}}), gen)
     with pytest.raises(SynthfmError, match="shares no task or metadata field"):
         plan_conditions(GenerateConfig(generator=".", target={"card": str(make_card())}), gen)
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp", "ddpm"])
+def test_pixel_sampling_clips_the_predicted_clean_image(trained: Path, name: str) -> None:
+    """A denoiser that is far off (here: its weights scaled up) drives unclipped samples out of [-1, 1]; with
+    clip_x0 (the default for pixel models) every step's clean-image estimate, and so the sample, stays inside."""
+    import torch
+
+    from synthfm.synth.diffusion.config import SamplerConfig
+    from synthfm.synth.diffusion.sampling import sample
+
+    gen = load_generator(trained / "generator")
+    with torch.no_grad():
+        for p in gen.model.parameters():
+            p.mul_(3.0)
+    cond = torch.zeros(4, len(gen.schema.fields), dtype=torch.long)
+    free = sample(gen, cond, [0, 1, 2, 3], SamplerConfig(name=name, steps=5, guidance_scale=1.0, clip_x0=False))
+    clipped = sample(gen, cond, [0, 1, 2, 3], SamplerConfig(name=name, steps=5, guidance_scale=1.0))
+    assert free.abs().max() > 1.5
+    assert clipped.abs().max() <= 1.0 + 1e-4

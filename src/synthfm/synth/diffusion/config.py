@@ -63,6 +63,8 @@ class SamplerConfig(StrictModel):
     steps: int = Field(20, ge=1, le=10000)
     guidance_scale: float = Field(2.0, ge=0, description="0: unconditional, 1: conditional, >1: guided")
     eta: float = Field(0.0, ge=0, le=1, description="DDIM stochasticity")
+    clip_x0: bool = Field(True, description="pixel models: clip the predicted clean image to [-1, 1] at every step "
+                                            "(as DDPM's sampler does); latent models never clip")
 
 
 class TargetSpec(StrictModel):

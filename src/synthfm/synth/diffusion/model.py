@@ -86,9 +86,16 @@ def train_scheduler(timesteps: int, beta_schedule: str, prediction_type: str) ->
                          clip_sample=False)
 
 
-def sampling_scheduler(config: dict[str, Any], sampler: SamplerConfig) -> Any:
-    """A fresh diffusers scheduler for sampling, built from the training schedule's config."""
+def sampling_scheduler(config: dict[str, Any], sampler: SamplerConfig, pixel: bool = True) -> Any:
+    """A fresh diffusers scheduler for sampling, built from the training schedule's config.
+
+    In pixel space the predicted clean image is clipped to [-1, 1] at every step (`clip_x0`, via the schedulers'
+    thresholding with a ceiling of 1): without it, an under-trained model's early x0 errors push the trajectory
+    out of the data range and it never comes back.
+    """
     extra: dict[str, Any] = {"algorithm_type": "dpmsolver++", "solver_order": 2} if sampler.name == "dpmpp" else {}
-    if sampler.name == "ddim":
+    if sampler.name != "dpmpp":
         extra["clip_sample"] = False
+    if pixel and sampler.clip_x0:
+        extra.update(thresholding=True, sample_max_value=1.0)
     return SCHEDULERS[sampler.name].from_config(config, **extra)

@@ -37,7 +37,7 @@ def evaluations(sampler: SamplerConfig) -> int:
 def sample(gen: Generator, cond: torch.Tensor, seeds: list[int], sampler: SamplerConfig) -> torch.Tensor:
     """Images in [-1, 1] (B, C, H, W) for conditions cond (B, F) and one seed per image."""
     device, dtype = next(gen.model.parameters()).device, next(gen.model.parameters()).dtype
-    scheduler = sampling_scheduler(gen.scheduler_config, sampler)
+    scheduler = sampling_scheduler(gen.scheduler_config, sampler, pixel=gen.vae is None and gen.text is None)
     scheduler.set_timesteps(sampler.steps, device=device)
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     x = randn_tensor((len(seeds), *gen.latent_shape), generator=gens, device=device, dtype=dtype)
