@@ -77,7 +77,7 @@ class Generator:
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Generator:
         """Move the denoiser (and VAE / text encoder) to a device and dtype."""
-        self.model.to(device, dtype)
+        nn.Module.to(self.model, device, dtype)  # diffusers' own to() warns about fp32 modules on every cast
         for part in (self.vae, self.text.text_encoder if self.text else None):
             if part is not None:
                 part.to(device, dtype)

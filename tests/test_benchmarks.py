@@ -1,0 +1,23 @@
+"""benchmarks/run_all.py: each benchmark's JSON, one all.json with command, status and time, docs re-rendered."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_run_all_collects_one_json_and_renders_the_doc(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick", "--only", "synth",
+                           "--bench-dir", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    combined = json.loads((tmp_path / "all.json").read_text())["benchmarks"]
+    run = combined["synth"]["run"]
+    assert run["returncode"] == 0 and run["quick"] and run["command"].startswith("python benchmarks/bench_synth.py")
+    assert combined["synth"]["results"] == json.loads((tmp_path / "synth.json").read_text())["results"]
+    doc = (tmp_path / "benchmarks.md").read_text()
+    assert "## synth" in doc and "fundus_phantom_64" in doc
+    assert json.loads(proc.stdout.splitlines()[-1])["failed"] == []
