@@ -46,14 +46,15 @@ def arm_summary(results: pd.DataFrame, metrics: Sequence[str], split: str = "tes
 
 def arm_tests(results: pd.DataFrame, baselines: Sequence[str], metrics: Sequence[str],
               split: str = "test") -> pd.DataFrame:
-    """Every arm vs every baseline per label fraction (paired by seed); Holm across the whole family per metric."""
+    """Every arm vs every baseline per fraction (paired by seed, each pair once); Holm over the family per metric."""
     rows = []
     results = results[results.get("eval_set", INTERNAL) == INTERNAL]
     arms = list(dict.fromkeys(results[ARM]))
     for metric in metrics:
-        family = []
+        family, seen = [], set()
         for base in baselines:
-            for arm in (a for a in arms if a != base):
+            for arm in (a for a in arms if a != base and frozenset((a, base)) not in seen):
+                seen.add(frozenset((arm, base)))  # baseline vs baseline is one test, not two
                 table = compare(results[results[ARM] == arm], results[results[ARM] == base], metric, split,
                                 by=("fraction",))
                 family.append(table.assign(arm=arm, baseline=base, metric=metric, split=split))
