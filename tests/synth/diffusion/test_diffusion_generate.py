@@ -57,7 +57,8 @@ def test_output_is_a_card_with_provenance(clean: Path, trained: Path) -> None:
     assert list(df["seed"]) == [image_seed(5, i) for i in range(24)]
     pairs = zip(df["condition"], df["cataract"], strict=True)
     assert all(json.loads(c) == {"cataract": ["no", "yes"][k]} for c, k in pairs)
-    assert json.loads(df["sampler"][0]) == {"name": "ddim", "steps": 8, "guidance_scale": 2.0, "eta": 0.0}
+    assert json.loads(df["sampler"][0]) == {"name": "ddim", "steps": 8, "guidance_scale": 2.0, "eta": 0.0,
+                                            "clip_x0": True}
     assert 0 < df["cataract"].sum() < 24  # drawn from the 64 / 64 training mix
     reader = open_dataset(data)
     labels = {int(s["index"]): int(s["labels"]["cataract"]) for s in reader}
