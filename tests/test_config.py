@@ -50,3 +50,23 @@ def test_non_mapping_rejected() -> None:
     with pytest.raises(SynthfmError, match="must hold a mapping"):
         validate_config(Outer, [1, 2], "x.yaml")
 
+
+
+class Grown(Outer):
+    """Outer after a release added two fields."""
+
+    tags: list[str] = Field(default_factory=list)
+    fast: bool = False
+    omit_when_default = ("tags", "fast")
+
+
+def test_fields_added_later_keep_old_hashes() -> None:
+    """A field in omit_when_default is dumped (and hashed) only when it differs from its default."""
+    from synthfm.runs import config_hash
+    from synthfm.synth.writer import PhantomConfig
+
+    assert Grown().model_dump() == Outer().model_dump()
+    assert config_hash(Grown(name="a")) == config_hash(Outer(name="a"))
+    assert Grown(tags=["x"]).model_dump()["tags"] == ["x"] and Grown(fast=True).model_dump()["fast"] is True
+    assert "priors" not in PhantomConfig().model_dump()
+    assert PhantomConfig(priors={"amd": 0.1}).model_dump(mode="json")["priors"] == {"amd": 0.1}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from synthfm.errors import SynthfmError
 
@@ -17,6 +17,18 @@ class StrictModel(BaseModel):
     """Base for every config: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Fields added after configs were already hashed into run directories: left out of dumps while they hold
+    # their default, so an older config keeps its hash and its finished runs are reused.
+    omit_when_default: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The dump, without the `omit_when_default` fields that still hold their default."""
+        data = handler(self)
+        for name in self.omit_when_default:
+            if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                data.pop(name, None)
+        return data
 
 
 def _field_names_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -170,6 +170,26 @@ def test_rejected_condition_leaves_folder_reusable(tmp_path: Path) -> None:
     assert load_card(render_phantom(tmp_path / "card", PhantomConfig(n=2, size=64))).df.shape[0] == 2
 
 
+def test_priors_override_the_generator_priors(tmp_path: Path) -> None:
+    """`priors` reach the generator: DR grades drawn only from the grades given non-zero probability."""
+    cfg = PhantomConfig(n=12, size=32, priors={"dr_grade": [0.0, 0.0, 0.0, 0.5, 0.5]})
+    data = load_card(render_phantom(tmp_path / "card", cfg))
+    assert set(data.labels["dr_grade"].tolist()) <= {3, 4} and len(set(data.labels["dr_grade"].tolist())) == 2
+    check_ground_truth(data.df, data.labels)
+
+
+@pytest.mark.parametrize(("generator", "priors", "named"), [
+    ("fundus_phantom", {"dr_grades": [1.0]}, "dr_grades"),
+    ("fundus_phantom", {"dr_grade": [0.5, 0.5]}, "dr_grade"),
+    ("cxr_phantom", {"tb": [0.5, 0.5]}, "cxr_phantom"),
+])
+def test_bad_priors_are_one_clear_error(tmp_path: Path, generator: str, priors: dict, named: str) -> None:
+    """Unknown, malformed or unsupported priors name themselves before any file is written."""
+    with pytest.raises(SynthfmError, match=named) as err:
+        render_phantom(tmp_path / "card", PhantomConfig(generator=generator, n=2, size=32, priors=priors))
+    assert "priors" in err.value.fix and not (tmp_path / "card").exists()
+
+
 # ----------------------------------------------------------------------------- target distribution
 
 

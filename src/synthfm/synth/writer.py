@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,7 @@ from synthfm.data.card import (
 )
 from synthfm.data.images import encode_png
 from synthfm.data.shards import ShardRecord, plan_shards, write_shards_resumable
+from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path, atomic_write_bytes
 from synthfm.progress import progress_bar
 from synthfm.runs import RunDir
@@ -52,7 +53,10 @@ class PhantomConfig(StrictModel):
     shard_size: int = Field(500, ge=1)
     ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
     condition: dict[str, Any] = Field(default_factory=dict, description="labels/metadata fixed for every image")
+    priors: dict[str, Any] = Field(default_factory=dict,
+                                   description="generator prior overrides, e.g. dr_grade: [0.2, 0.2, 0.2, 0.2, 0.2]")
     target: TargetConfig | None = None
+    omit_when_default: ClassVar[tuple[str, ...]] = ("priors",)
 
 
 def image_seed(seed: int, i: int) -> int:
@@ -97,15 +101,27 @@ def render_phantom(out_dir: str | Path, cfg: PhantomConfig | None = None) -> Pat
     cfg = cfg or PhantomConfig()
     spec = generator_spec(cfg.generator)
     conds, splits = plan_conditions(cfg, spec), plan_splits(cfg.n, cfg.ratios, cfg.seed)
+    gen = build_generator(spec, cfg)
     run = RunDir(out_dir, "synth.phantom", cfg)
     if run.open() == "done":
         return run.path / "dataset.yaml"
-    gen = spec.factory()
     writer = _write_shards if cfg.format == "shards" else _write_folder
     writer(run, gen, cfg, conds, splits, run.done_rows(PROGRESS_FILE))
     card = _finish(run, spec, cfg, run.done_rows(PROGRESS_FILE))
     run.complete(images=cfg.n, generator=cfg.generator)
     return card
+
+
+def build_generator(spec: GeneratorSpec, cfg: PhantomConfig) -> Any:
+    """The generator with the config's prior overrides (an error naming the key when they do not fit)."""
+    if not cfg.priors:
+        return spec.factory()
+    try:
+        return spec.factory(**cfg.priors)
+    except (TypeError, ValueError) as exc:
+        raise SynthfmError(f"phantom priors {sorted(cfg.priors)} do not fit generator {cfg.generator!r}: {exc}",
+                           "fix or remove the 'priors' key (only fundus_phantom takes prior overrides; "
+                           "see docs/phantom.md)") from exc
 
 
 def _render(gen: Any, cfg: PhantomConfig, cond: dict[str, Any], i: int) -> tuple[PhantomSample, int]:
@@ -151,7 +167,8 @@ def _finish(run: RunDir, spec: GeneratorSpec, cfg: PhantomConfig, done: dict[int
               else SourceSpec(format="folder", root=".", path_column="path"))
     card = DatasetCard(
         name=f"{cfg.generator}_{cfg.n}", modality=spec.modality,  # type: ignore[arg-type]
-        description=f"{cfg.n} {cfg.generator} images at {cfg.size}px, seed {cfg.seed}",
+        description=f"{cfg.n} {cfg.generator} images at {cfg.size}px, seed {cfg.seed}"
+                    + (f", priors {json.dumps(cfg.priors, sort_keys=True)}" if cfg.priors else ""),
         source=source, manifest=MANIFEST, id_column="image_id", split=SplitSpec(column="split"),
         tasks=[TaskSpec(name=t, type=task_type(spec, t), classes=c) for t, c in spec.tasks.items()],  # type: ignore[arg-type]
         metadata=MetadataSpec(patient_id="patient_id", **meta),
