@@ -14,7 +14,7 @@ from synthfm.adapt import trainer as tr
 from synthfm.adapt.trainer import Classifier, Trainer, build_head, lrd_param_groups, train_positions
 from synthfm.data.manifest import load_card
 from synthfm.models.backbones import create_backbone
-from synthfm.models.checkpoint import load_state
+from synthfm.models.checkpoint import from_pretrained, load_state, read_pretrained_config
 
 
 def _encoder_state(t: Trainer) -> dict[str, torch.Tensor]:
@@ -79,13 +79,26 @@ def test_best_checkpoint_is_max_val_auroc(tiny_cfg, tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(tr, "task_metrics", metrics)
     monkeypatch.setattr(Trainer, "save_checkpoint", save)
-    summary = Trainer(tiny_cfg(epochs=3), tmp_path).fit()
+    summary = Trainer(tiny_cfg(epochs=3, export_encoder=True), tmp_path).fit()
     logged = [r["val_auroc"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
     assert logged == [0.5, 0.9, 0.7]
     assert summary["best_epoch"] == int(np.argmax(logged)) == 1 and summary["best_val_auroc"] == 0.9
     best = load_state(tmp_path / tr.BEST_FILE)
     assert all(torch.equal(best[k], saved[1][k]) for k in best)
     assert not torch.equal(best["head.weight"], saved[2]["head.weight"])
+    exported = from_pretrained(summary["encoder"]).state_dict()  # the best epoch's encoder, loadable as a space
+    assert Path(summary["encoder"]) == tmp_path / tr.ENCODER_DIR
+    assert exported.keys() == {k.removeprefix("encoder.") for k in best if k.startswith("encoder.")}
+    assert all(torch.equal(exported[k], saved[1][f"encoder.{k}"]) for k in exported)
+    assert read_pretrained_config(summary["encoder"])["best_epoch"] == 1
+
+
+def test_export_encoder_needs_finetune_and_keeps_old_hashes(tiny_cfg) -> None:
+    """A probe has nothing to export; leaving export_encoder off keeps a config's run-directory hash."""
+    with pytest.raises(ValueError, match="export_encoder needs policy 'finetune'"):
+        tiny_cfg(policy="linear_probe", export_encoder=True)
+    assert "export_encoder" not in tiny_cfg().model_dump()
+    assert tiny_cfg(export_encoder=True).model_dump()["export_encoder"] is True
 
 
 def test_resume_mid_seed_matches_uninterrupted(tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field, model_validator
 
 from synthfm.config import StrictModel
 
@@ -59,14 +59,17 @@ class AdaptConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     external: list[ExternalEval] = Field(default_factory=list, description="cards to test on besides this one")
+    omit_when_default: ClassVar[tuple[str, ...]] = ("external", "export_encoder")
+    export_encoder: bool = Field(False, description="finetune: also save the best epoch's encoder as a "
+                                                    "save_pretrained dir `encoder/` in each run directory")
 
-    @model_serializer(mode="wrap")
-    def _drop_empty_external(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave an empty `external` out of dumps, so configs without it keep their run-directory hash."""
-        data = handler(self)
-        if not data.get("external"):
-            data.pop("external", None)
-        return data
+    @model_validator(mode="after")
+    def _export_needs_finetune(self) -> AdaptConfig:
+        """A linear probe leaves the encoder as it was, so there is nothing new to export."""
+        if self.export_encoder and self.policy == "linear_probe":
+            raise ValueError("export_encoder needs policy 'finetune': a linear probe does not change the encoder "
+                             "(use the probed encoder itself)")
+        return self
 
     @property
     def augments(self) -> bool:

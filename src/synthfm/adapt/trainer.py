@@ -39,7 +39,7 @@ from synthfm.evaluate.fairness import row_metadata
 from synthfm.evaluate.metrics import task_metrics
 from synthfm.io import atomic_path, atomic_write_json, atomic_write_text
 from synthfm.models.backbones import create_backbone
-from synthfm.models.checkpoint import from_pretrained, import_checkpoint, load_state, save_state
+from synthfm.models.checkpoint import from_pretrained, import_checkpoint, load_state, save_pretrained, save_state
 from synthfm.pretrain.engine import lr_at, param_groups, torch_load
 from synthfm.runs import METRICS_FILE, RunDir
 
@@ -48,6 +48,7 @@ CHECKPOINTS = "checkpoints"
 BEST_FILE = "best.safetensors"
 FEATURES_FILE = "features.safetensors"
 EXTERNAL_DIR = "external"
+ENCODER_DIR = "encoder"
 EMBED_PREFIXES = ("cls_token", "pos_embed", "patch_embed", "reg_token", "mask_token", "dist_token")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -358,6 +359,8 @@ class Trainer:
             self.save_checkpoint(epoch, best)
         summary = {**best, "fraction": self.fraction, "seed": self.seed, "train_images": len(sets["train"]),
                    "metrics": self.evaluate_best(sets)}
+        if self.cfg.export_encoder:
+            summary["encoder"] = str(self.export_encoder(best["best_epoch"]))
         if self.externals:
             summary["external"] = {e.name: self.evaluate_external(e) for e in self.externals}
         self.run.complete(**summary)
@@ -373,6 +376,12 @@ class Trainer:
             out[split] = self.save_predictions(self.run.path / f"predictions_{split}.parquet", index, y, p, self.data)
         atomic_write_json(self.run.path / "metrics.json", out)
         return out
+
+    def export_encoder(self, best_epoch: int | None) -> Path:
+        """Save the best epoch's encoder (loaded by evaluate_best) as a save_pretrained dir in the run."""
+        return save_pretrained(self.model.encoder, self.run.path / ENCODER_DIR, adapted_on=str(self.cfg.card),
+                               task=self.task.name, label_fraction=self.fraction, seed=self.seed,
+                               best_epoch=best_epoch)
 
     def evaluate_external(self, ext: ExternalSet) -> dict[str, dict[str, float]]:
         """Predictions and metrics of the best weights on an external card (labels mapped onto this task)."""
