@@ -24,6 +24,7 @@ COMMANDS = {
     "sampling": "python benchmarks/bench_sampling.py > docs/bench/sampling.json",
     "vessels_chase": "python benchmarks/eval_vessels.py",
     "quality": "python benchmarks/bench_quality.py > docs/bench/quality.json",
+    "pipeline": "python benchmarks/bench_pipeline.py --out docs/bench/pipeline.json",
 }
 NOTES = {
     "loader": "Images/s of one pass through a DataLoader (batch 64) over 512 images: a folder of PNGs read with "
@@ -38,6 +39,9 @@ NOTES = {
     "vessels_chase": "Vessel segmentation on CHASE_DB1 against the first observer (see docs/results.md).",
     "quality": "Planted-copy recall and false positives of the memorisation audit, FD ranking of phantom sets, "
                "and peak RSS of FD and the nearest-neighbour audit at 100k.",
+    "pipeline": "Wall time of the README's commands in a fresh clone of the committed HEAD: install, the CI run "
+                "(`bash .ci/run`, with the test count and pytest's own time), `make demo` from cold (with "
+                "seconds per job) and again with every job reused. A clean-clone `make demo` costs install + demo.",
 }
 
 

@@ -1,6 +1,6 @@
 """Every benchmark in one command: one JSON, then docs/benchmarks.md regenerated from it.
 
-Usage: python benchmarks/run_all.py                  (full sizes; about 1.5 h on the 2-core CPU machine)
+Usage: python benchmarks/run_all.py                  (full sizes; about 1 h 45 min on the 2-core CPU machine)
        python benchmarks/run_all.py --only mae loader
        python benchmarks/run_all.py --quick --bench-dir /tmp/bench   (small sizes: a smoke run, not for the docs)
 
@@ -45,6 +45,7 @@ BENCHES: dict[str, Bench] = {
     "sampling": Bench("bench_sampling.py", quick=None),
     "vessels_chase": Bench("eval_vessels.py", quick=("--steps", "4", "--phantoms", "4"), out=True),
     "quality": Bench("bench_quality.py", quick=("--quick",)),
+    "pipeline": Bench("bench_pipeline.py", quick=None, out=True),
 }
 
 

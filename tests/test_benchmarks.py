@@ -21,3 +21,13 @@ def test_run_all_collects_one_json_and_renders_the_doc(tmp_path: Path) -> None:
     doc = (tmp_path / "benchmarks.md").read_text()
     assert "## synth" in doc and "fundus_phantom_64" in doc
     assert json.loads(proc.stdout.splitlines()[-1])["failed"] == []
+
+
+def test_pipeline_benchmark_reads_the_pytest_summary_line() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_pipeline import pytest_summary
+
+    out = "....\n=========== 509 passed, 2 skipped, 3 warnings in 349.21s (0:05:49) ===========\n"
+    assert pytest_summary(out) == {"passed": 509, "skipped": 2, "warnings": 3, "seconds": 349.21}
+    assert pytest_summary("=== 1 failed, 4 passed in 2.50s ===") == {"failed": 1, "passed": 4, "seconds": 2.5}
+    assert pytest_summary("no tests ran") is None
