@@ -8,8 +8,9 @@ seed's pretraining starting point. A logistic regression on 16x16 pixels is the 
 balanced accuracy and macro one-vs-rest AUROC per seed and feature, their means over seeds, and how many seeds the
 pretrained encoder won; `--out` also writes it (docs/bench/probe_gain.json).
 It is a benchmark, not a test: each seed's pretraining takes minutes on 2 CPU cores.
-Usage: python benchmarks/bench_probe_gain.py [--n 1000] [--steps 60] [--batch 32] [--seeds 0,1,2]
+Usage: python benchmarks/bench_probe_gain.py [--n 1000] [--steps 60] [--batch 32] [--seeds 0,1,2] [--balanced]
        [--set mae.norm_pix_loss=false --set optim.base_lr=1e-3 ...] [--cache DIR] [--out FILE]
+       [--save-encoder DIR]
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from torch import nn
 
 from synthfm.data.manifest import load_card
 from synthfm.data.readers import open_dataset
+from synthfm.models.checkpoint import save_pretrained
 from synthfm.pretrain.config import PretrainConfig, deep_merge, pretrain_config
 from synthfm.pretrain.engine import Engine
 from synthfm.pretrain.mae import MAE_RECIPES, build_encoder
@@ -108,6 +110,9 @@ def run_seed(card: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         summary = engine.fit()
         seconds = time.perf_counter() - t0
         pretrained = engine.objective.encoder()
+        if args.save_encoder and seed == int(args.seeds.split(",")[0]):
+            save_pretrained(pretrained, args.save_encoder, source="benchmarks/bench_probe_gain.py", seed=seed,
+                            steps=args.steps, card=str(card))
         losses = [round(r["loss"], 4) for r in engine.run.metrics() if "loss" in r]
     size = cfg.image_size or 64
     return {"seed": seed, "pretrain_s": round(seconds, 1), "mae_losses": losses, "final_loss": summary["final_loss"],
@@ -134,16 +139,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1000, help="phantom images (70/10/20 train/val/test)")
     p.add_argument("--card-size", type=int, default=64, help="rendered phantom size")
+    p.add_argument("--balanced", action="store_true", help="DR grades drawn uniformly (default: the phantom's "
+                                                            "prevalence, 72%% grade 0)")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seeds", default="0", help="comma-separated pretraining (and probe) seeds")
     p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (YAML value), repeatable")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "synthfm_probe_cache"))
     p.add_argument("--out", help="also write the JSON report here")
+    p.add_argument("--save-encoder", help="save the first seed's pretrained encoder here (save_pretrained dir; "
+                                         "bench_quality.py --fd-encoder uses it as a trained feature space)")
     args = p.parse_args()
     t0 = time.perf_counter()
-    card = render_phantom(Path(args.cache) / f"fundus_n{args.n}_s{args.card_size}_seed0",
-                          PhantomConfig(n=args.n, size=args.card_size, seed=0))
+    priors = {"dr_grade": [0.2] * 5} if args.balanced else {}
+    card = render_phantom(Path(args.cache) / f"fundus_n{args.n}_s{args.card_size}_seed0{'_bal' if priors else ''}",
+                          PhantomConfig(n=args.n, size=args.card_size, seed=0, priors=priors))
     t_render = time.perf_counter() - t0
     runs = [run_seed(card, args, int(s)) for s in args.seeds.split(",")]
     labels = load_card(card).labels[TASK]
@@ -155,7 +165,9 @@ def main() -> None:
               "recipe_values": MAE_RECIPES[RECIPE], "overrides": overrides(args.set),
               "backbone": cfg.backbone, "image_size": cfg.image_size, "mae": cfg.mae.model_dump(),
               "peak_lr": cfg.optim.lr or cfg.optim.base_lr * args.batch / 256,
-              "n_images": args.n, "card_size": args.card_size, "class_counts": np.bincount(labels).tolist(),
+              "n_images": args.n, "card_size": args.card_size,
+              "dr_grade_priors": priors.get("dr_grade", "phantom default"),
+              "class_counts": np.bincount(labels).tolist(),
               "steps": args.steps, "batch": args.batch, "threads": torch.get_num_threads(),
               "render_s": round(t_render, 1), "pixels16_baseline": summary["pixels16"], "runs": runs}
     text = json.dumps(report, indent=2)

@@ -1,6 +1,6 @@
 """Quality gate benchmark: planted-copy recall / false positives, FD ranking, and 100k-scale memory.
 
-Usage: python benchmarks/bench_quality.py > docs/bench/quality.json   (add --quick for a smaller run)
+Usage: python benchmarks/bench_quality.py [--quick] [--fd-encoder DIR] > docs/bench/quality.json
 
 1. Planted copies: 128 px fundus phantoms; real train / real held-out / genuine synthetic from different
    seeds; copies of random training images (exact, h-flip, v-flip, 90% crop, JPEG q70, colour jitter)
@@ -8,7 +8,8 @@ Usage: python benchmarks/bench_quality.py > docs/bench/quality.json   (add --qui
    the audit's pixel score, against two baselines in the same run: the raw best NCC (no score
    normalisation) and cosine similarity in a random-init encoder's feature space, each thresholded the
    same way (held-out real max + margin).
-2. FD ranking: reference vs same-distribution / colour-shifted / no-DR-lesion sets in a random-init ViT.
+2. FD ranking: reference vs same-distribution / colour-shifted / no-DR-lesion sets (3 draws of each) in a
+   random-init ViT and, with --fd-encoder DIR, in a trained encoder (bench_probe_gain.py --save-encoder DIR).
 3. Scale: FD (streamed moments) and the feature-space nearest-neighbour audit (blocked exact search) on
    100k x 100k synthetic 128-d feature vectors in memory-mapped .npy files, each stage in its own process
    with its peak RSS; the image -> feature + grey-map pass is measured separately on a phantom card.
@@ -91,25 +92,42 @@ def planted(n_train: int, n_held: int, n_gen: int, per_kind: int) -> dict:
     }
 
 
-def fd_ranking(n: int) -> dict:
-    """FD of same-distribution, colour-shifted and lesion-free sets against a reference set."""
+def fd_ranking(n: int, draws: int, encoder: str | None) -> dict:
+    """FD of same-distribution, colour-shifted and lesion-free sets against a reference, per feature space.
+
+    Each kind of set is drawn `draws` times from fresh image seeds, so the spread of FD_same shows the
+    sampling noise; a space ranks the sets correctly when every same-distribution FD is below every
+    colour-shifted and every lesion-free FD. Spaces: the random-init tiny ViT of the tests and, with
+    `encoder` (a save_pretrained dir, e.g. from bench_probe_gain.py --save-encoder), a trained encoder.
+    """
     from quality.conftest import TINY_SPACE, render
     from synthfm.quality.config import SpaceConfig
     from synthfm.quality.features import build_space
     from synthfm.quality.fidelity import frechet_distance
 
-    space = build_space(SpaceConfig(**TINY_SPACE), "fundus")
+    lesions = {"dr_grade": [0.0, 0.0, 0.0, 0.5, 0.5]}
+    ref = render(n, 64, 300, **lesions)
+    sets: dict[str, list[np.ndarray]] = {"same": [], "colour_shift": [], "no_dr_lesions": []}
+    for d in range(draws):
+        same = render(n, 64, 301 + d, **lesions)
+        sets["same"].append(same)
+        sets["colour_shift"].append(np.clip(same * np.array([0.85, 1.0, 1.25]), 0, 255).astype(np.uint8))
+        sets["no_dr_lesions"].append(render(n, 64, 301 + d, dr_grade=[1.0, 0, 0, 0, 0]))
+    configs = [SpaceConfig(**TINY_SPACE)] + ([SpaceConfig(encoder=encoder)] if encoder else [])
+    out: dict = {"n": n, "draws": draws, "reference": "DR grade 3-4 phantoms at 64 px", "spaces": {}}
+    for cfg in configs:
+        space = build_space(cfg, "fundus")
 
-    def f(x: np.ndarray) -> np.ndarray:
-        return space(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+        def f(x: np.ndarray, space=space) -> np.ndarray:
+            return np.concatenate([space(torch.from_numpy(x[i:i + 64]).permute(0, 3, 1, 2)).numpy()
+                                   for i in range(0, len(x), 64)])
 
-    priors = {"dr_grade": [0.0, 0.0, 0.0, 0.5, 0.5]}
-    ref, same = f(render(n, 64, 300, **priors)), render(n, 64, 301, **priors)
-    colour = np.clip(same.astype(np.float32) * np.array([0.85, 1.0, 1.25]), 0, 255).astype(np.uint8)
-    lesion_free = render(n, 64, 301, dr_grade=[1.0, 0, 0, 0, 0])
-    return {"space": space.name, "n": n, "FD_same": frechet_distance(f(same), ref),
-            "FD_colour_shift": frechet_distance(f(colour), ref),
-            "FD_no_dr_lesions": frechet_distance(f(lesion_free), ref)}
+        r = f(ref)
+        fd = {k: [round(frechet_distance(f(x), r), 5) for x in xs] for k, xs in sets.items()}
+        out["spaces"][space.name] = {**{f"FD_{k}": v for k, v in fd.items()},
+                                     "ranks_correctly": {k: max(fd["same"]) < min(fd[k])
+                                                         for k in ("colour_shift", "no_dr_lesions")}}
+    return out
 
 
 def stage(name: str, args: list[str]) -> dict:
@@ -188,7 +206,8 @@ def main() -> None:
            "baseline": "raw best NCC without score normalisation, and random-init encoder cosine similarity, "
                        "calibrated the same way (held-out real max + 0.05)"}
     doc["planted_copies"] = planted(*((80, 60, 80, 10) if quick else (300, 200, 300, 50)))
-    doc["fd_ranking"] = fd_ranking(48 if quick else 96)
+    encoder = sys.argv[sys.argv.index("--fd-encoder") + 1] if "--fd-encoder" in sys.argv else None
+    doc["fd_ranking"] = fd_ranking(48 if quick else 128, 2 if quick else 3, encoder)
     doc["scale_features"] = scale(20_000 if quick else 100_000, 128)
     doc["image_stream"] = child("stream", str(100 if quick else 500))
     doc["base_rss_mb"] = round(rss_mb(), 1)

@@ -41,10 +41,12 @@ BENCHES: dict[str, Bench] = {
     "loader": Bench("bench_loader.py", quick=("--n", "64", "--sizes", "64", "--workers", "0")),
     "synth": Bench("bench_synth.py", quick=("--seconds", "0.2", "--stream-n", "128")),
     "mae": Bench("bench_mae.py", quick=("--steps", "2", "--warmup", "1")),
-    "probe_gain": Bench("bench_probe_gain.py", ("--seeds", "0,1,2"), ("--n", "120", "--steps", "4"), out=True),
+    "probe_gain": Bench("bench_probe_gain.py", ("--seeds", "0,1,2", "--n", "3000", "--steps", "1000", "--balanced",
+                                                "--save-encoder", "runs/bench/probe_gain_mae"),
+                        ("--n", "120", "--steps", "4"), out=True),
     "sampling": Bench("bench_sampling.py", quick=None),
     "vessels_chase": Bench("eval_vessels.py", quick=("--steps", "4", "--phantoms", "4"), out=True),
-    "quality": Bench("bench_quality.py", quick=("--quick",)),
+    "quality": Bench("bench_quality.py", ("--fd-encoder", "runs/bench/probe_gain_mae"), quick=("--quick",)),
     "pipeline": Bench("bench_pipeline.py", quick=None, out=True),
 }
 
