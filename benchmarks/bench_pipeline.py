@@ -55,7 +55,9 @@ def run_step(name: str, clone: Path) -> dict[str, Any]:
     """Run one step in the clone; its wall time, exit status and what it reported."""
     argv, what = STEPS[name]
     env = {**os.environ, "SYNTHFM_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
-    env.pop("VIRTUAL_ENV", None)
+    venv = env.pop("VIRTUAL_ENV", None)  # the clone makes its own .venv from the system Python
+    if venv:
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(venv))
     t0 = time.perf_counter()
     proc = subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True)
     out = {"step": name, "command": " ".join(argv), "what": what, "returncode": proc.returncode,

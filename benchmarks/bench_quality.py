@@ -8,8 +8,9 @@ Usage: python benchmarks/bench_quality.py [--quick] [--fd-encoder DIR] > docs/be
    the audit's pixel score, against two baselines in the same run: the raw best NCC (no score
    normalisation) and cosine similarity in a random-init encoder's feature space, each thresholded the
    same way (held-out real max + margin).
-2. FD ranking: reference vs same-distribution / colour-shifted / no-DR-lesion sets (3 draws of each) in a
-   random-init ViT and, with --fd-encoder DIR, in a trained encoder (bench_probe_gain.py --save-encoder DIR).
+2. FD ranking: reference vs same-distribution / colour-shifted / no-DR-lesion sets (3 draws of each, at 128 and
+   at 1000 images per set) in a random-init ViT and, with --fd-encoder DIR, in a trained encoder
+   (bench_probe_gain.py --save-encoder DIR).
 3. Scale: FD (streamed moments) and the feature-space nearest-neighbour audit (blocked exact search) on
    100k x 100k synthetic 128-d feature vectors in memory-mapped .npy files, each stage in its own process
    with its peak RSS; the image -> feature + grey-map pass is measured separately on a phantom card.
@@ -207,7 +208,8 @@ def main() -> None:
                        "calibrated the same way (held-out real max + 0.05)"}
     doc["planted_copies"] = planted(*((80, 60, 80, 10) if quick else (300, 200, 300, 50)))
     encoder = sys.argv[sys.argv.index("--fd-encoder") + 1] if "--fd-encoder" in sys.argv else None
-    doc["fd_ranking"] = fd_ranking(48 if quick else 128, 2 if quick else 3, encoder)
+    sizes = (48, 200) if quick else (128, 1000)
+    doc["fd_ranking"] = {f"n{n}": fd_ranking(n, 2 if quick else 3, encoder) for n in sizes}
     doc["scale_features"] = scale(20_000 if quick else 100_000, 128)
     doc["image_stream"] = child("stream", str(100 if quick else 500))
     doc["base_rss_mb"] = round(rss_mb(), 1)
