@@ -36,7 +36,8 @@ NOTES = {
     "probe_gain": "Linear probe of phantom DR grade on a tiny MAE-pretrained encoder vs the same encoder at random "
                   "init (balanced accuracy and AUROC; CLS, mean-pooled and both features), per seed; the MAE is "
                   "pretrained on the train split of a grade-balanced 64 px phantom card, and `seeds_won` counts "
-                  "the seeds where it beat random init.",
+                  "the seeds where it beat random init. `pixels16_baseline` below is a logistic regression on 16x16 "
+                  "pixels: the bar a useful encoder should also clear.",
     "sampling": "Fréchet distance to held-out phantom images against model evaluations for DDPM / DDIM / "
                 "DPM-Solver++, cost per image on CPU, and peak memory against N.",
     "vessels_chase": "Vessel segmentation on CHASE_DB1 against the first observer (see docs/results.md).",
