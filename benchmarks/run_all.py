@@ -40,7 +40,10 @@ class Bench:
 BENCHES: dict[str, Bench] = {
     "loader": Bench("bench_loader.py", quick=("--n", "64", "--sizes", "64", "--workers", "0")),
     "synth": Bench("bench_synth.py", quick=("--seconds", "0.2", "--stream-n", "128")),
-    "mae": Bench("bench_mae.py", quick=("--steps", "2", "--warmup", "1")),
+    "mae": Bench("bench_mae.py", ("--steps", "10"), quick=("--steps", "2", "--warmup", "1")),
+    "mae_bf16": Bench("bench_mae.py", ("--steps", "10", "--mixed-precision", "bf16", "--variants", ""), quick=None),
+    "mae_fast": Bench("bench_mae.py", ("--steps", "10", "--mixed-precision", "bf16", "--compile", "--variants", ""),
+                      quick=None),
     "probe_gain": Bench("bench_probe_gain.py", ("--seeds", "0,1,2", "--n", "3000", "--steps", "1000", "--balanced",
                                                 "--save-encoder", "runs/bench/probe_gain_mae"),
                         ("--n", "120", "--steps", "4"), out=True),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -145,8 +145,11 @@ class PretrainConfig(StrictModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    compile: bool = Field(False, description="torch.compile the training module (inductor, in place); "
+                                             "the first steps pay the compile time")
     num_workers: int = Field(0, ge=0)
     cache_dir: str | None = Field(None, description="where phantom sources are rendered (default: run/sources)")
+    omit_when_default: ClassVar[tuple[str, ...]] = ("compile",)
 
     @model_validator(mode="after")
     def _unique_stages(self) -> PretrainConfig:

@@ -204,6 +204,8 @@ class Engine:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.objective = OBJECTIVES[cfg.objective](cfg)
         module = TrainModule(self.objective).to(self.acc.device)
+        if cfg.compile:  # in place: state-dict keys unchanged; not Accelerate's process-wide dynamo setting
+            module.compile()
         self.model, self.optimizer = self.acc.prepare(module, build_optimizer(module, cfg.optim))
         self.pos = Position()
         torch.manual_seed(cfg.seed + 1 + self.acc.process_index)  # masking noise differs per rank
