@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from synthfm.consortium.compose import ComposeConfig, compose
@@ -49,7 +50,12 @@ def test_hub_samples_a_diffusion_bundle(diffusion_bundle: Path, keys: dict, tmp_
     gen = load_generator(diffusion_bundle / "generator")
     a, _ = gen.sample([{"dr_grade": 1, "age": 50.0, "sex": "F", "unknown_key": 1}, {}], [3, 4])
     assert a.shape == (SIZE, SIZE, 3) and a.dtype.name == "uint8"
-    assert (gen.sample([{"dr_grade": 1, "age": 50.0, "sex": "F"}], [3])[0] == a).all()  # seeded
+    again = gen.sample([{"dr_grade": 1, "age": 50.0, "sex": "F", "unknown_key": 1}, {}], [3, 4])[0]
+    assert (again == a).all()  # seeded: the same call gives the same bytes
+    alone = gen.sample([{"dr_grade": 1, "age": 50.0, "sex": "F"}], [3])[0]
+    # In a batch of a different size the convolution kernels may sum in another order (seen on AVX-512 CPUs):
+    # a float rounding difference that moves a few pixels by one grey level, never more.
+    assert np.abs(alone.astype(int) - a).max() <= 1 and (alone != a).mean() < 0.01
     cfg = ComposeConfig(keys=str(keys["hub"]), bundles=[{"path": str(diffusion_bundle), "n": 4}], verify=HUB)
     df = load_card(compose(cfg, tmp_path / "c")).df
     assert len(df) == 4 and set(df["site"]) == {"site_b"} and set(df["origin"]) == {"synthetic"}
