@@ -1,7 +1,8 @@
 """Wall time of the README's two commands in a fresh clone: install, the CI run (`bash .ci/run`), `make demo`
 from cold and `make demo` again (every job reused).
 
-Clones the committed HEAD of this repository into a temporary folder (so local edits and runs/ play no part),
+Clones the committed HEAD of this repository into a temporary folder beside it (so local edits and runs/ play
+no part, and ../shared/data is found as from the repository),
 then times each step there, one after another. The pytest summary line gives the test count and test time;
 the demo's runs/demo/pipeline.json gives its per-job seconds. Prints JSON; `--out` also writes it
 (docs/bench/pipeline.json). A failing step stops the run and is recorded with its exit status and output tail.
@@ -86,7 +87,8 @@ def main() -> None:
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
         ap.error(f"unknown step(s) {unknown}; choose from {list(STEPS)}")
-    clone = Path(tempfile.mkdtemp(prefix="synthfm-clone-"))
+    # Beside this checkout, as CI lays it out, so the clone finds ../shared/data like the repository does.
+    clone = Path(tempfile.mkdtemp(prefix="synthfm-clone-", dir=ROOT.parent))
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     rows: list[dict[str, Any]] = []
     try:
