@@ -71,6 +71,15 @@ def run_step(name: str, clone: Path) -> dict[str, Any]:
     return out
 
 
+def clone_torch(clone: Path) -> str:
+    """The torch version the clone's `make install` put in its .venv ('' when there is none)."""
+    python = clone / ".venv" / "bin" / "python"
+    if not python.is_file():
+        return ""
+    return subprocess.run([str(python), "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def commit() -> str:
     """The commit that is cloned."""
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -96,12 +105,12 @@ def main() -> None:
             rows.append(run_step(name, clone))
             if rows[-1]["returncode"] != 0:
                 break
-        jobs = demo_jobs(clone)
+        jobs, torch_version = demo_jobs(clone), clone_torch(clone)
     finally:
         if not args.keep:
             shutil.rmtree(clone, ignore_errors=True)
     report = {"benchmark": "pipeline", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "torch": "2.14.1 (installed by the clone's make install)", "commit": commit(),
+              "torch": torch_version, "commit": commit(),
               "results": [{k: v for k, v in r.items() if k not in ("tests", "output_tail")} for r in rows],
               "tests": next((r["tests"] for r in rows if "tests" in r), None),
               "total_s": round(sum(r["wall_s"] for r in rows), 1), "demo_job_seconds": jobs,

@@ -59,9 +59,9 @@ class AdaptConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     external: list[ExternalEval] = Field(default_factory=list, description="cards to test on besides this one")
-    omit_when_default: ClassVar[tuple[str, ...]] = ("external", "export_encoder")
     export_encoder: bool = Field(False, description="finetune: also save the best epoch's encoder as a "
                                                     "save_pretrained dir `encoder/` in each run directory")
+    omit_when_default: ClassVar[tuple[str, ...]] = ("external", "export_encoder")
 
     @model_validator(mode="after")
     def _export_needs_finetune(self) -> AdaptConfig:
