@@ -134,3 +134,26 @@ def test_label_fractions_nested(phantom_card: Path, tiny_cfg, tmp_path: Path) ->
     assert pos == int(np.ceil(0.5 * data.labels["cataract"][rows].sum()))  # stratified
     summary = Trainer(tiny_cfg(label_fractions=[0.5], epochs=1, policy="linear_probe"), tmp_path).fit()
     assert summary["train_images"] == len(subsets[0.5])
+
+
+def test_in_chans_override_and_rgb_checkpoint_on_grey_card(tmp_path: Path) -> None:
+    """backbone_overrides {in_chans: 1} (configs/cxr_tb.yaml, rasd.yaml) builds a grey encoder, from random init
+    and from a 3-channel checkpoint file; an override that contradicts the card is one clear error."""
+    from synthfm.adapt.config import AdaptConfig
+    from synthfm.errors import SynthfmError
+    from synthfm.synth.writer import PhantomConfig, render_phantom
+
+    card = render_phantom(tmp_path / "cxr", PhantomConfig(generator="cxr_phantom", n=8, size=32))
+    small = {"depth": 2, "img_size": 32, "embed_dim": 48, "num_heads": 3}
+    torch.manual_seed(0)
+    rgb = create_backbone("vit_tiny_p8_64", 3, **small)
+    torch.save({"model": rgb.state_dict()}, tmp_path / "rgb.pth")
+    for encoder, backbone in (("random:vit_tiny_p8_64", None), (str(tmp_path / "rgb.pth"), "vit_tiny_p8_64")):
+        cfg = AdaptConfig(card=str(card), task="tb", encoder=encoder, backbone=backbone,
+                          backbone_overrides={"in_chans": 1, **small})
+        enc = tr.load_encoder(cfg, 1)
+        assert enc.patch_embed.proj.in_channels == 1
+    assert torch.allclose(enc.patch_embed.proj.weight, rgb.patch_embed.proj.weight.sum(1, keepdim=True))
+    bad = AdaptConfig(card=str(card), task="tb", encoder="random:vit_tiny_p8_64", backbone_overrides={"in_chans": 3})
+    with pytest.raises(SynthfmError, match=r"in_chans is 3 but card .* has 1 channel"):
+        tr.load_encoder(bad, 1)

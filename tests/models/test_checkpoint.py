@@ -159,3 +159,39 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SynthfmError, match="weights_only=True") as err:
         import_checkpoint(tmp_path / "evil.pth", _tiny())
     assert "safetensors" in err.value.fix
+
+
+def test_import_rgb_file_onto_grey_encoder(tmp_path: Path) -> None:
+    """A 3-channel RETFound-style file onto a 1-channel encoder: patch embedding summed over RGB (timm's rule)."""
+    source = _tiny(6)
+    path = _mae_file(source, tmp_path / "RETFound_cfp_weights.pth")
+    grey = import_checkpoint(path, "vit_tiny_p8_64", in_chans=1, **TINY)
+    w = source.state_dict()["patch_embed.proj.weight"]
+    assert grey.patch_embed.proj.weight.shape == (192, 1, 8, 8)
+    assert torch.allclose(grey.patch_embed.proj.weight, w.sum(1, keepdim=True))
+    assert torch.equal(grey.state_dict()["blocks.1.attn.qkv.weight"], source.state_dict()["blocks.1.attn.qkv.weight"])
+    # a grey image through the adapted encoder = the same image as R = G = B through the RGB one
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.allclose(grey.eval()(x), source.eval()(x.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_import_dinov2_rgb_onto_grey(tmp_path: Path) -> None:
+    """A DINOv2-layout (patch 14, LayerScale) 3-channel file loads onto a 1-channel encoder."""
+    torch.manual_seed(0)
+    source = create_backbone("vit_large_p14_224", img_size=28, **DINO_TINY)
+    torch.save({f"teacher.backbone.{k}": v for k, v in source.state_dict().items()}, tmp_path / "dinov2.pth")
+    grey = import_checkpoint(tmp_path / "dinov2.pth", "vit_large_p14_224", in_chans=1, img_size=28, **DINO_TINY)
+    x = torch.randn(1, 1, 28, 28)
+    assert torch.allclose(grey.eval()(x), source.eval()(x.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_from_pretrained_adapts_channels(tmp_path: Path) -> None:
+    """A saved RGB encoder rebuilt with in_chans=1 (and back to 3: repeated and scaled by 1/3)."""
+    rgb = _tiny(7)
+    save_pretrained(rgb, tmp_path / "rgb")
+    grey = from_pretrained(tmp_path / "rgb", in_chans=1)
+    assert grey.synthfm_backbone["in_chans"] == 1
+    assert torch.allclose(grey.patch_embed.proj.weight, rgb.patch_embed.proj.weight.sum(1, keepdim=True))
+    save_pretrained(grey, tmp_path / "grey")
+    back = from_pretrained(tmp_path / "grey", in_chans=3)
+    assert torch.allclose(back.patch_embed.proj.weight, grey.patch_embed.proj.weight.expand(-1, 3, -1, -1) / 3)

@@ -55,16 +55,26 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 # ---- model ----------------------------------------------------------------------------------------------
 def load_encoder(cfg: AdaptConfig, in_chans: int) -> nn.Module:
-    """The encoder named by cfg.encoder: 'random:<backbone>', a save_pretrained dir, or a checkpoint file."""
+    """The encoder named by cfg.encoder: 'random:<backbone>', a save_pretrained dir, or a checkpoint file.
+
+    The encoder takes the card's `in_chans` (backbone_overrides.in_chans may repeat it); a saved encoder or file
+    with other channels (an RGB RETFound / DINOv2 on a grey card) has its patch embedding adapted on load.
+    """
+    overrides = dict(cfg.backbone_overrides)
+    chans = overrides.pop("in_chans", in_chans)
+    if chans != in_chans:
+        raise SynthfmError(f"backbone_overrides.in_chans is {chans} but card {cfg.card} has {in_chans} channel(s)",
+                           f"set backbone_overrides.in_chans to {in_chans} or drop it (the encoder takes the card's "
+                           "channels; a pretrained encoder with other channels is adapted on load)")
     if cfg.encoder.startswith("random:"):
-        return create_backbone(cfg.encoder.removeprefix("random:"), in_chans, **cfg.backbone_overrides)
+        return create_backbone(cfg.encoder.removeprefix("random:"), in_chans, **overrides)
     path = Path(cfg.encoder)
     if path.is_dir():
-        return from_pretrained(path)
+        return from_pretrained(path, in_chans)
     if cfg.backbone is None:
         raise SynthfmError(f"encoder {path} is a checkpoint file but no backbone is named",
                            "set 'backbone' to the registry name it was trained with (e.g. vit_large_p16_224)")
-    return import_checkpoint(path, cfg.backbone, in_chans=in_chans, **cfg.backbone_overrides)
+    return import_checkpoint(path, cfg.backbone, in_chans=in_chans, **overrides)
 
 
 def set_drop_path(encoder: nn.Module, rate: float) -> None:

@@ -4,6 +4,8 @@
 or `fc_norm.*`) and DINOv2-style files (`cls_token`, `mask_token`, `register_tokens`, LayerScale, possibly
 under `teacher.backbone.` / `backbone.` prefixes or in chunked `blocks.<chunk>.<i>.` form) into a registered
 backbone. `.pth` files are read with `torch.load(weights_only=True)` only: no arbitrary pickle is executed.
+A file (or saved encoder) with other input channels than the model, e.g. an RGB RETFound or DINOv2 onto a grey
+chest X-ray encoder, has its patch embedding adapted as timm does (`adapt_input_conv`: summed to one channel).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from timm.models._manipulate import adapt_input_conv
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
@@ -76,11 +79,15 @@ def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def from_pretrained(directory: str | Path) -> nn.Module:
-    """Rebuild a backbone saved with `save_pretrained` and load its weights (every key must fit)."""
+def from_pretrained(directory: str | Path, in_chans: int | None = None) -> nn.Module:
+    """Rebuild a backbone saved with `save_pretrained` and load its weights (every key must fit).
+
+    `in_chans` other than the saved count builds the encoder with that many input channels and adapts the
+    patch embedding (`adapt_patch_channels`), e.g. an RGB encoder onto grey chest X-rays.
+    """
     cfg = read_pretrained_config(directory)
-    model = create_backbone(cfg["name"], cfg.get("in_chans", 3), **cfg.get("overrides", {}))
-    state = load_state(Path(directory) / WEIGHTS_FILE)
+    model = create_backbone(cfg["name"], in_chans or cfg.get("in_chans", 3), **cfg.get("overrides", {}))
+    state = adapt_patch_channels(load_state(Path(directory) / WEIGHTS_FILE), model)
     check_fit(state, model, str(directory))
     model.load_state_dict(state)
     return model
@@ -139,6 +146,27 @@ def match_final_norm(state: Tensors, model: nn.Module) -> Tensors:
     return state
 
 
+def adapt_patch_channels(state: Tensors, model: nn.Module) -> Tensors:
+    """A patch embedding that differs from the model's only in input channels, adapted as timm does.
+
+    `timm.models._manipulate.adapt_input_conv`: to 1 channel the file's channels are summed (an RGB encoder
+    sees a grey image as R = G = B); to more channels they are repeated and scaled by file/model channels.
+    """
+    key = "patch_embed.proj.weight"
+    want, got = model.state_dict()[key].shape, state.get(key)
+    if got is None or got.ndim != 4 or tuple(got.shape) == tuple(want):
+        return state
+    if (got.shape[0], *got.shape[2:]) != (want[0], *want[2:]):
+        return state  # a different width or patch size: reported by _patch_mismatch
+    base = int(got.shape[1])
+    try:
+        adapted = adapt_input_conv(int(want[1]), got, **({} if base == 3 else {"base_chans": base}))
+    except (NotImplementedError, TypeError) as err:
+        raise SynthfmError(f"cannot adapt the patch embedding from {base} to {want[1]} input channels: {err}",
+                           "use a checkpoint with as many channels as the card, or timm>=1.0.20") from None
+    return {**state, key: adapted}
+
+
 def _patch_mismatch(state: Tensors, model: nn.Module) -> list[str]:
     """Patch-embedding shape differences (not resampled silently: a different patch size is a different model)."""
     key = "patch_embed.proj.weight"
@@ -150,8 +178,8 @@ def _patch_mismatch(state: Tensors, model: nn.Module) -> list[str]:
 
 
 def prepare_state(state: Tensors, model: nn.Module) -> tuple[Tensors, list[str]]:
-    """Map a foreign state dict onto a timm ViT's keys; return it and patch-size mismatches."""
-    state = unchunk_blocks(strip_prefix(state))
+    """Map a foreign state dict onto a timm ViT's keys (input channels adapted); return it and patch mismatches."""
+    state = adapt_patch_channels(unchunk_blocks(strip_prefix(state)), model)
     mismatched = _patch_mismatch(state, model)
     if not mismatched:
         state = checkpoint_filter_fn(dict(state), model)  # DINOv2 tokens, pos_embed resampling
@@ -180,7 +208,7 @@ def check_fit(state: Tensors, model: nn.Module, source: str, extra_mismatches: l
         name = getattr(model, "synthfm_backbone", {}).get("name", type(model).__name__)
         raise SynthfmError(f"checkpoint {source} does not fit backbone {name}:\n  - " + "\n  - ".join(problems),
                            "choose the backbone the checkpoint was trained with (same width, depth, patch size, "
-                           "channels, tokens)")
+                           "tokens; input channels are adapted)")
 
 
 def import_checkpoint(path: str | Path, backbone: nn.Module | str, **overrides: Any) -> nn.Module:
