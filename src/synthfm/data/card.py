@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -22,6 +22,7 @@ from synthfm.io import atomic_write_text
 CARD_FILE = "dataset.yaml"
 SPLITS = ("train", "val", "test")
 Modality = Literal["fundus", "cxr", "volume"]
+FILE_FORMATS = ("folder", "dicom", "nifti")  # source formats whose manifest names one file per row
 TaskType = Literal["binary", "multiclass", "ordinal", "multilabel"]
 
 
@@ -73,10 +74,11 @@ class MetadataSpec(StrictModel):
 
 
 class SourceSpec(StrictModel):
-    """Where the pixels are: a folder of files, an `.npz` of arrays, or WebDataset shards."""
+    """Where the pixels are: a folder of image, DICOM or NIfTI files, an `.npz` of arrays, or WebDataset shards."""
 
-    format: Literal["folder", "npz", "shards"] = "folder"
-    root: str = Field(".", description="folder: image root; npz: the .npz file; shards: folder of .tar shards")
+    format: Literal["folder", "npz", "shards", "dicom", "nifti"] = "folder"
+    root: str = Field(".", description="folder / dicom / nifti: root of the manifest's paths; npz: the .npz file; "
+                                       "shards: folder of .tar shards")
     path_column: str = "path"
     index_column: str = "index"
     npz_key: str = "{split}_images"
@@ -141,9 +143,12 @@ class DatasetCard(StrictModel):
     metadata: MetadataSpec = Field(default_factory=MetadataSpec)
     masks: dict[str, str] = Field(default_factory=dict, description="mask name -> manifest column of mask paths")
     derive: dict[str, DerivedColumn] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict, description="dicom: manifest column -> DICOM keyword read "
+                                                                    "from each file's header (e.g. age: PatientAge)")
     provenance: Provenance = Field(default_factory=Provenance)
     license: str = ""
     citation: str = ""
+    omit_when_default: ClassVar[tuple[str, ...]] = ("tags",)
 
     @field_validator("tasks")
     @classmethod
@@ -153,6 +158,21 @@ class DatasetCard(StrictModel):
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
         return v
+
+    @model_validator(mode="after")
+    def _tags_need_dicom(self) -> DatasetCard:
+        """`tags` reads DICOM headers, so it needs `source.format: dicom` and keywords pydicom knows."""
+        if not self.tags:
+            return self
+        if self.source.format != "dicom":
+            raise ValueError(f"tags reads DICOM headers; it needs source.format 'dicom', not '{self.source.format}'")
+        from pydicom.datadict import tag_for_keyword
+
+        bad = sorted(kw for kw in self.tags.values() if tag_for_keyword(kw) is None)
+        if bad:
+            raise ValueError(f"tags: unknown DICOM keyword(s) {bad} (e.g. PatientAge, PatientSex, ViewPosition, "
+                             "Manufacturer, ManufacturerModelName)")
+        return self
 
     def task(self, name: str) -> TaskSpec:
         """Look up a task by name."""

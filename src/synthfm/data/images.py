@@ -69,6 +69,13 @@ def to_array(img: Image.Image, channels: int) -> tuple[np.ndarray, list[str]]:
     return np.array(img.convert("RGB")), notes
 
 
+def from_pixels(arr: np.ndarray, channels: int) -> np.ndarray:
+    """A decoded uint8 HxW or HxWx3 array (e.g. from DICOM) with `channels` channels, as `to_array` converts."""
+    if (arr.ndim == 2 and channels == 1) or (arr.ndim == 3 and channels == 3):
+        return arr
+    return to_array(Image.fromarray(arr), channels)[0]
+
+
 def _scale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     """Scale 16-bit / 32-bit / float pixels to 0..255 without clipping the range away."""
     arr = arr.astype(np.float64)

@@ -83,7 +83,20 @@ def image_summary(data: CardData, sample: int, problems: list[Problem], seed: in
     rows = np.arange(n) if sample <= 0 or sample >= n else np.sort(rng.choice(n, sample, replace=False))
     sizes: Counter[str] = Counter()
     modes: Counter[str] = Counter()
-    if data.card.source.format == "folder":
+    conversions: Counter[str] = Counter()
+    fmt = data.card.source.format
+    if fmt in ("dicom", "nifti"):
+        for i in rows.tolist():
+            path = data.image_path(i)
+            try:
+                size, mode, notes = _file_summary(fmt, path, f"manifest row {i + 1}")
+            except SynthfmError as err:
+                problems.append(Problem("error", str(path), err.message, err.fix))
+                continue
+            sizes[size] += 1
+            modes[mode] += 1
+            conversions.update(notes)
+    elif fmt == "folder":
         for i in rows.tolist():
             where = f"manifest row {i + 1}"
             try:
@@ -104,7 +117,23 @@ def image_summary(data: CardData, sample: int, problems: list[Problem], seed: in
             shape = tuple(sample_["image"].shape)
             sizes[f"{shape[-1]}x{shape[-2]}"] += 1
             modes[f"{shape[0]}ch uint8"] += 1
-    return {"checked": int(sum(sizes.values())), "sizes": dict(sizes.most_common(8)), "modes": dict(modes)}
+    out = {"checked": int(sum(sizes.values())), "sizes": dict(sizes.most_common(8)), "modes": dict(modes)}
+    return out | ({"conversions": dict(conversions)} if conversions else {})
+
+
+def _file_summary(fmt: str, path: Path, where: str) -> tuple[str, str, list[str]]:
+    """Size, mode and conversion notes of one DICOM image or NIfTI volume (decoding it fully)."""
+    if fmt == "dicom":
+        from synthfm.data.dicom import dicom_pixels, read_dataset
+
+        ds = read_dataset(path, where)
+        arr, notes = dicom_pixels(ds, path, where)
+        mode = f"{ds.get('PhotometricInterpretation', '?')} {ds.get('BitsStored', '?')}-bit"
+        return f"{arr.shape[1]}x{arr.shape[0]}", mode, notes
+    from synthfm.data.nifti import read_volume
+
+    vol, spacing, stored = read_volume(path, where)
+    return "x".join(str(n) for n in vol.shape), f"NIfTI {stored} spacing {'x'.join(f'{s:g}' for s in spacing)}", []
 
 
 def inspect_card(path: str | Path, sample: int = 200) -> InspectReport:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from synthfm.data.card import SPLITS, DatasetCard, TaskSpec, read_card, resolve_path
+from synthfm.data.card import FILE_FORMATS, SPLITS, DatasetCard, TaskSpec, read_card, resolve_path
 from synthfm.data.modality import preset
 from synthfm.errors import SynthfmError
 
@@ -48,7 +48,7 @@ def _rows(index: pd.Index | np.ndarray) -> str:
 def declared_columns(card: DatasetCard) -> dict[str, str]:
     """Every manifest column the card relies on -> the card key that names it."""
     cols: dict[str, str] = {}
-    if card.source.format == "folder":
+    if card.source.format in FILE_FORMATS:
         cols[card.source.path_column] = "source.path_column"
     if card.source.format == "npz":
         cols[card.source.index_column] = "source.index_column"
@@ -251,6 +251,8 @@ def load_card(path: str | Path, check_files: bool = True) -> CardData:
     df = read_table(mpath).reset_index(drop=True)
     if df.empty:
         raise SynthfmError(f"manifest {where} has no rows (empty dataset)", "point the card at a manifest with images")
+    if card.tags:
+        df = _tags_into_manifest(card, card_dir, df, where)
     check_columns(card, df, where)
     df = derive_columns(card, df)
     labels = {t.name: encode_task(t, df, where) for t in card.tasks}
@@ -264,11 +266,23 @@ def load_card(path: str | Path, check_files: bool = True) -> CardData:
     return data
 
 
+def _tags_into_manifest(card: DatasetCard, card_dir: Path, df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """A DICOM card's `tags` read from its files' headers into manifest columns."""
+    from synthfm.data.dicom import fill_from_tags
+
+    col = card.source.path_column
+    if col not in df.columns:
+        raise SynthfmError(f"manifest {where} lacks column '{col}' (from source.path_column); it has "
+                           f"{list(df.columns)}", "rename the manifest column or change the card key")
+    root = resolve_path(card_dir, card.source.root)
+    return fill_from_tags(df, [root / str(p) for p in df[col]], card.tags)
+
+
 def check_sources(data: CardData) -> None:
     """Every image file (folder) or array (npz) / shard folder the card names exists."""
     root = data.source_root
     fmt = data.card.source.format
-    if fmt == "folder":
+    if fmt in FILE_FORMATS:
         missing = [i for i in range(len(data)) if not data.image_path(i).is_file()]
         if missing:
             raise SynthfmError(f"{len(missing)} image file(s) listed in the manifest are missing, e.g. "

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 
 from synthfm.config import StrictModel
-from synthfm.data.card import CARD_FILE, SourceSpec, SplitSpec, write_card
+from synthfm.data.card import CARD_FILE, FILE_FORMATS, SourceSpec, SplitSpec, write_card
 from synthfm.data.images import encode_png, load_image
 from synthfm.data.manifest import ID, SPLIT, CardData, load_card
-from synthfm.data.preprocess import PrepareConfig, preprocess
-from synthfm.data.readers import NpzDataset
+from synthfm.data.preprocess import PrepareConfig, preprocess, quality_flag
+from synthfm.data.readers import DicomDataset, NpzDataset
 from synthfm.data.shards import ShardRecord, plan_shards, write_shards_resumable
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path, atomic_write_bytes
@@ -42,7 +42,8 @@ class _Source:
 
     def __init__(self, data: CardData) -> None:
         self.data = data
-        self.npz = NpzDataset(data) if data.card.source.format == "npz" else None
+        fmt = data.card.source.format
+        self.npz = NpzDataset(data) if fmt == "npz" else DicomDataset(data) if fmt == "dicom" else None
         if data.card.source.format == "shards":
             raise SynthfmError("prepare reads folder or npz cards; this card is already shards",
                                "prepare from the original folder/npz card")
@@ -76,7 +77,11 @@ def prepare_card(card_path: str | Path, out_dir: str | Path, cfg: PrepareConfig 
     if run.open() == "done":
         return out / CARD_FILE
     done = run.done_rows(PROGRESS_FILE)
-    writer = _write_shards if cfg.format == "shards" else _write_folder
+    volumes = data.card.source.format == "nifti"
+    if volumes and cfg.format == "shards":
+        raise SynthfmError("NIfTI volumes are prepared into a folder of NIfTI files, not shards",
+                           "use --format folder for a nifti card")
+    writer = _write_volumes if volumes else _write_shards if cfg.format == "shards" else _write_folder
     writer(data, _Source(data), run, cfg, done)
     card_path_out = _finish(data, run, cfg, run.done_rows(PROGRESS_FILE))
     run.complete(images=len(data), format=cfg.format, size=cfg.size)
@@ -105,6 +110,20 @@ def _write_folder(data: CardData, src: _Source, run: RunDir, cfg: PrepareConfig,
         run.append(PROGRESS_FILE, [{"row": i, "path": rel, **q}])
 
 
+def _write_volumes(data: CardData, src: _Source, run: RunDir, cfg: PrepareConfig, done: dict) -> None:
+    """Resample, window, fit and resize each NIfTI volume into a uint8 .nii.gz, atomically, skipping rows done."""
+    from synthfm.data.nifti import nifti_bytes, prepare_volume, read_nifti
+
+    todo = [i for i in range(len(data)) if i not in done]
+    for i in progress_bar(todo, "prepare volumes", total=len(todo)):
+        vol, spacing = read_nifti(data.image_path(i), where=f"manifest row {i + 1}")
+        out, out_spacing, q = prepare_volume(vol, spacing, cfg.size, cfg.fit, cfg.spacing, cfg.window_percentiles)
+        q["quality_flag"] = quality_flag(q, cfg.quality)
+        rel = _rel(data, i).removesuffix(".png") + ".nii.gz"
+        atomic_write_bytes(run.path / rel, nifti_bytes(out, out_spacing))
+        run.append(PROGRESS_FILE, [{"row": i, "path": rel, **q}])
+
+
 def _write_shards(data: CardData, src: _Source, run: RunDir, cfg: PrepareConfig, done: dict) -> None:
     """Write shards atomically; a shard whose rows are all logged is skipped on resume."""
     def make(i: int, name: str) -> tuple[ShardRecord, dict[str, Any]]:
@@ -123,7 +142,7 @@ def _finish(data: CardData, run: RunDir, cfg: PrepareConfig, done: dict[int, dic
     q = pd.DataFrame([done[i] for i in range(len(data))]).drop(columns=["row"])
     df = data.df.drop(columns=[ID, SPLIT]).reset_index(drop=True)
     old_path = data.card.source.path_column
-    if data.card.source.format == "folder" and old_path in df.columns:
+    if data.card.source.format in FILE_FORMATS and old_path in df.columns:
         df = df.rename(columns={old_path: "source_path"})
     df["image_id"] = data.df[ID].to_numpy()
     df = pd.concat([df.drop(columns=[c for c in q.columns if c in df.columns]), q], axis=1)
@@ -138,9 +157,10 @@ def _finish(data: CardData, run: RunDir, cfg: PrepareConfig, done: dict[int, dic
     with atomic_path(run.path / MANIFEST) as tmp:
         df.to_parquet(tmp, index=False)
     src = (SourceSpec(format="shards", root="shards") if cfg.format == "shards"
-           else SourceSpec(format="folder", root=".", path_column="path"))
+           else SourceSpec(format="nifti" if data.card.source.format == "nifti" else "folder", root=".",
+                           path_column="path"))
     card = data.card.model_copy(update={
-        "source": src, "manifest": MANIFEST, "id_column": "image_id", "split": split, "derive": {},
+        "source": src, "manifest": MANIFEST, "id_column": "image_id", "split": split, "derive": {}, "tags": {},
         "masks": masks if cfg.format == "folder" else {},
         "description": (data.card.description + f" [prepared: {cfg.size}px {cfg.format}]").strip(),
     })

@@ -1,4 +1,4 @@
-"""Preprocessing: fundus field-of-view crop, square pad, resize; CXR intensity window; quality flags.
+"""Preprocessing: fundus field-of-view crop, square pad or crop, resize; CXR intensity window; quality flags.
 
 `prepare_card` writes a new card (images or shards + manifest + dataset.yaml) and never touches
 the source. It resumes: images and shards already written are kept, and the manifest and card
@@ -7,7 +7,7 @@ are written last.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from PIL import Image
@@ -37,11 +37,19 @@ class PrepareConfig(StrictModel):
     format: Literal["folder", "shards"] = "folder"
     encoding: Literal["raw", "npy", "png", "jpg"] = "png"
     fov_crop: bool | None = Field(None, description="default: the modality preset's")
+    fit: Literal["pad", "crop"] = Field("pad", description="pad: letterbox to a square with black bars; crop: "
+                                                          "the centred square of the shorter side")
+    fov: Literal["keep", "drop"] = Field("keep", description="keep: the black corners around a round field of view "
+                                                            "stay; drop: crop to the largest centred square inside "
+                                                            "the field of view, so none remain")
+    spacing: tuple[float, float, float] | None = Field(None, description="nifti: resample to this voxel spacing "
+                                                                          "(z, y, x) in mm before fitting the cube")
     intensity_window: bool | None = Field(None, description="default: the modality preset's")
     window_percentiles: tuple[float, float] = (0.5, 99.5)
     shard_size: int = Field(1000, ge=1)
     limit: int | None = Field(None, ge=1, description="only the first N rows (a quick trial)")
     quality: QualityThresholds = Field(default_factory=QualityThresholds)
+    omit_when_default: ClassVar[tuple[str, ...]] = ("fit", "fov", "spacing")
 
 
 def fov_mask(rgb: np.ndarray, work_side: int = 256) -> np.ndarray:
@@ -78,6 +86,35 @@ def fov_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
+def inscribed_box(mask: np.ndarray, inside: float = 0.995) -> tuple[int, int, int, int]:
+    """The largest square centred on the mask's bounding box with at least `inside` of its pixels in the mask."""
+    r0, r1, c0, c1 = fov_box(mask)
+    cy, cx = (r0 + r1) // 2, (c0 + c1) // 2
+    sat = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # summed-area table
+
+    def box(h: int) -> tuple[int, int, int, int]:
+        return max(cy - h, 0), min(cy + h, mask.shape[0]), max(cx - h, 0), min(cx + h, mask.shape[1])
+
+    def fits(h: int) -> bool:
+        a, b, c, d = box(h)
+        if (b - a) != 2 * h or (d - c) != 2 * h:
+            return False
+        return (sat[b, d] - sat[a, d] - sat[b, c] + sat[a, c]) >= inside * 4 * h * h
+
+    lo, hi = 1, max(1, min(r1 - r0, c1 - c0) // 2)
+    while lo < hi:  # largest half-side that fits (fits is monotone for a convex field of view)
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return box(lo)
+
+
+def crop_square(img: np.ndarray) -> np.ndarray:
+    """The centred square of the shorter side."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    return img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+
+
 def pad_square(img: np.ndarray) -> np.ndarray:
     """Pad with black to a centred square."""
     h, w = img.shape[:2]
@@ -87,14 +124,14 @@ def pad_square(img: np.ndarray) -> np.ndarray:
 
 
 def apply_geometry(img: np.ndarray, box: tuple[int, int, int, int] | None, size: int,
-                   nearest: bool = False, keep: np.ndarray | None = None) -> np.ndarray:
-    """Crop to `box` (blacking out pixels outside `keep`), pad square and resize: shared by images and masks."""
+                   nearest: bool = False, keep: np.ndarray | None = None, fit: str = "pad") -> np.ndarray:
+    """Crop to `box` (blacking out pixels outside `keep`), pad or crop square and resize: images and masks alike."""
     if box is not None:
         r0, r1, c0, c1 = box
         img = img[r0:r1, c0:c1].copy()
         if keep is not None:
             img[~keep[r0:r1, c0:c1]] = 0
-    return resize(pad_square(img), size, nearest)
+    return resize(crop_square(img) if fit == "crop" else pad_square(img), size, nearest)
 
 
 def window(img: np.ndarray, lo_hi: tuple[float, float]) -> np.ndarray:
@@ -144,13 +181,14 @@ def preprocess(img: np.ndarray, modality: str, cfg: PrepareConfig,
     p = preset(modality)
     use_fov = p.fov_crop if cfg.fov_crop is None else cfg.fov_crop
     use_window = p.intensity_window if cfg.intensity_window is None else cfg.intensity_window
-    keep = fov_mask(img) if use_fov and img.ndim == 3 else None
-    box = fov_box(keep) if keep is not None else None
+    keep = fov_mask(img) if (use_fov and img.ndim == 3) or cfg.fov == "drop" else None
+    box = None if keep is None else inscribed_box(keep) if cfg.fov == "drop" else fov_box(keep)
     if use_window:
         img = window(img, cfg.window_percentiles)
-    out = apply_geometry(img, box, cfg.size, keep=keep)
-    out_masks = {k: apply_geometry(m, box, cfg.size, nearest=True) for k, m in (masks or {}).items()}
-    inside = apply_geometry(keep.astype(np.uint8), box, cfg.size, nearest=True) > 0 if keep is not None else None
+    out = apply_geometry(img, box, cfg.size, keep=keep, fit=cfg.fit)
+    out_masks = {k: apply_geometry(m, box, cfg.size, nearest=True, fit=cfg.fit) for k, m in (masks or {}).items()}
+    inside = (apply_geometry(keep.astype(np.uint8), box, cfg.size, nearest=True, fit=cfg.fit) > 0
+              if keep is not None else None)
     q: dict[str, float | str] = dict(quality_measures(out, inside))
     q["quality_flag"] = quality_flag(q, cfg.quality)  # type: ignore[arg-type]
     return out, out_masks, q

@@ -82,6 +82,34 @@ class NpzDataset(CardDataset):
         return arr
 
 
+class DicomDataset(CardDataset):
+    """Map-style dataset over a DICOM card: modality and VOI LUTs applied, MONOCHROME1 inverted, 8 bits."""
+
+    def raw(self, pos: int) -> np.ndarray:
+        """The uint8 image array of the pos-th row of this split."""
+        from synthfm.data.dicom import read_dicom
+        from synthfm.data.images import from_pixels
+
+        i = int(self.rows[pos])
+        return from_pixels(read_dicom(self.data.image_path(i), where=f"manifest row {i + 1}")[0], self.data.channels)
+
+
+class VolumeDataset(CardDataset):
+    """Map-style dataset over a NIfTI card: uint8 (D, H, W) volumes (percentile-windowed unless stored as uint8)."""
+
+    def __init__(self, data: CardData, split: str | None = None, transform: Transform | None = None) -> None:
+        from synthfm.data.nifti import volume_to_tensor
+
+        super().__init__(data, split, transform or volume_to_tensor)
+
+    def raw(self, pos: int) -> np.ndarray:
+        """The uint8 volume of the pos-th row of this split."""
+        from synthfm.data.nifti import load_volume
+
+        i = int(self.rows[pos])
+        return load_volume(self.data.image_path(i), where=f"manifest row {i + 1}")
+
+
 class ShardDataset(IterableDataset):
     """Streaming dataset over a card's WebDataset shards (split across DDP ranks and workers)."""
 
@@ -109,12 +137,18 @@ class ShardDataset(IterableDataset):
 def open_dataset(data: CardData, split: str | None = None, transform: Transform | None = None,
                  size: int | None = None, train: bool = False, **stream: Any) -> Dataset | IterableDataset:
     """The right reader for the card's source format; `size` builds the modality's transform."""
+    fmt = data.card.source.format
+    if fmt == "nifti":
+        from synthfm.data.nifti import volume_transform
+
+        if transform is None and size is not None:
+            transform = volume_transform(data.card.modality, size, train)
+        return VolumeDataset(data, split, transform)
     if transform is None and size is not None:
         transform = build_transform(data.card.modality, size, train=train)
-    fmt = data.card.source.format
     if fmt == "shards":
         return ShardDataset(data, split, transform, **stream)
-    return (NpzDataset if fmt == "npz" else CardDataset)(data, split, transform)
+    return {"npz": NpzDataset, "dicom": DicomDataset}.get(fmt, CardDataset)(data, split, transform)
 
 
 def split_counts(data: CardData) -> dict[str, int]:
