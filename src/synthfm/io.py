@@ -1,4 +1,9 @@
-"""Atomic file writes: write a temporary file beside the target, then rename over it."""
+"""Atomic file writes: write a temporary file beside the target, then rename over it.
+
+The finished file gets the mode a plain `open(path, "w")` would give it (0666 less the process umask), not
+`mkstemp`'s private 0600, so a file written in a container by one uid stays readable where the umask allows;
+pass `mode` for a file that must stay private (a signing key).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,35 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc where it can be, so no thread sees a changed umask)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(kind: str = "file") -> int:
+    """The mode a new file (0666) or folder (0777) gets under the current umask."""
+    return (0o777 if kind == "dir" else 0o666) & ~current_umask()
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+def atomic_path(target: str | Path, suffix: str = "", mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    The temporary file is created with `mode` (default: the umask's file mode) before anything is written.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    os.fchmod(fd, umask_mode() if mode is None else mode)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -28,9 +56,9 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(target: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+def atomic_open(target: str | Path, mode: str = "w", perms: int | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file for writing that replaces `target` when closed without error."""
-    with atomic_path(target) as tmp, open(tmp, mode) as fh:
+    with atomic_path(target, mode=perms) as tmp, open(tmp, mode) as fh:
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
@@ -42,9 +70,9 @@ def atomic_write_text(target: str | Path, text: str) -> None:
         fh.write(text)
 
 
-def atomic_write_bytes(target: str | Path, data: bytes) -> None:
-    """Write bytes to `target` atomically."""
-    with atomic_open(target, "wb") as fh:
+def atomic_write_bytes(target: str | Path, data: bytes, perms: int | None = None) -> None:
+    """Write bytes to `target` atomically (file mode `perms`, default from the umask)."""
+    with atomic_open(target, "wb", perms) as fh:
         fh.write(data)
 
 

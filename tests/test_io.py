@@ -1,0 +1,36 @@
+"""Atomic writes: files get the umask's mode (not mkstemp's 0600) unless a private mode is asked for."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from synthfm.io import atomic_path, atomic_write_bytes, atomic_write_json, current_umask, umask_mode
+
+
+@pytest.fixture
+def umask() -> object:
+    """Run the test under umask 022 and restore the caller's afterwards."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: object, mask: int) -> None:
+    os.umask(mask)
+    assert current_umask() == mask and umask_mode() == 0o666 & ~mask and umask_mode("dir") == 0o777 & ~mask
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_private_mode_holds_from_the_first_byte(tmp_path: Path, umask: object) -> None:
+    with atomic_path(tmp_path / "key.pem", mode=0o600) as tmp:
+        assert tmp.stat().st_mode & 0o777 == 0o600  # before anything is written into it
+        tmp.write_bytes(b"secret")
+    assert (tmp_path / "key.pem").stat().st_mode & 0o777 == 0o600
+    atomic_write_bytes(tmp_path / "salt", b"s" * 32, perms=0o600)
+    assert (tmp_path / "salt").stat().st_mode & 0o777 == 0o600
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
