@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from synthfm import __version__
@@ -299,15 +300,19 @@ def main(argv: list[str] | None = None) -> None:
     except SynthfmError as err:
         if "--debug" in args:
             raise
-        err_console.print(f"[bold red]error:[/] {err.message}", highlight=False)
-        if err.fix:
-            err_console.print(f"[bold]fix:[/] {err.fix}", highlight=False)
-        sys.exit(2)
-    except click.exceptions.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except click.exceptions.Abort:
+        _fail(escape(err.message), escape(err.fix))
+    except (click.exceptions.Abort, typer.Abort):
         err_console.print("aborted")
         sys.exit(130)
+    except (click.exceptions.ClickException, typer.TyperException) as err:  # usage mistakes: typos, bad values
+        err.show()
+        sys.exit(err.exit_code)
+    except OSError as err:  # disk full, permission denied, a folder where a file should be
+        if "--debug" in args:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        _fail(escape(f"cannot read or write{where}: {err.strerror or err}"),
+              "free disk space, fix the permissions or the path, then run the same command again "
+              "(finished work is reused)")
     if isinstance(rv, int) and rv:
         sys.exit(rv)

@@ -89,15 +89,77 @@ def validate_config(model: type[M], data: Any, source: str) -> M:
         raise describe_validation_error(err, model, source) from None
 
 
+# A YAML document may not expand (through aliases) to more values than this: an alias bomb of a few hundred
+# bytes otherwise expands to millions of leaves once a config is validated, hashed or dumped.
+MAX_YAML_VALUES = 100_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key repeated in one mapping (YAML's default keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _count_values(data: Any, limit: int) -> int:
+    """Values in a nested structure, counting each alias use again; stops once past `limit`."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return count
+
+
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """Parse YAML text strictly: UTF-8, no repeated keys, no alias expansion past MAX_YAML_VALUES values."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = text[:err.start].count(b"\n") + 1
+            raise SynthfmError(f"{source} is not UTF-8 text (byte {err.start}, line {line}: "
+                               f"{text[err.start:err.start + 1]!r})",
+                               "save the file as UTF-8") from None
+    if "\0" in text:
+        raise SynthfmError(f"{source} holds a NUL character (line {text[:text.index(chr(0))].count(chr(10)) + 1})",
+                           "remove it; YAML files are plain text")
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise SynthfmError(f"{source} is not valid YAML: {err}", "fix the YAML at the line shown") from None
+    except RecursionError:
+        raise SynthfmError(f"{source} is nested too deeply to read", "flatten the YAML") from None
+    if _count_values(data, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise SynthfmError(f"{source} expands to more than {MAX_YAML_VALUES} values (through YAML aliases '*name')",
+                           "write the values out, or remove the repeated aliases")
+    return data
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file, with a clear error for a missing or malformed file."""
+    """Read a YAML file, with a clear error for a missing, non-UTF-8, malformed or alias-bomb file."""
     path = Path(path)
     if not path.is_file():
         raise SynthfmError(f"config file not found: {path}", "check the path")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SynthfmError(f"{path} is not valid YAML: {err}", "fix the YAML syntax at the line shown") from None
+    return parse_yaml(path.read_bytes(), str(path))
 
 
 def load_config(model: type[M], path: str | Path) -> M:

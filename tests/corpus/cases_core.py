@@ -14,6 +14,11 @@ from corpus_lib import Case, card_spec, npz_file, tiny_card, write, write_yaml
 CASES: list[Case] = []
 
 
+def fill(text: str | bytes, d: Path) -> str | bytes:
+    """File contents with `{d}` replaced by the case folder."""
+    return text.replace(b"{d}", str(d).encode()) if isinstance(text, bytes) else text.replace("{d}", str(d))
+
+
 def case(id: str, argv: list[str], make: Callable[[Path], Any], fragment: str, **kw: Any) -> None:
     """Register one case."""
     CASES.append(Case(id, argv, make, fragment, **kw))
@@ -152,7 +157,7 @@ npz_case("float-labels", lambda d: npz_file(d / "in.npz", train_labels=np.array(
          "train_labels")
 npz_case("count-mismatch", lambda d: npz_file(d / "in.npz", train_labels=np.zeros((40, 1), dtype=np.int64)),
          "train_labels")
-npz_case("no-images", lambda d: npz_file(d / "in.npz", n={}), "{d}/in.npz")
+npz_case("no-images", lambda d: np.savez(d / "in.npz", other=np.zeros(3)), "{d}/in.npz")
 npz_case("no-labels", lambda d: np.savez(d / "in.npz", train_images=np.zeros((2, 8, 8, 3), np.uint8)), "train_labels")
 npz_case("label-width-differs", lambda d: npz_file(d / "in.npz", test_labels=np.zeros((3, 2), dtype=np.int64)),
          "test_labels")
@@ -231,7 +236,7 @@ def pipeline(text: str | bytes) -> Callable[[Path], Path]:
     """A pipeline file {d}/p.yaml (plus a valid tiny card at {d}/card for it to use)."""
     def make(d: Path) -> Path:
         tiny_card(d)
-        return write(d / "p.yaml", text)
+        return write(d / "p.yaml", fill(text, d))
     return make
 
 
@@ -255,7 +260,8 @@ run_case("unknown-kind", "name: p\ndata:\n  c: {fetch: {url: x}}\n", "data.c")
 run_case("later-ref", "name: p\ndata:\n  c: {split: {input: '${data.e}'}}\n  e: {card: x}\n", "${data.e}")
 run_case("input-missing", "name: p\ndata:\n  c: {card: {d}/nope}\n", "{d}/nope")
 run_case("job-unknown-key", "name: p\ndata:\n  c: {phantom: {n: 4, sizee: 8}}\n", "sizee")
-run_case("root-is-file", GOOD + "root: {d}/card/manifest.csv\n", "{d}/card/manifest.csv")
+case("run-root-is-file", ["run", "{d}/p.yaml"], pipeline(GOOD + "root: {d}/card/manifest.csv\n"),
+     "{d}/card/manifest.csv")
 case("run-out-is-file", ["run", "{d}/p.yaml", "-o", "{d}/card/manifest.csv"], pipeline(GOOD), "{d}/card/manifest.csv")
 run_case("from-bogus", GOOD, "--from", "--from", "training")
 run_case("only-bogus", GOOD, "--only", "--only", "data.x")
@@ -289,7 +295,7 @@ def config_case(id: str, verb: list[str], text: str | bytes, fragment: str, make
     """A stage command on a broken config file {d}/c.yaml, writing to {d}/out."""
     def build(d: Path) -> None:
         make(d)
-        write(d / "c.yaml", text)
+        write(d / "c.yaml", fill(text, d))
     case(id, [*verb, "{d}/c.yaml", "-o", "{d}/out"], build, fragment)
 
 
@@ -322,7 +328,7 @@ config_case("adapt-no-val-split", ADAPT, ADAPT_OK, "'val'",
 
 case("cli-unknown-command", ["pretrian", "run"], lambda d: None, "pretrian")
 case("cli-unknown-option", ["data", "inspect", "{d}/card", "--sampel", "3"], tiny_card, "--sampel")
-case("cli-bad-int", ["data", "inspect", "{d}/card", "--sample", "many"], tiny_card, "many")
+case("cli-bad-int", ["data", "inspect", "{d}/card", "--sample", "many"], tiny_card, "--sample")
 case("cli-missing-out", ["data", "prepare", "{d}/card"], tiny_card, "--out")
 
 # ---- output-folder locks ----------------------------------------------------------------------------------------
