@@ -36,10 +36,8 @@ def test_latent_maps_and_keymeta_from_them(planted_card: Path, tmp_path: Path) -
     assert ranked["knn_balanced_accuracy"].between(0, 1).all() and ranked["silhouette"].notna().all()
 
 
-def test_latent_refuses_wrong_channels_and_shard_cards(planted_card: Path, tmp_path: Path) -> None:
-    """A 1-channel encoder on an RGB card, or a shard card, is one clear error naming the card and the fix."""
-    from synthfm.data.prepare import prepare_card
-    from synthfm.data.preprocess import PrepareConfig
+def test_latent_refuses_wrong_channels(planted_card: Path, tmp_path: Path) -> None:
+    """A 1-channel encoder on an RGB card is one clear error naming the card and the fix."""
     from synthfm.errors import SynthfmError
     from synthfm.models.backbones import create_backbone
     from synthfm.models.checkpoint import save_pretrained
@@ -48,11 +46,24 @@ def test_latent_refuses_wrong_channels_and_shard_cards(planted_card: Path, tmp_p
     gray = LatentConfig(cards=[str(planted_card)], encoder=str(encoder), n=8)
     with pytest.raises(SynthfmError, match="takes 1-channel images but card 'planted'"):
         run_latent(gray, tmp_path / "gray")
-    shards = prepare_card(planted_card, tmp_path / "shards", PrepareConfig(size=32, format="shards", limit=8))
-    with pytest.raises(SynthfmError, match="WebDataset shards") as err:
-        run_latent(LatentConfig(cards=[str(shards)], encoder="vit_tiny_p8_64", backbone_overrides=TINY, n=8),
-                   tmp_path / "sh")
-    assert "--format folder" in err.value.fix
+
+
+def test_latent_maps_shard_cards_like_folder_cards(planted_card: Path, tmp_path: Path) -> None:
+    """A shard card (what generation writes) is sampled by row: the same rows and points as its folder copy."""
+    from synthfm.data.prepare import prepare_card
+    from synthfm.data.preprocess import PrepareConfig
+    from synthfm.models.backbones import create_backbone
+    from synthfm.models.checkpoint import save_pretrained
+
+    encoder = save_pretrained(create_backbone("vit_tiny_p8_64", in_chans=3, **TINY), tmp_path / "encoder")
+    points = []
+    for fmt in ("folder", "shards"):
+        card = prepare_card(planted_card, tmp_path / fmt, PrepareConfig(size=32, format=fmt, limit=12))
+        cfg = LatentConfig(cards=[str(card)], encoder=str(encoder), n=10,
+                           perplexity=3, neighbours=3, threads=1, methods=["tsne"])
+        points.append(pd.read_csv(run_latent(cfg, tmp_path / f"lat_{fmt}")))
+    assert list(points[0]["id"]) == list(points[1]["id"]) and len(points[0]) == 10
+    pd.testing.assert_series_equal(points[0]["tsne_x"], points[1]["tsne_x"])
 
 
 def test_cli_morphology_and_bad_input(planted_card: Path, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from synthfm.adapt.trainer import load_encoder
 from synthfm.analyze.plots import scatter_by
 from synthfm.config import StrictModel
 from synthfm.data.manifest import ID, load_card
-from synthfm.data.readers import open_dataset
+from synthfm.data.shard_index import open_random_access
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path
 from synthfm.models.backbones import BACKBONES
@@ -82,10 +82,6 @@ def _collate(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]
 def card_features(cfg: LatentConfig, card: str, k: int) -> tuple[np.ndarray, pd.DataFrame]:
     """Features (N, D) of the sampled rows of one card, and their descriptive table."""
     data = load_card(card)
-    if data.card.source.format == "shards":
-        raise SynthfmError(f"latent maps sample rows of card '{data.card.name}' at random, but its images are "
-                           "WebDataset shards (a stream)",
-                           f"make a folder copy first: synthfm data prepare {card} -o DIR --format folder")
     encoder = encoder_from(cfg, data.channels)
     wants = int(encoder.patch_embed.proj.in_channels)
     if wants != data.channels:
@@ -94,7 +90,7 @@ def card_features(cfg: LatentConfig, card: str, k: int) -> tuple[np.ndarray, pd.
                            "map each modality with an encoder of its own channel count (one latent job per "
                            "modality)")
     size = cfg.image_size or int(encoder.patch_embed.img_size[0])
-    ds = open_dataset(data, size=size)
+    ds = open_random_access(data, size=size)
     rows = sample_rows(len(data), cfg.n, cfg.seed + k)
     loader = DataLoader(Subset(ds, rows.tolist()), batch_size=cfg.batch_size, collate_fn=_collate)
     feats, index = [], []

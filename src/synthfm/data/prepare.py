@@ -14,7 +14,7 @@ from synthfm.data.card import CARD_FILE, FILE_FORMATS, SourceSpec, SplitSpec, wr
 from synthfm.data.images import encode_png, load_image
 from synthfm.data.manifest import ID, SPLIT, CardData, load_card
 from synthfm.data.preprocess import PrepareConfig, preprocess, quality_flag
-from synthfm.data.readers import DicomDataset, NpzDataset
+from synthfm.data.shard_index import open_random_access
 from synthfm.data.shards import ShardRecord, plan_shards, write_shards_resumable
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path, atomic_write_bytes
@@ -42,17 +42,11 @@ class _Source:
 
     def __init__(self, data: CardData) -> None:
         self.data = data
-        fmt = data.card.source.format
-        self.npz = NpzDataset(data) if fmt == "npz" else DicomDataset(data) if fmt == "dicom" else None
-        if data.card.source.format == "shards":
-            raise SynthfmError("prepare reads folder or npz cards; this card is already shards",
-                               "prepare from the original folder/npz card")
+        self.rows = open_random_access(data)  # every row, in manifest order (shards read by offset)
 
     def image(self, i: int) -> np.ndarray:
         """Row i's image."""
-        if self.npz is not None:
-            return self.npz.raw(i)
-        return load_image(self.data.image_path(i), self.data.channels, where=f"manifest row {i + 1}")
+        return self.rows.raw(i)
 
     def masks(self, i: int) -> dict[str, np.ndarray]:
         """Row i's masks, by mask name."""

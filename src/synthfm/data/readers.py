@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from synthfm.data.images import load_image
 from synthfm.data.manifest import SPLIT, CardData
-from synthfm.data.shards import iter_shards, shard_urls
+from synthfm.data.shards import iter_shards, sample_refs, shard_urls
 from synthfm.data.transforms import Transform, build_transform, to_tensor
 from synthfm.errors import SynthfmError
 
@@ -124,14 +125,28 @@ class ShardDataset(IterableDataset):
     def __len__(self) -> int:
         return self.length
 
+    @cached_property
+    def _positions(self) -> dict[tuple[str, str], int] | None:
+        """(shard file name, sample key) -> manifest row, from the manifest's `shards/<file>#<key>` paths."""
+        col = self.data.card.source.path_column
+        refs = sample_refs(self.data.df[col].astype(str).tolist()) if col in self.data.df.columns else None
+        return None if refs is None else {ref: i for i, ref in enumerate(refs)}
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         seed = self.seed + (info.id if info else 0)
+        positions = self._positions
         for s in iter_shards(self.urls, self.data.channels, self.shuffle, seed):
             meta = s["meta"]
-            yield {"image": self.transform(s["image"]),
-                   "labels": {k: torch.as_tensor(np.asarray(v)) for k, v in meta.get("labels", {}).items()},
-                   "index": int(meta.get("row", -1))}
+            if positions is None:
+                index = int(meta.get("row", -1))
+                labels = {k: torch.as_tensor(np.asarray(v)) for k, v in meta.get("labels", {}).items()}
+            else:  # a filtered or merged card lists a subset of the shards' samples: stream only those
+                index = positions.get((Path(s["url"]).name, s["key"]), -1)
+                if index < 0:
+                    continue
+                labels = _labels(self.data, index)
+            yield {"image": self.transform(s["image"]), "labels": labels, "index": index}
 
 
 def open_dataset(data: CardData, split: str | None = None, transform: Transform | None = None,

@@ -114,6 +114,20 @@ def shard_urls(folder: Path, prefix: str | None = None) -> list[str]:
     return urls
 
 
+def sample_refs(paths: list[str]) -> list[tuple[str, str]] | None:
+    """(shard file name, sample key) per manifest path `shards/<file>#<key>`; None unless every path has one.
+
+    Only the file name is kept: a reference is looked up among the tars of the card's own shard folder.
+    """
+    if not paths or not all("#" in p for p in paths):
+        return None
+    out = []
+    for p in paths:
+        file, _, key = p.rpartition("#")
+        out.append((Path(file).name, key))
+    return out
+
+
 def iter_shards(urls: list[str], channels: int, shuffle: int = 0, seed: int = 0) -> Iterator[dict[str, Any]]:
     """Stream decoded samples `{image, meta, key}` from shards, split across nodes and workers."""
     ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node,
@@ -133,7 +147,8 @@ def _decode_sample(sample: dict[str, Any], channels: int) -> dict[str, Any]:
                            "rewrite the shard with synthfm")
     meta = json.loads(sample["json"]) if "json" in sample else {}
     where = f"{sample.get('__url__')}:{key}"
-    return {"key": key, "image": decode_image(sample[enc], enc, channels, where, meta.get("shape")), "meta": meta}
+    return {"key": key, "image": decode_image(sample[enc], enc, channels, where, meta.get("shape")), "meta": meta,
+            "url": str(sample.get("__url__", ""))}
 
 
 def plan_shards(splits: list[str], size: int) -> list[tuple[str, list[int]]]:
