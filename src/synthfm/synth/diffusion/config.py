@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -54,6 +54,15 @@ class DiffusionConfig(StrictModel):
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     ema_decay: float = Field(0.9999, ge=0, le=1, description="EMA decay cap; warm-up (1+s)/(10+s) before it")
     hflip: bool = Field(False, description="random horizontal flips (off: fundus laterality is anatomy)")
+    formulation: Literal["ddpm", "edm"] = Field(
+        "ddpm", description="ddpm: discrete DDPM timesteps; edm: Karras et al. 2022 preconditioning, log-normal "
+                            "noise levels and loss weighting (diffusers' EDM schedulers)")
+    snr_gamma: float | None = Field(None, gt=0, description="ddpm: min-SNR-gamma loss weighting (Hang et al. 2023)")
+    edm_p_mean: float = Field(-1.2, description="edm: mean of log sigma during training")
+    edm_p_std: float = Field(1.2, gt=0, description="edm: std of log sigma during training")
+    sigma_data: float = Field(0.5, gt=0, description="edm: data standard deviation in the preconditioning")
+    omit_when_default: ClassVar[tuple[str, ...]] = ("formulation", "snr_gamma", "edm_p_mean", "edm_p_std",
+                                                    "sigma_data")
 
 
 class SamplerConfig(StrictModel):

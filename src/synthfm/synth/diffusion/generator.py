@@ -22,7 +22,8 @@ from torch import nn
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json
 from synthfm.synth.diffusion.conditions import ConditionSchema
-from synthfm.synth.diffusion.model import ConditionalUNet
+from synthfm.synth.diffusion.model import ConditionalUNet, training_schedule
+from synthfm.synth.diffusion.noise import LATENT, normals
 from synthfm.synth.diffusion.stable_diffusion import PIPELINE_DIR, TextConditioner, load_pipeline, save_pipeline
 
 FORMAT = "synthfm.generator/1"
@@ -59,13 +60,17 @@ class Generator:
         return model(x, t, cond)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, gens: list[torch.Generator] | None = None) -> torch.Tensor:
-        """Images in [-1, 1] -> what the denoiser works on (VAE latent samples times the scaling factor)."""
+    def encode(self, images: torch.Tensor, seeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [-1, 1] -> what the denoiser works on (VAE latent samples times the scaling factor; sample b's
+        latent noise drawn from seeds[b] when given)."""
         if self.vae is None:
             return images
         self.vae.to(images.device)
         dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        return dist.sample(generator=gens) * self.vae.config.scaling_factor
+        if seeds is None:
+            return dist.sample() * self.vae.config.scaling_factor
+        eps = normals(seeds, LATENT, tuple(dist.mean.shape[1:])).to(dist.mean.device, dist.mean.dtype)
+        return (dist.mean + dist.std * eps) * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +94,7 @@ class Generator:
         """Write the generator (with `model`'s weights, e.g. the EMA copy) and generator.json last."""
         directory = Path(directory)
         model = model or self.model
-        scheduler = DDPMScheduler.from_config(self.scheduler_config)
+        scheduler = training_schedule(self.scheduler_config)
         if self.kind == "stable_diffusion":
             save_pipeline(pipe, model, scheduler, directory)
         else:
@@ -144,7 +149,7 @@ def load_generator(directory: str | Path, verify: bool = True) -> Generator:
         return Generator("stable_diffusion", pipe.unet.eval(), dict(pipe.scheduler.config), vae=pipe.vae.eval(),
                          text=text, **common)
     model = ConditionalUNet.from_pretrained(str(directory / "model")).eval()
-    config = dict(DDPMScheduler.from_pretrained(str(directory / "scheduler")).config)
+    config = dict(training_schedule(dict(DDPMScheduler.load_config(str(directory / "scheduler")))).config)
     vae = AutoencoderKL.from_pretrained(str(directory / "vae")).eval() if info["kind"] == "latent" else None
     return Generator(info["kind"], model, config, vae=vae, **common)
 

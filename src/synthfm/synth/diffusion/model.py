@@ -11,15 +11,24 @@ import copy
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EDMDPMSolverMultistepScheduler,
+    EDMEulerScheduler,
+    UNet2DModel,
+)
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.training_utils import EMAModel
 from torch import nn
 
-from synthfm.synth.diffusion.config import SamplerConfig, UNetConfig
+from synthfm.synth.diffusion.config import DiffusionConfig, SamplerConfig, UNetConfig
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler}
+# EDM-trained generators: DPM-Solver++ on the Karras sigma schedule, or EDM's deterministic Euler sampler
+EDM_SCHEDULERS = {"ddpm": EDMEulerScheduler, "ddim": EDMEulerScheduler, "dpmpp": EDMDPMSolverMultistepScheduler}
 
 
 class ConditionEmbedding(nn.Module):
@@ -80,10 +89,22 @@ class EMA(nn.Module):
         self.steps.fill_(self._ema.optimization_step)
 
 
-def train_scheduler(timesteps: int, beta_schedule: str, prediction_type: str) -> DDPMScheduler:
-    """The DDPM noise schedule training adds noise with."""
-    return DDPMScheduler(num_train_timesteps=timesteps, beta_schedule=beta_schedule, prediction_type=prediction_type,
-                         clip_sample=False)
+def train_scheduler(d: DiffusionConfig) -> DDPMScheduler | EDMEulerScheduler:
+    """The noise schedule training adds noise with: DDPM's discrete one, or EDM's continuous sigmas."""
+    if d.formulation == "edm":
+        return EDMEulerScheduler(sigma_data=d.sigma_data, prediction_type=d.prediction_type)
+    return DDPMScheduler(num_train_timesteps=d.train_timesteps, beta_schedule=d.beta_schedule,
+                         prediction_type=d.prediction_type, clip_sample=False)
+
+
+def is_edm(config: dict[str, Any]) -> bool:
+    """Whether a saved training schedule is EDM's."""
+    return config.get("_class_name") == EDMEulerScheduler.__name__
+
+
+def training_schedule(config: dict[str, Any]) -> DDPMScheduler | EDMEulerScheduler:
+    """The training schedule object of a saved scheduler config."""
+    return (EDMEulerScheduler if is_edm(config) else DDPMScheduler).from_config(config)
 
 
 def sampling_scheduler(config: dict[str, Any], sampler: SamplerConfig, pixel: bool = True) -> Any:
@@ -91,11 +112,17 @@ def sampling_scheduler(config: dict[str, Any], sampler: SamplerConfig, pixel: bo
 
     In pixel space the predicted clean image is clipped to [-1, 1] at every step (`clip_x0`, via the schedulers'
     thresholding with a ceiling of 1): without it, an under-trained model's early x0 errors push the trajectory
-    out of the data range and it never comes back.
+    out of the data range and it never comes back. EDM-trained generators sample with the EDM schedulers.
     """
+    edm = is_edm(config)
     extra: dict[str, Any] = {"algorithm_type": "dpmsolver++", "solver_order": 2} if sampler.name == "dpmpp" else {}
-    if sampler.name != "dpmpp":
+    if sampler.name != "dpmpp" and not edm:
         extra["clip_sample"] = False
-    if pixel and sampler.clip_x0:
+    clip = pixel and sampler.clip_x0
+    if edm:
+        if sampler.name != "dpmpp":
+            return EDMEulerScheduler.from_config(config)
+        return EDMDPMSolverMultistepScheduler.from_config(config, **extra, thresholding=clip, sample_max_value=1.0)
+    if clip:
         extra.update(thresholding=True, sample_max_value=1.0)
     return SCHEDULERS[sampler.name].from_config(config, **extra)

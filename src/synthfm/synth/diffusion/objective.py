@@ -2,20 +2,22 @@
 
 The engine runs it like any objective (Accelerate, AdamW + warm-up/cosine, accumulation, clipping, atomic
 checkpoints, exact resume). Its sources are cards (or the fundus / chest X-ray phantom): images at the
-training size in [-1, 1] with each row's condition vector. Each step draws timesteps and noise from the
-engine-seeded RNG, drops all conditions of a sample with probability `cond_dropout` (and single fields with
-`field_dropout`), and regresses the noise (or v). After each optimiser step the EMA copy moves towards the
+training size in [-1, 1] with each row's condition vector. Each step draws every sample's noise level,
+dropout and noise as a pure function of its seed (vectorised over the batch, `noise.py`), drops all conditions
+of a sample with probability `cond_dropout` (and single fields with `field_dropout`), and regresses the noise
+(or v, or x0; optionally min-SNR weighted), or, with `formulation: edm`, trains EDM's preconditioned denoiser
+at log-normal noise levels with its loss weighting. After each optimiser step the EMA copy moves towards the
 weights; the export is the EMA denoiser as a generator directory with its training condition counts.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 from torch.utils.data import Dataset
@@ -37,7 +39,8 @@ from synthfm.synth.diffusion.conditions import (
     schema_from_spec,
 )
 from synthfm.synth.diffusion.generator import Generator
-from synthfm.synth.diffusion.model import EMA, ConditionalUNet, train_scheduler, unet_kwargs
+from synthfm.synth.diffusion.model import EMA, ConditionalUNet, train_scheduler, training_schedule, unet_kwargs
+from synthfm.synth.diffusion.noise import DROPOUT, NOISE, TIMESTEP, normals, uniforms
 from synthfm.synth.diffusion.stable_diffusion import TextConditioner, load_pipeline
 from synthfm.synth.registry import generator_spec
 from synthfm.synth.writer import PhantomConfig, render_phantom
@@ -118,24 +121,21 @@ def drop_conditions(cond: torch.Tensor, u: torch.Tensor, p_all: float, p_field: 
     return cond * keep.to(cond.device)
 
 
-def sample_draws(seeds: torch.Tensor | None, batch: int, fields: int, timesteps: int,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[torch.Generator] | None]:
-    """Per-sample timesteps, dropout uniforms and noise generators, from each sample's seed when the batch has
-    one (so a sample is noised identically on any rank or batch size), else from the global RNG."""
+def sample_draws(seeds: torch.Tensor | None, batch: int, fields: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample uniforms for the noise level (B,) and for condition dropout (B, 1 + F): from each sample's seed
+    when the batch has one (so a sample is noised identically on any rank or batch size), else the global RNG."""
     if seeds is None:
-        return (torch.randint(0, timesteps, (batch,), device=device),
-                torch.rand(batch, 1 + fields, device=device), None)
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
-    t = torch.cat([torch.randint(0, timesteps, (1,), generator=g) for g in gens])
-    u = torch.stack([torch.rand(1 + fields, generator=g) for g in gens])
-    return t.to(device), u.to(device), gens
+        return torch.rand(batch, device=device), torch.rand(batch, 1 + fields, device=device)
+    level = uniforms(seeds, TIMESTEP, 1)[:, 0]
+    return level.float().to(device), uniforms(seeds, DROPOUT, 1 + fields).float().to(device)
 
 
-def noise_like(x: torch.Tensor, gens: list[torch.Generator] | None) -> torch.Tensor:
-    """Gaussian noise shaped like x, one generator per sample when given."""
-    if gens is None:
+def noise_like(x: torch.Tensor, seeds: torch.Tensor | None) -> torch.Tensor:
+    """Gaussian noise shaped like x, sample b drawn from seeds[b] when given (vectorised over the batch)."""
+    if seeds is None:
         return torch.randn_like(x)
-    return torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device, x.dtype)
+    return normals(seeds, NOISE, tuple(x.shape[1:])).to(x.device, x.dtype)
 
 
 def prediction_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
@@ -147,6 +147,26 @@ def prediction_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.T
     return scheduler.get_velocity(x0, noise, t) if kind == "v_prediction" else x0
 
 
+def min_snr_weight(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (B,) for the scheduler's prediction type: min(SNR, gamma) / SNR for the noise,
+    / (SNR + 1) for v, and min(SNR, gamma) itself for the clean sample."""
+    abar = scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = abar / (1 - abar)
+    clipped = torch.clamp(snr, max=gamma)
+    kind = scheduler.config.prediction_type
+    return clipped / snr if kind == "epsilon" else clipped / (snr + 1) if kind == "v_prediction" else clipped
+
+
+def edm_sigmas(level: torch.Tensor, p_mean: float, p_std: float) -> torch.Tensor:
+    """EDM's log-normal noise levels, sigma = exp(p_mean + p_std * n), from uniforms (inverse normal CDF)."""
+    return torch.exp(p_mean + p_std * math.sqrt(2.0) * torch.erfinv(2 * level.double() - 1)).float()
+
+
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each sample (B,)."""
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+
+
 class DiffusionObjective:
     """Denoising objective over a Generator; trained modules: the denoiser and its EMA copy."""
 
@@ -156,7 +176,7 @@ class DiffusionObjective:
         self.cfg, self.gen, self.pipe = cfg, gen, pipe
         self.model = gen.model.train()
         self.ema = EMA(self.model, cfg.diffusion.ema_decay)
-        self.scheduler = DDPMScheduler.from_config(gen.scheduler_config)
+        self.scheduler = training_schedule(gen.scheduler_config)
         self.cache: Path | None = Path(cfg.cache_dir) if cfg.cache_dir else None
 
     def modules(self) -> dict[str, nn.Module]:
@@ -168,19 +188,40 @@ class DiffusionObjective:
         return self.model
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Noise-prediction (or v) MSE at uniform timesteps, with condition dropout."""
+        """Denoising loss with condition dropout: DDPM (noise / v / x0 MSE at uniform timesteps, optionally
+        min-SNR weighted) or EDM (preconditioned denoiser at log-normal noise levels, EDM loss weighting)."""
         d = self.cfg.diffusion
-        images, cond = batch["image"], batch["cond"]
-        t, u, gens = sample_draws(batch.get("seed"), images.shape[0], cond.shape[1],
-                                  self.scheduler.config.num_train_timesteps, images.device)
+        images, cond, seeds = batch["image"], batch["cond"], batch.get("seed")
+        level, u = sample_draws(seeds, images.shape[0], cond.shape[1], images.device)
         cond = drop_conditions(cond, u, d.cond_dropout, d.field_dropout)
-        x0 = self.gen.encode(images, gens)
-        noise = noise_like(x0, gens)
-        noisy = self.scheduler.add_noise(x0, noise, t)
-        target = prediction_target(self.scheduler, x0, noise, t)
-        loss = F.mse_loss(self.gen.denoise(self.model, noisy, t, cond).float(), target.float())
+        x0 = self.gen.encode(images, seeds)
+        noise = noise_like(x0, seeds)
+        if d.formulation == "edm":
+            per = self.edm_loss(x0, noise, edm_sigmas(level, d.edm_p_mean, d.edm_p_std), cond)
+        else:
+            t = (level * self.scheduler.config.num_train_timesteps).long().clamp_max(
+                self.scheduler.config.num_train_timesteps - 1)
+            noisy = self.scheduler.add_noise(x0, noise, t)
+            target = prediction_target(self.scheduler, x0, noise, t)
+            per = per_sample_mse(self.gen.denoise(self.model, noisy, t, cond), target)
+            if d.snr_gamma is not None:
+                per = per * min_snr_weight(self.scheduler, t, d.snr_gamma)
+        loss = per.mean()
         uncond = (cond == 0).all(dim=1).float().mean() if cond.shape[1] else torch.ones(())
         return loss, {"loss_diffusion": loss.detach(), "uncond_fraction": uncond}
+
+    def edm_loss(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
+                 cond: torch.Tensor) -> torch.Tensor:
+        """Per-sample EDM loss: lambda(sigma) |D(x0 + sigma n) - x0|^2 with D preconditioned by the EDM scheduler
+        (c_in, c_noise, c_skip, c_out) and lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2."""
+        sd = self.scheduler.config.sigma_data
+        s = sigma.view(-1, *[1] * (x0.dim() - 1)).to(x0.dtype)
+        noisy = x0 + s * noise
+        out = self.gen.denoise(self.model, self.scheduler.precondition_inputs(noisy, s),
+                               self.scheduler.precondition_noise(sigma), cond)
+        denoised = self.scheduler.precondition_outputs(noisy, out.float(), s)
+        weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
+        return per_sample_mse(denoised, x0) * weight
 
     def after_step(self, step: int, total: int) -> None:
         """Move the EMA copy towards the weights."""
@@ -254,7 +295,10 @@ def build_generator(cfg: PretrainConfig) -> tuple[Generator, Any]:
                          vae=pipe.vae, text=text), pipe
     if cfg.image_size is None:
         raise SynthfmError("the diffusion objective needs image_size", "set image_size (e.g. 32, 64 or 256)")
-    sched = dict(train_scheduler(d.train_timesteps, d.beta_schedule, d.prediction_type).config)
+    if d.formulation == "edm" and d.prediction_type == "sample":
+        raise SynthfmError("diffusion.formulation 'edm' preconditions a noise or v prediction, not 'sample'",
+                           "set diffusion.prediction_type to epsilon or v_prediction")
+    sched = dict(train_scheduler(d).config)
     if d.model == "latent":
         from diffusers import AutoencoderKL
 
