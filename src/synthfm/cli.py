@@ -67,14 +67,18 @@ def prepare_cmd(
     encoding: Annotated[str, typer.Option(help="shard image encoding: raw | npy | png | jpg")] = "png",
     shard_size: Annotated[int, typer.Option(help="images per shard")] = 1000,
     limit: Annotated[Optional[int], typer.Option(help="only the first N rows (a quick trial)")] = None,  # noqa: UP045
+    fit: Annotated[str, typer.Option(help="pad: letterbox to a square | crop: centred square of the shorter side")] = "pad",  # noqa: E501
+    fov: Annotated[str, typer.Option(help="keep | drop the black corners around a round field of view")] = "keep",
+    spacing: Annotated[Optional[str], typer.Option(help="nifti: resample to z,y,x mm before the cube, e.g. 1,1,1")] = None,  # noqa: UP045, E501
 ) -> None:
-    """Preprocess a card (field-of-view crop, square pad, resize, quality flags) into a new card."""
+    """Preprocess a card (field-of-view crop, square pad or crop, resize, quality flags) into a new card."""
     from synthfm.config import validate_config
     from synthfm.data.prepare import prepare_card
     from synthfm.data.preprocess import PrepareConfig
 
-    cfg = validate_config(PrepareConfig, {"size": size, "format": fmt, "encoding": encoding,
-                                          "shard_size": shard_size, "limit": limit}, "command-line options")
+    options = {"size": size, "format": fmt, "encoding": encoding, "shard_size": shard_size, "limit": limit,
+               "fit": fit, "fov": fov, "spacing": spacing.split(",") if spacing else None}
+    cfg = validate_config(PrepareConfig, options, "command-line options")
     console.print(f"wrote card [bold]{prepare_card(card, out, cfg)}[/]")
 
 

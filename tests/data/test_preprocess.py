@@ -111,3 +111,57 @@ def test_prepared_image_matches_preprocess(make_card, tmp_path: Path) -> None:
     data = load_card(prepare_card(src, tmp_path / "p", PrepareConfig(size=20)))
     expect, _, _ = preprocess(load_image(src / "img/001.png"), "fundus", PrepareConfig(size=20))
     np.testing.assert_array_equal(load_image(data.image_path(1)), expect)
+
+
+def _clipped_disc(h: int = 120, w: int = 200, r: int = 80) -> np.ndarray:
+    """A round field of view clipped at the top and bottom by the frame (as in HRF and smartphone fundus sets)."""
+    yy, xx = np.mgrid[:h, :w]
+    img = np.zeros((h, w, 3), np.uint8)
+    img[(yy - h // 2) ** 2 + (xx - w // 2) ** 2 < r**2] = (180, 90, 40)
+    return img
+
+
+def _black_rows(out: np.ndarray) -> int:
+    return int((out.sum(axis=(1, 2)) == 0).sum())
+
+
+def test_fit_pad_letterboxes_and_fit_crop_fills_the_square() -> None:
+    img = _clipped_disc()
+    # the field of view spans all 120 rows and columns 21..179 (159 wide); sizes chosen so nothing is resized
+    # pad: the 120x159 box sits in a 159x159 square with 19 black rows above and 20 below
+    out, _, _ = preprocess(img, "fundus", PrepareConfig(size=159, fit="pad"))
+    assert out.shape == (159, 159, 3) and _black_rows(out) == 39 and out[19:139].sum(axis=(1, 2)).min() > 0
+    # crop: the box's central 120x120 (original columns 40..159); only corners outside the circle stay black:
+    # (row 0, col 40) is sqrt(60^2 + 60^2) = 84.9 > 80 from the centre, (row 60, col 40) is 60 < 80
+    out, _, _ = preprocess(img, "fundus", PrepareConfig(size=120, fit="crop"))
+    black = out.sum(2) == 0
+    assert out.shape == (120, 120, 3) and _black_rows(out) == 0 and black[0, 0] and not black[60, 0]
+
+
+def test_fov_drop_crops_inside_the_field_of_view() -> None:
+    from synthfm.data.preprocess import inscribed_box
+
+    img = _clipped_disc()
+    r0, r1, c0, c1 = inscribed_box(fov_mask(img))
+    # a square centred on the circle (row 60, col 100) with corners inside radius 80: half-side 80 / sqrt(2) = 56.6
+    assert (r0, r1, c0, c1) == (4, 116, 44, 156)
+    out, _, _ = preprocess(img, "fundus", PrepareConfig(size=64, fov="drop"))
+    assert (out.sum(2) == 0).mean() < 0.01
+
+
+def test_prepare_cli_takes_fit_and_fov(make_card, tmp_path: Path) -> None:
+    from synthfm.cli import main
+
+    card = make_card(n=3)
+    with pytest.raises(SystemExit) as err:
+        main(["data", "prepare", str(card), "-o", str(tmp_path / "bad"), "--fit", "stretch"])
+    assert err.value.code == 2
+    main(["data", "prepare", str(card), "-o", str(tmp_path / "p"), "--size", "8", "--fit", "crop", "--fov", "drop"])
+    data = load_card(tmp_path / "p")
+    assert load_image(data.image_path(0)).shape == (8, 8, 3)
+
+
+def test_new_prepare_options_keep_the_config_hash_at_their_defaults() -> None:
+    from synthfm.config import dump_config
+
+    assert "fit" not in dump_config(PrepareConfig()) and "fit: crop" in dump_config(PrepareConfig(fit="crop"))

@@ -86,8 +86,8 @@ def fov_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def inscribed_box(mask: np.ndarray, inside: float = 0.995) -> tuple[int, int, int, int]:
-    """The largest square centred on the mask's bounding box with at least `inside` of its pixels in the mask."""
+def inscribed_box(mask: np.ndarray, inside: float = 0.99) -> tuple[int, int, int, int]:
+    """The largest square centred on the mask's bounding box whose corners lie in the mask (and `inside` of it)."""
     r0, r1, c0, c1 = fov_box(mask)
     cy, cx = (r0 + r1) // 2, (c0 + c1) // 2
     sat = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # summed-area table
@@ -97,7 +97,7 @@ def inscribed_box(mask: np.ndarray, inside: float = 0.995) -> tuple[int, int, in
 
     def fits(h: int) -> bool:
         a, b, c, d = box(h)
-        if (b - a) != 2 * h or (d - c) != 2 * h:
+        if (b - a) != 2 * h or (d - c) != 2 * h or not mask[[a, a, b - 1, b - 1], [c, d - 1, c, d - 1]].all():
             return False
         return (sat[b, d] - sat[a, d] - sat[b, c] + sat[a, c]) >= inside * 4 * h * h
 
