@@ -98,8 +98,8 @@ def train_scheduler(d: DiffusionConfig) -> DDPMScheduler | EDMEulerScheduler:
 
 
 def is_edm(config: dict[str, Any]) -> bool:
-    """Whether a saved training schedule is EDM's."""
-    return config.get("_class_name") == EDMEulerScheduler.__name__
+    """Whether a training schedule's config is EDM's (it has a data standard deviation)."""
+    return "sigma_data" in config
 
 
 def training_schedule(config: dict[str, Any]) -> DDPMScheduler | EDMEulerScheduler:
