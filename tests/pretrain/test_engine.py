@@ -277,3 +277,19 @@ def test_compiled_engine_matches_eager(cache: Path, tmp_path: Path) -> None:
     a, b = final_weights(tmp_path / "eager"), final_weights(tmp_path / "compiled")
     assert sorted(a) == sorted(b)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_run_records_the_machine_choices(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A default config resolves `auto` to fp32 on a CPU without native bf16, records it in config.yaml, and
+    machine.json says what ran: threads from SYNTHFM_THREADS, no compile for a 2-step run."""
+    import synthfm.hardware as hardware
+
+    monkeypatch.setattr(hardware, "native_bf16", lambda device_type=None: False)
+    monkeypatch.setenv("SYNTHFM_THREADS", "1")
+    monkeypatch.setattr(hardware, "_threads_set", None)
+    cfg = pretrain_config(tiny(cache, [{"name": "a", "sources": [RASD], "steps": 2}]))
+    pretrain(cfg, tmp_path)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["config"]["mixed_precision"] == "no"
+    machine = json.loads((tmp_path / "machine.json").read_text())
+    assert machine["threads"] == 1 and machine["mixed_precision"] == {"config": "no", "used": "no"}
+    assert machine["compile"] == {"config": "auto", "used": False} and machine["native_bf16"] is False

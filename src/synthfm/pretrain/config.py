@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from synthfm.config import StrictModel, read_yaml, validate_config
 from synthfm.errors import SynthfmError
+from synthfm.hardware import resolve_precision
 from synthfm.synth.diffusion.config import DiffusionConfig
 
 
@@ -144,12 +145,22 @@ class PretrainConfig(StrictModel):
     checkpoint_every: int = Field(500, ge=1, description="optimiser steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    compile: bool = Field(False, description="torch.compile the training module (inductor, in place); "
-                                             "the first steps pay the compile time")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", validate_default=True,
+        description="'auto': bf16 where the device computes it natively, else fp32 ('no'); resolved when the "
+                    "config is read, so the run's config.yaml records the choice (synthfm.hardware)")
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile the training module (inductor, in place; the first steps pay the "
+                            "compile time); 'auto': only for runs of >= hardware.COMPILE_MIN_STEPS steps")
     num_workers: int = Field(0, ge=0)
     cache_dir: str | None = Field(None, description="where phantom sources are rendered (default: run/sources)")
     omit_when_default: ClassVar[tuple[str, ...]] = ("compile",)
+
+    @field_validator("mixed_precision")
+    @classmethod
+    def _resolve_precision(cls, value: str) -> str:
+        """'auto' becomes this machine's choice (an fp32 machine dumps 'no', as configs did before 'auto')."""
+        return resolve_precision(value)
 
     @model_validator(mode="after")
     def _unique_stages(self) -> PretrainConfig:

@@ -21,6 +21,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from synthfm import hardware
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json, atomic_write_text
 from synthfm.models.checkpoint import load_state, save_pretrained, save_state
@@ -45,6 +47,7 @@ from synthfm.progress import progress_bar
 from synthfm.runs import CONFIG_FILE, METRICS_FILE, RunDir
 
 CHECKPOINTS = "checkpoints"
+MACHINE_FILE = "machine.json"  # what `auto` resolved to on the machine that ran (not part of the config hash)
 NO_DECAY = ("pos_embed", "cls_token", "reg_token", "mask_token")
 
 
@@ -200,12 +203,19 @@ class Engine:
     def __init__(self, cfg: PretrainConfig, out_dir: str | Path, accelerator: Accelerator | None = None) -> None:
         self.cfg = cfg
         self.run = RunDir(out_dir, "pretrain", cfg)
-        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+        self.threads = hardware.set_threads()
+        self.acc = accelerator or Accelerator(mixed_precision=hardware.resolve_precision(cfg.mixed_precision))
+        warning = hardware.precision_warning(self.acc.mixed_precision, self.acc.device)
+        if warning is not None and self.acc.is_main_process:
+            warnings.warn(warning, stacklevel=2)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.objective = OBJECTIVES[cfg.objective](cfg)
         module = TrainModule(self.objective).to(self.acc.device)
-        if cfg.compile:  # in place: state-dict keys unchanged; not Accelerate's process-wide dynamo setting
-            module.compile()
+        self.compiled: bool | None = None  # decided here when explicit, in fit() for 'auto' (it needs the plan)
+        if cfg.compile is True:
+            self.compiled = self._compile(module)
+        elif cfg.compile is False:
+            self.compiled = False
         self.model, self.optimizer = self.acc.prepare(module, build_optimizer(module, cfg.optim))
         self.pos = Position()
         torch.manual_seed(cfg.seed + 1 + self.acc.process_index)  # masking noise differs per rank
@@ -220,6 +230,32 @@ class Engine:
     def image_size(self) -> int:
         """The training image size (config, else the encoder's)."""
         return self.cfg.image_size or int(self.objective.encoder().patch_embed.img_size[0])
+
+    def planned_steps(self) -> int:
+        """Optimiser steps of the whole curriculum (stages given in epochs open their sources to count)."""
+        return sum(stage.steps or self.stage_plan(i).steps for i, stage in enumerate(self.cfg.stages))
+
+    @staticmethod
+    def _compile(module: nn.Module) -> bool:
+        """torch.compile in place: state-dict keys unchanged; not Accelerate's process-wide dynamo setting."""
+        module.compile()
+        return True
+
+    def setup_compile(self) -> bool:
+        """Resolve `compile: auto` by the rule of synthfm.hardware (run length, device) and compile if it says so."""
+        if self.compiled is None:
+            steps = self.planned_steps() if self.cfg.compile == "auto" else 0
+            self.compiled = hardware.resolve_compile(self.cfg.compile, steps, self.acc.device.type)
+            if self.compiled:
+                self._compile(self.unwrapped())
+        return self.compiled
+
+    def machine_choices(self) -> dict[str, Any]:
+        """What this process resolved for the machine: threads, precision, compile, native bf16."""
+        return {"device": str(self.acc.device), "threads": self.threads,
+                "mixed_precision": {"config": self.cfg.mixed_precision, "used": self.acc.mixed_precision},
+                "native_bf16": hardware.native_bf16(self.acc.device.type), "cpu_bf16_flags": hardware.cpu_bf16_flags(),
+                "compile": {"config": self.cfg.compile, "used": self.compiled}}
 
     def unwrapped(self) -> TrainModule:
         """The bare TrainModule (without DDP / autocast wrappers)."""
@@ -313,6 +349,8 @@ class Engine:
         """Load the latest checkpoint if there is one; return whether training resumes."""
         found = checkpoint_dirs(self.run.path)
         if not found:
+            if self.acc.is_main_process and (self.run.path / METRICS_FILE).is_file():
+                self._truncate_metrics()  # a first attempt killed before its first checkpoint logged steps
             return False
         ckpt = found[-1]
         state = json.loads((ckpt / "state.json").read_text())
@@ -398,6 +436,9 @@ class Engine:
         if status == "done":
             return self.run.summary()
         self.restore()
+        self.setup_compile()
+        if self.acc.is_main_process:
+            atomic_write_json(self.run.path / MACHINE_FILE, self.machine_choices())
         while self.pos.stage < len(self.cfg.stages):
             sp = self.stage_plan(self.pos.stage)
             self.run_stage(sp)

@@ -42,7 +42,7 @@ MAE_RECIPES: dict[str, dict[str, Any]] = {
         "mae": {"decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16},
         "batch_size": 256, "optim": {"base_lr": 1.5e-4, "warmup_epochs": 40},
         "stages": [{"name": "main", "sources": [{"source": "phantom", "n": 10000}], "epochs": 400}],
-        "mixed_precision": "bf16", "checkpoint_every": 1000,
+        "checkpoint_every": 1000,  # mixed_precision: auto (bf16 where native)
     },
     # CPU demo and tests: ViT-Ti/8 at 64 px with a 2x128 decoder.
     "mae_vit_tiny_demo": {
