@@ -25,7 +25,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
 from synthfm.errors import SynthfmError
-from synthfm.io import atomic_path, atomic_write_json
+from synthfm.io import atomic_path, atomic_write_json, atomic_write_text
 from synthfm.models.backbones import create_backbone
 
 WEIGHTS_FILE = "model.safetensors"
@@ -59,14 +59,23 @@ def load_state(path: str | Path) -> Tensors:
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, **extra: Any) -> Path:
-    """Save a registry backbone as `model.safetensors` + `config.json` (config last, so it marks completion)."""
+    """Save a registry backbone as `model.safetensors`, a `README.md` model card and `config.json` (last: it marks
+    completion). The folder loads with plain timm too (the card and config.json's `architecture` and
+    `model_args` say how: `timm.create_model(architecture, pretrained=True, pretrained_cfg_overlay={"file": ...})`).
+    """
     directory = Path(directory)
     config = getattr(model, "synthfm_backbone", None)
     if config is None:
         raise SynthfmError("save_pretrained needs a model built by create_backbone()",
                            "build the backbone with synthfm.models.backbones.create_backbone")
+    from synthfm.models.modelcard import README, encoder_card, timm_args
+
     save_state(model.state_dict(), directory / WEIGHTS_FILE, {"format": FORMAT})
-    atomic_write_json(directory / CONFIG_FILE, {"format": FORMAT, **config, **extra})
+    full = {"format": FORMAT, **config, **extra}
+    architecture, model_args = timm_args(full)
+    full |= {"architecture": architecture, "model_args": model_args}  # plain timm's names (a HF-hub-style config)
+    atomic_write_text(directory / README, encoder_card(full))
+    atomic_write_json(directory / CONFIG_FILE, full)
     return directory
 
 
