@@ -17,22 +17,31 @@ from synthfm.consortium.compose import ComposeConfig, allocate, compose
 from synthfm.consortium.conditions import AGE_BAND
 from synthfm.consortium.deidentify import DeidConfig, deidentify_card
 from synthfm.consortium.generators import GeneratorConfig, GeneratorKind
+from synthfm.consortium.simulate import ConsortiumConfig, SimSite, site_data
 from synthfm.consortium.site import SiteConfig, run_site
 from synthfm.consortium.summary import band_of
 from synthfm.consortium.verify import BundleRejected, verify_bundle
 from synthfm.data.manifest import load_card
 from synthfm.errors import SynthfmError
 
-from .conftest import SIZE
+from .conftest import PRIORS, SIZE
 
 HUB = {"min_k": 5}
 SALT = b"another-secret-salt-of-the-site"
 
 
 @pytest.fixture(scope="module")
-def site_b(site_card: Path, keys: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site_b_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Site b's own private card (a bundle from the same card as site_a's would be a replay of it)."""
+    cfg = ConsortiumConfig(generator=GeneratorConfig(size=SIZE), seed=1,
+                           sites=[SimSite(name="site_b", n=48, priors={**PRIORS, "age_mean": 60.0})])
+    return site_data(cfg, 0, tmp_path_factory.mktemp("site_b_data"))
+
+
+@pytest.fixture(scope="module")
+def site_b(site_b_card: Path, keys: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second site's bundle folder (same private card, its own key)."""
-    cfg = SiteConfig(site="site_b", card=str(site_card), generator=GeneratorConfig(size=SIZE),
+    cfg = SiteConfig(site="site_b", card=str(site_b_card), generator=GeneratorConfig(size=SIZE),
                      summary={"k": 5}, audit={"n_samples": 8}, verify=HUB)
     return run_site(cfg, keys["site_b"], tmp_path_factory.mktemp("site_b_kit"))
 
@@ -82,8 +91,9 @@ def test_counts_provenance_and_real_rows(site_run: Path, site_b: Path, deid: Pat
     data = load_card(compose(cfg, tmp_path / "c"))
     df = data.df
     rows = json.loads((site_run / "summary.json").read_text())["tables"][0]["total"]
+    rows_b = json.loads((site_b / "summary.json").read_text())["tables"][0]["total"]
     counts = df.groupby(["site", "origin"]).size().to_dict()
-    assert counts == {("site_a", "synthetic"): round(0.25 * rows), ("site_b", "synthetic"): round(0.25 * rows),
+    assert counts == {("site_a", "synthetic"): round(0.25 * rows), ("site_b", "synthetic"): round(0.25 * rows_b),
                       ("site_c", "real"): len(load_card(deid)), ("site_c", "synthetic"): 4}
     hashes = {s: verify_bundle(p, keys["hub"], cfg.verify).generator_hash
               for s, p in (("site_a", site_run / "bundle"), ("site_b", site_b))}

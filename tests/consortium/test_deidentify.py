@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 from pathlib import Path
@@ -16,7 +17,6 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from synthfm.consortium.deidentify import (
-    IDENTIFYING_TAGS,
     DeidConfig,
     deidentified_problems,
     deidentify_card,
@@ -107,8 +107,9 @@ def test_dicom_tags_are_stripped_and_pixels_kept(raw_card: Path, tmp_path: Path)
     df = pd.read_csv(out / "manifest.csv")
     row = df[df["patient_id"] == pseudonym(SALT, "MRN-0003")].iloc[0]
     ds = pydicom.dcmread(out / "dicom" / f"{row['image_id']}.dcm")
-    present = {e.keyword for e in ds.iterall()}
-    assert not present & (set(IDENTIFYING_TAGS) - {"PatientName"})
+    raw = (out / "dicom" / f"{row['image_id']}.dcm").read_bytes()
+    for phi in (b"19400101", b"St Elsewhere", b"ACC42", b"Who^Doctor", b"20200101", b"Doe", b"MRN-0003"):
+        assert phi not in raw, phi
     assert str(ds.PatientName) == str(ds.PatientID) == row["patient_id"] and ds.PatientIdentityRemoved == "YES"
     assert not any(e.tag.is_private for e in ds.iterall()) and "secret" not in str(ds)
     assert ds.StudyInstanceUID != (raw_card / "study_uid.txt").read_text()
@@ -149,3 +150,61 @@ def test_hub_refuses_a_raw_card(raw_card: Path) -> None:
     problems = " | ".join(deidentified_problems(raw_card))
     assert "not written by 'synthfm site deidentify'" in problems
     assert "undeclared columns ['name']" in problems and "not salted pseudonyms" in problems
+
+
+PHI = {  # the elements the red team found surviving --keep-dicom, and more of the same kinds
+    "ImageComments": "Jane Doe MRN-0003 seen by Dr Who", "ResponsiblePerson": "Doe^John",
+    "CurrentPatientLocation": "Ward 7 bed 3", "StudyDescription": "Jane's left eye follow-up",
+    "SeriesDescription": "Doe left OCT", "OperatorsName": "Tech^Tina", "PatientAddress": "1 High St",
+    "OtherPatientIDs": "NHS-999", "AdditionalPatientHistory": "diabetic since 1990, lives alone",
+    "InstitutionAddress": "Eye Road 5", "DeviceSerialNumber": "SN-12345", "StationName": "EYECAM-7",
+    "RequestedProcedureDescription": "Jane fundus", "PerformedProcedureStepDescription": "Jane Doe OCT",
+    "PatientTelephoneNumbers": "555-0100",
+}
+
+
+def test_dicom_phi_found_by_the_red_team_does_not_survive_keep_dicom(raw_card: Path, tmp_path: Path) -> None:
+    """Basic profile in nested sequences, private tags dropped, age top-coded, free text gone unless allowed."""
+    path = raw_card / "img" / "doe_jane.dcm"
+    ds = pydicom.dcmread(path)
+    for keyword, value in PHI.items():
+        setattr(ds, keyword, value)
+    ds.PatientAge, ds.PatientSex, ds.ResponsiblePersonRole = "095Y", "F", "PARENT"
+    nested = Dataset()
+    nested.PatientID, nested.PatientName, nested.ImageComments = "MRN-0003", "Doe^Jane", "nested note on Jane"
+    nested.private_block(0x0011, "ACME", create=True).add_new(0x02, "LO", "private nested Jane")
+    nested.TextValue = "free text naming Jane"
+    ds.ReferencedImageSequence = [nested]
+    ds.AnatomicRegionSequence = [copy.deepcopy(nested)]  # a sequence the profile keeps: its items are cleaned
+    ds.save_as(path, enforce_file_format=True)
+    out = tmp_path / "deid"
+    cfg = DeidConfig(site="site_c", shareable=["grade"], keep_dicom=True, keep_text=["SeriesDescription"])
+    deidentify_card(raw_card, out, cfg, SALT)
+    kept = next((out / "dicom").iterdir())
+    text = kept.read_bytes()
+    for keyword, value in PHI.items():
+        if keyword != "SeriesDescription":
+            assert value.encode() not in text, keyword
+    for leak in (b"MRN-0003", b"Doe^Jane", b"nested note", b"private nested", b"free text naming"):
+        assert leak not in text, leak
+    out_ds = pydicom.dcmread(kept)
+    assert out_ds.PatientAge == "090Y" and out_ds.PatientSex == "F"  # the retain option, age top-coded
+    assert out_ds.SeriesDescription == "Doe left OCT"  # explicitly allowed by keep_text
+    assert "AnatomicRegionSequence" in out_ds and "TextValue" not in out_ds.AnatomicRegionSequence[0]
+    assert not any(e.tag.is_private for e in out_ds.iterall())
+    assert "Basic Application Level Confidentiality Profile" in out_ds.DeidentificationMethod
+    assert [c.CodeValue for c in out_ds.DeidentificationMethodCodeSequence] == ["113100", "113108"]
+
+
+def test_shared_card_drops_the_cards_free_text_unless_shared(raw_card: Path, tmp_path: Path) -> None:
+    spec = yaml.safe_load((raw_card / "dataset.yaml").read_text())
+    spec |= {"name": "st_elsewhere_jane_doe_clinic", "description": "Dr Who's patients at St Elsewhere",
+             "license": "internal - ask Dr Who", "citation": "Who et al., St Elsewhere 2020"}
+    (raw_card / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    deidentify_card(raw_card, tmp_path / "d", DeidConfig(site="site_c", shareable=["grade"]), SALT)
+    text = (tmp_path / "d" / "dataset.yaml").read_text()
+    assert "Who" not in text and "Elsewhere" not in text and "jane" not in text and "site_c_deid" in text
+    cfg = DeidConfig(site="site_c", shareable=["grade"], share_text=["license"])
+    deidentify_card(raw_card, tmp_path / "e", cfg, SALT)
+    card = load_card(tmp_path / "e").card
+    assert card.license == "internal - ask Dr Who" and "Who" not in card.description + card.name + card.citation

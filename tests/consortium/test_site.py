@@ -86,18 +86,40 @@ def test_export_refuses_a_failed_audit(site_run: Path, keys: dict, tmp_path: Pat
     assert not (tmp_path / "b").exists() and os.listdir(tmp_path) == []
 
 
-def test_export_refuses_an_image_in_the_generator_folder(site_run: Path, keys: dict, tmp_path: Path) -> None:
+def test_export_ships_only_the_declared_generator_files(site_run: Path, keys: dict, tmp_path: Path) -> None:
+    """Leftovers of an interrupted write (.generator.json.*.tmp, .tmp.safetensors) and stray files in the
+    generator folder stay behind: the bundle and its generator hash are those of a clean folder."""
     gen = tmp_path / "gen"
     gen.mkdir()
     for p in (site_run / "generator").iterdir():
         (gen / p.name).write_bytes(p.read_bytes())
+    clean_hash = generator_hash(gen)
     (gen / "sample.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    (gen / ".generator.json.k2j3.tmp").write_text('{"format": "half written')
+    (gen / ".model.safetensors.x81.tmp.safetensors").write_bytes(b"\0" * 16)
+    assert generator_hash(gen) != clean_hash  # sample.png is not hidden; the hash skips only dot-files
+    (gen / "sample.png").unlink()
+    assert generator_hash(gen) == clean_hash
     summary = json.loads((site_run / "summary.json").read_text())
     audit = json.loads((site_run / "audit.json").read_text())
-    with pytest.raises(SynthfmError, match=r"\[image\].*sample.png"):
-        export_bundle(tmp_path / "b", "site_a", gen, summary, audit, SCHEMA, load_private_key(keys["site_a"]),
-                      VerifyConfig(min_k=5))
-    assert not (tmp_path / "b").exists()
+    (gen / "sample.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    bundle = export_bundle(tmp_path / "b", "site_a", gen, summary, audit, SCHEMA, load_private_key(keys["site_a"]),
+                           VerifyConfig(min_k=5))
+    assert sorted(p.name for p in (bundle / "generator").iterdir()) == ["generator.json", "model.safetensors"]
+    assert json.loads((bundle / "bundle.json").read_text())["generator"]["hash"] == clean_hash
+
+
+def test_bundle_folders_and_files_follow_the_umask(site_run: Path, keys: dict, tmp_path: Path) -> None:
+    summary = json.loads((site_run / "summary.json").read_text())
+    audit = json.loads((site_run / "audit.json").read_text())
+    old = os.umask(0o022)
+    try:
+        bundle = export_bundle(tmp_path / "b", "site_a", site_run / "generator", summary, audit, SCHEMA,
+                               load_private_key(keys["site_a"]), VerifyConfig(min_k=5))
+    finally:
+        os.umask(old)
+    assert bundle.stat().st_mode & 0o777 == 0o755
+    assert (site_run / "summary.json").stat().st_mode & 0o777 == 0o666 & ~old  # written by atomic_write_json
 
 
 class Copycat:

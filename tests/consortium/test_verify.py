@@ -62,7 +62,7 @@ def png_bytes() -> bytes:
 
 def test_valid_bundle_folder_and_archives_verify(bundle: Path, keys: dict, tmp_path: Path) -> None:
     v = verify_bundle(bundle, keys["hub"], HUB)
-    assert v.site == "site_a" and v.info.generator.kind == "phantom" and len(v.checks) == 5
+    assert v.site == "site_a" and v.info.generator.kind == "phantom" and len(v.checks) == 6
     for name in ("b.tar", "b.tar.gz"):
         packed = pack_bundle(bundle, tmp_path / name)
         got = verify_bundle(packed, keys["hub"], HUB, extract_to=tmp_path / f"x_{name}")

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from synthfm.errors import SynthfmError
 
@@ -79,14 +80,21 @@ def deidentify_cmd(
     split: Annotated[Optional[str], typer.Option(help="Send only this split")] = None,  # noqa: UP045
     age_cap: Annotated[float, typer.Option(help="Top-code ages above this")] = 90.0,
     keep_dicom: Annotated[bool, typer.Option(help="Also keep stripped DICOM files")] = False,
+    keep_text: Annotated[str, typer.Option(help="Comma-separated DICOM free-text keywords allowed to stay "
+                                                "(default: none)")] = "",
+    share_text: Annotated[str, typer.Option(help="Comma-separated card fields to share: name, description, "
+                                                 "license, citation (default: none)")] = "",
 ) -> None:
     """Strip EXIF/DICOM identifiers, pseudonymise ids, drop unshared columns: a card the hub accepts."""
     from synthfm.config import validate_config
     from synthfm.consortium.deidentify import DeidConfig, deidentify_card, load_salt
 
-    cfg = validate_config(DeidConfig, {"site": site, "shareable": [c for c in shareable.split(",") if c],
-                                       "split": split, "age_cap": age_cap, "keep_dicom": keep_dicom},
-                          "command-line options")
+    def items(text: str) -> list[str]:
+        return [c.strip() for c in text.split(",") if c.strip()]
+
+    cfg = validate_config(DeidConfig, {"site": site, "shareable": items(shareable), "split": split,
+                                       "age_cap": age_cap, "keep_dicom": keep_dicom, "keep_text": items(keep_text),
+                                       "share_text": items(share_text)}, "command-line options")
     console.print(f"wrote de-identified card [bold]{deidentify_card(card, out, cfg, load_salt(salt_file))}[/]")
 
 
@@ -95,16 +103,29 @@ def verify_cmd(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder or .tar / .tar.gz")],
     keys: Annotated[Path, typer.Option(help="Folder of known site public keys (<site>.pub)")],
     min_k: Annotated[int, typer.Option(help="Smallest small-cell threshold accepted in a summary")] = 10,
+    ledger: Annotated[Optional[Path], typer.Option(help="The hub's record of accepted bundles (JSON lines): "  # noqa: UP045
+                                                        "refuse one another site sent, record this one")] = None,
 ) -> None:
     """Check a bundle (signature, checksums, schema, types, sizes; no pickle, link or image); exit 2 if rejected."""
-    from synthfm.consortium.verify import BundleRejected, VerifyConfig, verify_bundle
+    from synthfm.consortium.verify import (
+        BundleRejected,
+        VerifyConfig,
+        append_ledger,
+        check_replay,
+        read_ledger,
+        verify_bundle,
+    )
 
     with tempfile.TemporaryDirectory(prefix="synthfm-verify-") as tmp:
         try:
             v = verify_bundle(bundle, keys, VerifyConfig(min_k=min_k), extract_to=Path(tmp) / "bundle")
+            record = check_replay(v, bundle, read_ledger(ledger))
         except BundleRejected as err:
-            err_console.print(f"[bold red]REJECTED[/] ({err.reason}): {err.message}", highlight=False)
+            err_console.print(f"[bold red]REJECTED[/] ({err.reason}): {escape(err.message)}", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(2) from None
+    if ledger is not None:
+        append_ledger(ledger, record)
     for check in v.checks:
         console.print(f"[green]ok[/] {check}")
     console.print(f"[green]ACCEPTED[/] bundle from [bold]{v.site}[/], generator {v.info.generator.kind} "

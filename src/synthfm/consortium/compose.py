@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from synthfm import __version__
 from synthfm.config import StrictModel
 from synthfm.consortium.conditions import CardSchema, condition_table
-from synthfm.consortium.deidentify import deidentified_problems
+from synthfm.consortium.deidentify import card_layout_problems, deidentified_problems
 from synthfm.consortium.generators import (
     GeneratorConfig,
     TrainInputs,
@@ -33,10 +33,11 @@ from synthfm.consortium.generators import (
 )
 from synthfm.consortium.keys import check_site_name, load_keyring
 from synthfm.consortium.summary import SummaryConfig, draw_conditions, summarize
-from synthfm.consortium.verify import VerifyConfig, verify_bundle
+from synthfm.consortium.verify import VerifyConfig, append_ledger, check_replay, read_ledger, verify_bundle
 from synthfm.data.card import DatasetCard, MetadataSpec, Provenance, SourceSpec, SplitSpec, TaskSpec, write_card
-from synthfm.data.images import encode_png
+from synthfm.data.images import encode_png, load_image
 from synthfm.data.manifest import load_card
+from synthfm.data.modality import preset
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path
 from synthfm.progress import progress_bar
@@ -76,11 +77,15 @@ class ComposeConfig(StrictModel):
     site_weights: dict[str, float] = Field(default_factory=dict, description="site -> multiplier of its share")
     reweight: dict[str, dict[str, float]] = Field(default_factory=dict,
                                                   description="variable -> value -> cell weight multiplier")
-    size: int | None = Field(None, ge=16, description="image side (default: each generator's own)")
+    size: int | None = Field(None, ge=16, le=2048, description="image side (default: each generator's own)")
     seed: int = 0
     hub_generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="for path-b synthesis")
     hub_summary: SummaryConfig = Field(default_factory=SummaryConfig, description="for path-b synthesis")
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    ledger: str | None = Field(None, description="the hub's record of accepted bundles (JSON lines): a bundle "
+                                                 "another site sent before is refused as a replay")
+
+    omit_when_default = ("ledger",)
 
     @model_validator(mode="after")
     def _something(self) -> ComposeConfig:
@@ -131,17 +136,27 @@ def site_counts(sources: list[SyntheticSource], given: list[int | None], cfg: Co
 
 
 def bundle_sources(cfg: ComposeConfig, run: RunDir) -> list[SyntheticSource]:
-    """Verify every bundle (tars extracted under the run) and return its synthetic source."""
+    """Verify every bundle (tars extracted under the run), refuse replays (the same content or generator from
+    two sites, here or in the ledger), and return the synthetic sources. A refusal leaves no staged bundle."""
     ring = load_keyring(cfg.keys)
-    out = []
-    for i, src in enumerate(cfg.bundles):
-        path = Path(src.path)
-        staged = run.path / "bundles" / f"{i:02d}"
-        if staged.exists():
-            shutil.rmtree(staged)
-        v = verify_bundle(path, ring, cfg.verify, extract_to=staged if path.is_file() else None)
-        run.log(step="verify", bundle=str(path), site=v.site, key_id=v.key_id, checks=v.checks)
-        out.append(SyntheticSource(v.site, v.generator_dir, v.summary, v.schema, v.generator_hash))
+    seen = read_ledger(cfg.ledger)
+    out, records = [], []
+    try:
+        for i, src in enumerate(cfg.bundles):
+            path = Path(src.path)
+            staged = run.path / "bundles" / f"{i:02d}"
+            if staged.exists():
+                shutil.rmtree(staged)
+            v = verify_bundle(path, ring, cfg.verify, extract_to=staged if path.is_file() else None)
+            records.append(check_replay(v, path, seen + records))
+            run.log(step="verify", bundle=str(path), site=v.site, key_id=v.key_id, checks=v.checks)
+            out.append(SyntheticSource(v.site, v.generator_dir, v.summary, v.schema, v.generator_hash))
+    except SynthfmError:
+        shutil.rmtree(run.path / "bundles", ignore_errors=True)
+        raise
+    if cfg.ledger is not None:
+        for rec in records:
+            append_ledger(cfg.ledger, rec)
     return out
 
 
@@ -237,16 +252,21 @@ def synthetic_frame(sources: list[SyntheticSource], planned: list[dict[str, Any]
 
 
 def real_frame(src: RealSource, out: Path, labels: dict[str, list[str]]) -> pd.DataFrame:
-    """Manifest rows of a de-identified card, its images copied under real/<site>/."""
+    """Manifest rows of a de-identified card, its images decoded and re-encoded under real/<site>/ (never copied
+    byte for byte: bytes after a PNG's end or in its chunks stay behind)."""
+    problems = card_layout_problems(src.card)
+    if problems:
+        raise SynthfmError(f"real card {src.card} from {src.site} is not accepted: " + "; ".join(problems),
+                           "have the site run 'synthfm site deidentify' and send its output")
     data = load_card(src.card)
+    channels = preset(data.card.modality).channels
     meta = data.card.metadata.columns()
     rows = []
     for i in range(len(data)):
         rel = f"real/{src.site}/{i:07d}.png"
         target = out / rel
         if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(data.image_path(i), target)
+            write_png(target, load_image(data.image_path(i), channels, where=str(data.image_path(i))))
         rows.append({
             "path": rel, "image_id": f"{src.site}-real-{i:07d}",
             "patient_id": f"{src.site}:{data.patient_ids().iat[i]}", "split": "train",

@@ -22,7 +22,13 @@ from pydantic import Field
 
 from synthfm.config import StrictModel, validate_config
 from synthfm.consortium.conditions import CardSchema, Variable
-from synthfm.consortium.generators import GENERATOR_FILE, GeneratorConfig, GeneratorKind, TrainInputs
+from synthfm.consortium.generators import (
+    GENERATOR_FILE,
+    Architecture,
+    GeneratorConfig,
+    GeneratorKind,
+    TrainInputs,
+)
 from synthfm.data.manifest import load_card
 from synthfm.data.modality import preset
 from synthfm.io import atomic_write_json
@@ -131,4 +137,43 @@ class DiffusionGenerator:
         return out
 
 
-KIND = GeneratorKind(diffusion_schema, train_diffusion, DiffusionGenerator, unprotected_counts)
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+PARTS = {"pixel": ("model",), "latent": ("model", "vae")}
+
+
+def _export_kind(directory: Path) -> str:
+    """The engine's model kind recorded in generator.json (pixel, latent, stable_diffusion)."""
+    return str(json.loads((directory / GENERATOR_FILE).read_text()).get("kind"))
+
+
+def diffusion_files(directory: Path) -> list[str]:
+    """The files of an export: generator.json, each part's config and weights, the scheduler config.
+
+    A stable_diffusion export's pipeline folder is listed as it stands (its tokenizer files vary by model);
+    only its JSON, text and safetensors files can pass the hub's type checks."""
+    kind = _export_kind(directory)
+    if kind not in PARTS:
+        pipeline = (directory / "pipeline").rglob("*")
+        return [GENERATOR_FILE, *sorted(p.relative_to(directory).as_posix() for p in pipeline if p.is_file())]
+    return [GENERATOR_FILE, "scheduler/scheduler_config.json",
+            *[f"{part}/{name}" for part in PARTS[kind] for name in ("config.json", WEIGHTS)]]
+
+
+def diffusion_architecture(directory: Path) -> Architecture:
+    """Tensor shapes of the declared denoiser (and VAE), built from their config.json on the meta device."""
+    from diffusers import AutoencoderKL
+
+    from synthfm.synth.diffusion.model import ConditionalUNet
+
+    kind = _export_kind(directory)
+    out: Architecture = {}
+    for part in PARTS.get(kind, ()):
+        cls = ConditionalUNet if part == "model" else AutoencoderKL
+        with torch.device("meta"):
+            model = cls.from_config(cls.load_config(str(directory / part)))
+        out[f"{part}/{WEIGHTS}"] = {k: (list(v.shape), ("F32", "F16", "BF16")) for k, v in model.state_dict().items()}
+    return out
+
+
+KIND = GeneratorKind(diffusion_schema, train_diffusion, DiffusionGenerator, unprotected_counts,
+                     files=diffusion_files, architecture=diffusion_architecture)

@@ -26,10 +26,11 @@ from synthfm.consortium.bundle import (
     build_manifest,
 )
 from synthfm.consortium.conditions import CardSchema
-from synthfm.consortium.generators import generator_hash, read_generator_config
+from synthfm.consortium.generators import generator_files, generator_hash, read_generator_config
 from synthfm.consortium.keys import KnownKey, check_site_name, key_id, sign
 from synthfm.consortium.verify import BundleRejected, VerifyConfig, verify_bundle
 from synthfm.errors import SynthfmError
+from synthfm.io import umask_mode
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -39,15 +40,16 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _copy_generator(src: Path, dest: Path) -> None:
-    """Copy the generator folder's regular files (a link or special file is an error, not followed)."""
-    for p in sorted(src.rglob("*")):
-        if p.is_symlink() or not (p.is_file() or p.is_dir()):
-            raise SynthfmError(f"generator folder entry {p} is a link or special file",
+    """Copy the files the generator declares (generator.json names them), and nothing else: a leftover
+    `.name.*.tmp` of an interrupted write stays behind. A declared link or special file is an error."""
+    for rel in generator_files(src):
+        p = src / rel
+        if p.is_symlink() or not p.is_file():
+            raise SynthfmError(f"generator file {p} is missing, a link or a special file",
                                "export a generator folder of plain files (weights + config)")
-        if p.is_file():
-            target = dest / p.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(p, target)
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, target)
 
 
 def export_bundle(out_dir: str | Path, site: str, generator_dir: str | Path, summary: dict[str, Any],
@@ -85,6 +87,7 @@ def export_bundle(out_dir: str | Path, site: str, generator_dir: str | Path, sum
         except BundleRejected as err:
             raise SynthfmError(f"the bundle failed the hub's checks at the site, so it was not written: {err.message}",
                                err.fix) from None
+        stage.chmod(umask_mode("dir"))  # mkdtemp's 0700 would lock out every other uid, whatever the umask
         stage.rename(out_dir)
     finally:
         if stage.exists():

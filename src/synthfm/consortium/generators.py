@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from synthfm.config import StrictModel
 from synthfm.consortium.conditions import CardSchema, schema_from_spec
@@ -69,15 +69,34 @@ class TrainInputs:
     schema: CardSchema
 
 
+Architecture = dict[str, dict[str, tuple[list[int], tuple[str, ...]]]]
+
+
+class PhantomFile(StrictModel):
+    """generator.json of a phantom generator: every key typed, the weights file fixed (never a path)."""
+
+    format: Literal["synthfm.consortium.generator/1"]
+    kind: Literal["phantom"]
+    name: Literal["fundus_phantom", "cxr_phantom"]
+    size: int = Field(ge=16, le=2048)
+    weights: Literal["model.safetensors"] = "model.safetensors"
+    fitted_from: str = Field("released summary (no image, no row)", max_length=256)
+
+
 @dataclass(frozen=True)
 class GeneratorKind:
     """A generator kind: its condition vocabulary (from its config and the site's card), how a site trains it,
-    how the hub loads it, and what the hub must refuse in its exported files (problems, empty when fine)."""
+    how the hub loads it, what the hub must refuse in its exported files (problems, empty when fine), the files
+    its folder holds (relative paths, from generator.json) and the tensors its declared architecture has
+    (weights file -> tensor name -> shape and allowed dtypes)."""
 
     schema: Callable[[GeneratorConfig, Path], CardSchema]
     train: Callable[[TrainInputs, Path], Path]
     load: Callable[[Path], ConditionalGenerator]
     check: Callable[[Path], list[str]] = lambda _: []
+    files: Callable[[Path], list[str]] = lambda _: [GENERATOR_FILE, WEIGHTS_FILE]
+    architecture: Callable[[Path], Architecture] = lambda _: {}
+    partial_weights: bool = False
 
 
 def _object(ref: str) -> Any:
@@ -170,10 +189,21 @@ def train_phantom(inputs: TrainInputs, out_dir: Path) -> Path:
 
 
 def load_phantom(directory: Path) -> PhantomGenerator:
-    """A saved phantom generator."""
+    """A saved phantom generator (its weights file name is fixed by PhantomFile, never a path)."""
     cfg = read_generator_config(directory)
-    state = load_state(directory / cfg.get("weights", WEIGHTS_FILE))
+    state = load_state(directory / cfg["weights"])
     return PhantomGenerator(cfg["name"], int(cfg["size"]), {k: v.numpy() for k, v in state.items()})
+
+
+def phantom_architecture(directory: Path) -> Architecture:
+    """The phantom's tensors: one float64 proportion vector per tabulated variable, age as [mean, sd].
+
+    Fitted priors leave out a variable with nothing released, so these weights may hold a subset of the names
+    (`partial_weights`); every tensor present must match its name's shape and dtype."""
+    cfg = read_generator_config(directory)
+    schema = phantom_schema(GeneratorConfig(name=cfg["name"], size=cfg["size"]))
+    shapes = {v.name: ([len(v.values)], ("F64",)) for v in schema.variables if v.values}
+    return {cfg["weights"]: {**shapes, "age": ([2], ("F64",))}}
 
 
 # ----------------------------------------------------------------------------- diffusion kind
@@ -195,7 +225,8 @@ def _diffusion_kind() -> GeneratorKind:
 
 
 KINDS: dict[str, Callable[[], GeneratorKind]] = {
-    "phantom": lambda: GeneratorKind(phantom_schema, train_phantom, load_phantom),
+    "phantom": lambda: GeneratorKind(phantom_schema, train_phantom, load_phantom,
+                                     architecture=phantom_architecture, partial_weights=True),
     "diffusion": _diffusion_kind,
 }
 
@@ -213,11 +244,23 @@ def read_generator_config(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SynthfmError(f"{directory} has no {GENERATOR_FILE}: not a generator directory",
                            "point at the 'generator' folder of a site run or a verified bundle")
-    cfg = json.loads(path.read_text())
+    try:
+        cfg = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise SynthfmError(f"{path} is not valid UTF-8 JSON: {err}", "re-export the generator with the site kit") \
+            from None
     if isinstance(cfg, dict) and cfg.get("format") == DIFFUSION_FORMAT:
         return {**cfg, "diffusion_kind": cfg.get("kind"), "kind": "diffusion"}
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "kind" not in cfg:
         raise SynthfmError(f"{path} is not a {FORMAT} generator config", "re-export the generator with the site kit")
+    if cfg["kind"] == "phantom":
+        try:
+            return PhantomFile.model_validate(cfg).model_dump()
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise SynthfmError(f"{path}: {where}: {first['msg']}", "re-export the generator with the site kit") \
+                from None
     return cfg
 
 
@@ -235,9 +278,18 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def generator_files(directory: str | Path) -> list[str]:
+    """The files a generator folder declares (relative paths): its kind decides, from generator.json."""
+    directory = Path(directory)
+    return sorted(generator_kind(read_generator_config(directory)["kind"]).files(directory))
+
+
 def generator_hash(directory: str | Path) -> str:
-    """SHA-256 over the sorted (relative path, file SHA-256) pairs of a generator directory."""
+    """SHA-256 over the sorted (relative path, file SHA-256) pairs of a generator directory.
+
+    Hidden files (an interrupted atomic write's `.name.*.tmp`) are not part of a generator and are skipped."""
     root = Path(directory)
     lines = [f"{p.relative_to(root).as_posix()}\0{file_sha256(p)}\n"
-             for p in sorted(root.rglob("*")) if p.is_file()]
+             for p in sorted(root.rglob("*"))
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     return hashlib.sha256("".join(lines).encode()).hexdigest()

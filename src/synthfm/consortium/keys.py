@@ -52,8 +52,7 @@ def generate_keypair(site: str, out_dir: str | Path) -> tuple[Path, Path]:
     secret = _passphrase()
     enc = serialization.BestAvailableEncryption(secret) if secret else serialization.NoEncryption()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
-    atomic_write_bytes(priv_path, pem)
-    os.chmod(priv_path, 0o600)
+    atomic_write_bytes(priv_path, pem, perms=0o600)  # private from its first byte, whatever the umask
     atomic_write_bytes(pub_path, public_pem(key.public_key()))
     return priv_path, pub_path
 
@@ -111,7 +110,12 @@ def load_keyring(path: str | Path) -> dict[str, KnownKey]:
     ring: dict[str, KnownKey] = {}
     for f in files:
         known = KnownKey(check_site_name(f.stem, f"key file {f.name}: site"), load_public_key(f), f)
-        ring[key_id(known.key)] = known
+        kid = key_id(known.key)
+        if kid in ring:
+            raise SynthfmError(f"key {kid} is in the keyring twice, as {ring[kid].path.name} and {f.name}: one "
+                               "site identity per key", "keep the .pub file of the site that sent the key; a "
+                               "site that sends another site's key is impersonating it")
+        ring[kid] = known
     return ring
 
 

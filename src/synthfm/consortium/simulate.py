@@ -173,7 +173,7 @@ def site_share(cfg: ConsortiumConfig, k: int, card: Path, out: Path, hub: Path) 
     if site.path == "images":
         salt_file = root / "salt"
         if not salt_file.is_file():
-            atomic_write_bytes(salt_file, secrets.token_hex(32).encode())
+            atomic_write_bytes(salt_file, secrets.token_hex(32).encode(), perms=0o600)
         deid = hub / "inbox" / f"{site.name}_deid"
         if not (deid / "dataset.yaml").is_file():
             deidentify_card(card, deid, DeidConfig(site=site.name, shareable=_shareable(card), split="train"),

@@ -299,7 +299,12 @@ def summarize(table: pd.DataFrame, schema: CardSchema, cfg: SummaryConfig | None
 
 
 def check_summary(summary: dict[str, Any], min_k: int) -> list[str]:
-    """Problems with a received summary: a k below the hub's minimum, or any shown count under k."""
+    """Problems with a received summary: a k below the hub's minimum, or any count under k in any table.
+
+    The same rule holds in every table: joint cells, each table's 'other' pool, every marginal count and
+    every age histogram bin is 0 (not shown) or at least k, and the marginals are the sums of the released
+    cells (so a marginal cannot show a count that the joint tables pooled away).
+    """
     problems = []
     k = summary.get("k")
     if not isinstance(k, int) or k < min_k:
@@ -312,6 +317,13 @@ def check_summary(summary: dict[str, Any], min_k: int) -> list[str]:
         other = t.get("other")
         if other is not None and (not isinstance(other, int) or 0 < other < k):
             problems.append(f"table {t.get('variables')} shows an 'other' pool of {other} (under k={k})")
+    expected = marginals(summary.get("tables", []))
+    for var, counts in (summary.get("marginals") or {}).items():
+        small = sorted(v for v, c in counts.items() if not isinstance(c, int) or 0 < c < k or c < 0)
+        if small:
+            problems.append(f"marginals.{var} shows {len(small)} count(s) under k={k} ({small[:3]})")
+        elif {v: c for v, c in counts.items() if c} != expected.get(var, {}):
+            problems.append(f"marginals.{var} is not the sum of the released cells of the joint tables")
     hist = summary.get("age_histogram") or {"bins": []}
     if any(not isinstance(b.get("count"), int) or b["count"] < k for b in hist["bins"]):
         problems.append(f"age histogram shows a bin under k={k}")
