@@ -73,3 +73,19 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_resume_sweeps_a_killed_writers_temporaries(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r", "demo", Cfg())
+    run.open()
+    (tmp_path / "r/encoder").mkdir()
+    stray = [tmp_path / "r/encoder/.model.safetensors.k3j2.tmp", tmp_path / "r/.metrics.jsonl.a1.tmp.csv"]
+    for p in stray:
+        p.write_text("partial")
+    (tmp_path / "r/ckpt/.step_00000004.tmp").mkdir(parents=True)
+    (tmp_path / "r/ckpt/.step_00000004.tmp/model.safetensors").write_text("partial")
+    (tmp_path / "r/encoder/model.safetensors").write_text("kept")
+    run.release()  # as if the process had died
+    assert RunDir(tmp_path / "r", "demo", Cfg()).open() == "resume"
+    assert not any(p.exists() for p in stray) and not (tmp_path / "r/ckpt/.step_00000004.tmp").exists()
+    assert (tmp_path / "r/encoder/model.safetensors").read_text() == "kept"

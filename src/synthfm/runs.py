@@ -3,7 +3,8 @@
 A run directory holds the resolved `config.yaml` (with the package version and git commit),
 `metrics.jsonl` (one JSON object per line), the stage's artefacts, and a completion marker
 `COMPLETE.json` written last. Re-running a finished stage with the same config is a no-op;
-a different config in an existing directory is an error rather than a silent overwrite.
+a different config in an existing directory is an error rather than a silent overwrite. While a stage
+writes, it holds the folder's lock (`synthfm.locks`): a second writer is refused, naming the first.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -24,6 +26,7 @@ from pydantic import BaseModel
 from synthfm import __version__
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json, atomic_write_text
+from synthfm.locks import LOCK_FILE, acquire, is_secondary_rank, release
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -48,14 +51,38 @@ def config_hash(config: BaseModel | dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def sweep_temporaries(folder: Path) -> list[Path]:
+    """Remove the hidden temporaries (`.NAME.*.tmp*` files and folders) a killed writer left under `folder`."""
+    found = sorted((p for p in folder.rglob(".*") if ".tmp" in p.name), key=lambda p: len(p.parts), reverse=True)
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found
+
+
 class RunDir:
     """One stage's run directory: resolved config, metrics log, artefacts, completion marker."""
 
-    def __init__(self, path: str | Path, stage: str, config: BaseModel) -> None:
+    def __init__(self, path: str | Path, stage: str, config: BaseModel, lock: str | None = LOCK_FILE) -> None:
         self.path = Path(path)
         self.stage = stage
         self.config = config
         self.hash = config_hash(config)
+        self.lock_name = lock  # None: the caller coordinates writers itself
+        self._lock: Path | None = None
+
+    def _take_lock(self) -> None:
+        """Hold the folder's lock until `complete` (a distributed launch's other ranks rely on the main one)."""
+        if self.lock_name and self._lock is None and not is_secondary_rank():
+            self._lock = acquire(self.path, self.lock_name)
+
+    def release(self) -> None:
+        """Let go of the folder's lock (done by `complete`; a failed run's lock dies with its process)."""
+        if self._lock is not None:
+            release(self._lock)
+            self._lock = None
 
     @property
     def is_complete(self) -> bool:
@@ -66,18 +93,38 @@ class RunDir:
         return json.loads(marker.read_text()).get("config_hash") == self.hash
 
     def open(self) -> str:
-        """Prepare the directory; return 'done', 'resume' or 'fresh'."""
+        """Lock and prepare the directory; return 'done', 'resume' or 'fresh'."""
+        if self.path.exists() and not self.path.is_dir():
+            raise SynthfmError(f"output {self.path} is a file, not a folder", "give a folder path for the output")
         cfg_file = self.path / CONFIG_FILE
+        self._take_lock()
+        try:
+            status = self._prepare(cfg_file)
+        except BaseException:
+            self.release()
+            raise
+        if status == "done":
+            self.release()
+        return status
+
+    def _prepare(self, cfg_file: Path) -> str:
+        """Check or write the resolved config (the lock is held)."""
         if cfg_file.is_file():
-            found = (yaml.safe_load(cfg_file.read_text()) or {}).get("config_hash")
+            try:
+                found = (yaml.safe_load(cfg_file.read_text()) or {}).get("config_hash")
+            except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+                found = "unreadable"
             if found != self.hash:
                 raise SynthfmError(
                     f"run directory {self.path} holds a {self.stage} run with a different config "
                     f"(hash {found}, now {self.hash})",
                     "choose a new output directory, or delete the old one to start over",
                 )
-            return "done" if self.is_complete else "resume"
-        self.path.mkdir(parents=True, exist_ok=True)
+            if self.is_complete:
+                return "done"
+            if self.lock_name == LOCK_FILE and self._lock is not None:
+                sweep_temporaries(self.path)  # this process is the folder's only writer
+            return "resume"
         header = {
             "stage": self.stage,
             "synthfm_version": __version__,
@@ -126,6 +173,7 @@ class RunDir:
         atomic_write_json(self.path / MARKER_FILE, {
             "config_hash": self.hash, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "summary": summary,
         })
+        self.release()
 
     def summary(self) -> dict[str, Any]:
         """The summary recorded in the completion marker."""

@@ -108,3 +108,31 @@ def test_kill_9_then_same_command_redoes_no_finished_job(tmp_path: Path, spec: A
     assert data_marker.stat().st_mtime_ns == stamp
     metrics = (next(root.glob("pretrain/mae-*")) / "metrics.jsonl").read_text()
     assert '"event": "resume"' in metrics  # the engine continued from its checkpoint, not from step 0
+
+
+def test_edited_manifest_is_a_new_job_not_a_stale_reuse(tmp_path: Path, make_card: Any, write_spec: Any) -> None:
+    import pandas as pd
+
+    card = make_card(n=12)
+    path = write_spec(tmp_path / "p.yaml", {"name": "p", "data": {"c": {"card": str(card)},
+                                                                   "s": {"split": {"input": "${data.c}"}}}})
+    _, first = run_pipeline(path, tmp_path / "run", **QUIET)
+    df = pd.read_csv(card / "manifest.csv")
+    df.loc[0, "grade"] = 2  # relabel one row behind the same path
+    df.to_csv(card / "manifest.csv", index=False)
+    _, planned = run_pipeline(path, tmp_path / "run", dry_run=True, **QUIET)
+    assert [j.status for j in planned[:2]] == ["to run", "to run"]
+    assert planned[0].key != first[0].key and planned[1].key != first[1].key
+    _, second = run_pipeline(path, tmp_path / "run", **QUIET)
+    split = pd.read_parquet(second[1].dir / "manifest.parquet")
+    assert split.loc[0, "grade"] == 2
+
+
+def test_checkpoints_job_plans_on_a_fresh_root(tmp_path: Path, spec: Any, write_spec: Any) -> None:
+    doc = spec(steps=4)
+    doc["evaluate"] = {"curve": {"checkpoints": {"pretrain": "${pretrain.mae}", "adapt": {
+        "card": "${data.fundus}", "task": "dr_grade", "policy": "linear_probe", "image_size": 32, "epochs": 1,
+        "seeds": [0], "backbone": "vit_tiny_p8_64", "backbone_overrides": {"img_size": 32}}}}}
+    doc.pop("analyze")
+    _, jobs = run_pipeline(write_spec(tmp_path / "p.yaml", doc), tmp_path / "run", dry_run=True, **QUIET)
+    assert jobs[-2].name == "evaluate.curve" and jobs[-2].status == "to run"

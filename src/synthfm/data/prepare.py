@@ -16,6 +16,7 @@ from synthfm.data.manifest import ID, SPLIT, CardData, load_card
 from synthfm.data.preprocess import PrepareConfig, preprocess, quality_flag
 from synthfm.data.shard_index import open_random_access
 from synthfm.data.shards import ShardRecord, plan_shards, write_shards_resumable
+from synthfm.digest import path_digest
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path, atomic_write_bytes
 from synthfm.progress import progress_bar
@@ -29,6 +30,7 @@ class PrepareRun(StrictModel):
     """The resolved inputs of one prepare run (its config hash keys the run directory)."""
 
     source_card: str
+    source_digest: str = ""  # of every file the source card reads: an edited manifest or image is a new run
     config: PrepareConfig
 
 
@@ -67,7 +69,8 @@ def prepare_card(card_path: str | Path, out_dir: str | Path, cfg: PrepareConfig 
     if out == data.card_dir.resolve() or out == data.source_root.resolve():
         raise SynthfmError(f"prepare would write into the source card's folder {out}",
                            "choose a different --out; the source is never modified")
-    run = RunDir(out, "data.prepare", PrepareRun(source_card=str(Path(card_path).resolve()), config=cfg))
+    run = RunDir(out, "data.prepare", PrepareRun(source_card=str(Path(card_path).resolve()),
+                                                 source_digest=path_digest(card_path), config=cfg))
     if run.open() == "done":
         return out / CARD_FILE
     done = run.done_rows(PROGRESS_FILE)

@@ -9,7 +9,6 @@ the plan and what happened, and is what the HTML report reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -22,8 +21,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from synthfm import __version__
+from synthfm.digest import path_digest
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json
+from synthfm.locks import folder_lock
 from synthfm.pipeline.kinds import KINDS, Kind
 from synthfm.pipeline.spec import STAGES, JobSpec, PipelineSpec, load_spec, refs_in, substitute
 from synthfm.runs import config_hash, git_commit
@@ -69,12 +70,10 @@ class Job:
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (a folder: of its dataset.yaml, if any)."""
-    if path.is_dir():
-        path = path / "dataset.yaml"
-    if not path.is_file():
+    """One digest over the bytes of every file behind an input path (a card: its YAML, manifest and images)."""
+    if not path.exists():
         return "absent"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return path_digest(path)
 
 
 def _deps(job: JobSpec, earlier: list[str]) -> list[str]:
@@ -84,10 +83,9 @@ def _deps(job: JobSpec, earlier: list[str]) -> list[str]:
     return list(dict.fromkeys(f"{s}.{n}" for s, n in refs_in(job.raw)))
 
 
-def _external(job: JobSpec, kind: Kind, cfg: BaseModel, outputs: dict[str, str], deps: list[str]) -> list[Path]:
-    """The job's input files that no earlier job makes; each must exist now."""
-    made = tuple(outputs[d] for d in deps)
-    paths = [Path(p) for p in kind.inputs(cfg) if not str(p).startswith(made)]
+def _external(job: JobSpec, kind: Kind, cfg: BaseModel, made: list[Path]) -> list[Path]:
+    """The job's input files that no earlier job makes (inside an earlier job's folder); each must exist now."""
+    paths = [Path(p) for p in kind.inputs(cfg) if not any(Path(p).is_relative_to(m) for m in made)]
     for p in paths:
         if not p.exists():
             raise SynthfmError(f"job '{job.key}': input {p} does not exist",
@@ -100,6 +98,7 @@ def plan(spec: PipelineSpec, root: Path) -> list[Job]:
     """Validate every job, resolve references and compute keys and folders; nothing runs."""
     outputs: dict[str, str] = {}
     keys: dict[str, str] = {}
+    dirs: dict[str, Path] = {}
     jobs: list[Job] = []
     for js in spec.jobs:
         kind = KINDS[js.stage][js.kind]
@@ -107,12 +106,13 @@ def plan(spec: PipelineSpec, root: Path) -> list[Job]:
         deps = _deps(js, [j.name for j in jobs])
         cfg = kind.validate(substitute(js.raw, outputs), where)
         keyed = kind.validate(substitute(js.raw, {k: f"job:{v}" for k, v in keys.items()}), where)
-        files = {str(p): file_digest(p) for p in _external(js, kind, cfg, outputs, deps)}
+        made = [dirs[d] for d in deps]
+        files = {str(p): file_digest(p) for p in _external(js, kind, cfg, made)}
         key = config_hash({"stage": js.stage, "kind": js.kind, "config": keyed.model_dump(mode="json"),
                            "deps": {d: keys[d] for d in deps}, "files": files})[:10]
         folder = root / js.stage / f"{js.name}-{key}"
         job = Job(js, kind, cfg, key, folder, kind.output(cfg, folder), deps)
-        outputs[js.key], keys[js.key] = str(job.output), key
+        outputs[js.key], keys[js.key], dirs[js.key] = str(job.output), key, folder
         jobs.append(job)
     return jobs
 
@@ -182,21 +182,25 @@ def run_pipeline(path: str | Path, out: str | Path | None = None, only: list[str
     """Plan, then run the selected jobs in order; return the root folder and the jobs."""
     spec = load_spec(path, KINDS)
     root = Path(out or spec.root or Path("runs") / spec.name)
+    if root.exists() and not root.is_dir():
+        given = "--out" if out else f"'root' in {spec.source}"
+        raise SynthfmError(f"pipeline run root {root} is a file, not a folder ({given})",
+                           "give a folder for the run root")
     jobs = select(plan(spec, root), only, start)
     for job in jobs:
         say(f"{job.status:>8}  {job.name:<28} {job.spec.kind:<10} {job.dir}")
     if dry_run:
         return root, jobs
     started = time.time()
-    root.mkdir(parents=True, exist_ok=True)
-    for job in jobs:
-        write_plan(spec, root, jobs, started)
-        if job.status != "to run":
-            continue
-        say(f"-> {job.name} ({job.spec.kind})")
-        try:
-            execute(job)
-        finally:
+    with folder_lock(root):
+        for job in jobs:
             write_plan(spec, root, jobs, started)
-        say(f"   {job.name} finished in {job.seconds:.1f} s")
+            if job.status != "to run":
+                continue
+            say(f"-> {job.name} ({job.spec.kind})")
+            try:
+                execute(job)
+            finally:
+                write_plan(spec, root, jobs, started)
+            say(f"   {job.name} finished in {job.seconds:.1f} s")
     return root, jobs

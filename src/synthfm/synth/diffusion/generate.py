@@ -34,6 +34,7 @@ from synthfm.data.manifest import load_card
 from synthfm.data.shards import ShardRecord, shard_name, write_shard
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path, atomic_write_json
+from synthfm.locks import LOCK_FILE
 from synthfm.progress import progress_bar
 from synthfm.runs import RunDir
 from synthfm.synth.diffusion.conditions import ConditionSchema, card_conditions
@@ -314,7 +315,8 @@ def generate(cfg: GenerateConfig, out_dir: str | Path, rank: int | None = None,
     state = PartialState()
     rank = state.process_index if rank is None else rank
     world = state.num_processes if world is None else world
-    run = RunDir(out_dir, "synth.generate", cfg)
+    # Jobs sharing OUT (world > 1) each hold their own rank's lock.
+    run = RunDir(out_dir, "synth.generate", cfg, lock=LOCK_FILE if world == 1 else f".synthfm.rank{rank}.lock")
     with state.main_process_first():
         status = run.open()
     if status == "done":
