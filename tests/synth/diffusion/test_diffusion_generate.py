@@ -92,12 +92,25 @@ def test_processes_split_shards_without_duplicates_or_holes(clean: Path, trained
     assert [list(r) for r in shard_rows(10, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     out = tmp_path / "split"
     cfg = GenerateConfig(**gen_config(trained))
-    assert generate(cfg, out, rank=1, world=2) == {"complete": False, "shards_written": 3}
+    assert generate(cfg, out, rank=1, world=2) == {"complete": False, "shards_written": 3, "shards_missing": 3}
     assert sorted(shard_bytes(out)) == ["train-000001.tar", "train-000003.tar", "train-000005.tar"]
     assert generate(cfg, out, rank=0, world=2)["complete"]
     assert shard_bytes(out) == shard_bytes(clean)
     ids = pd.read_parquet(out / "manifest.parquet")["image_id"]
     assert ids.is_unique and list(ids) == [f"{i:08d}" for i in range(24)]
+
+
+def test_separate_jobs_end_with_one_card_whichever_finishes_last(clean: Path, trained: Path, tmp_path: Path) -> None:
+    """Jobs sharing a folder in any order: the last to finish writes the card; a rerun finds it complete."""
+    out = tmp_path / "jobs"
+    cfg = GenerateConfig(**gen_config(trained))
+    first = generate(cfg, out, rank=0, world=3)
+    assert not first["complete"] and not (out / "dataset.yaml").exists()
+    assert not generate(cfg, out, rank=2, world=3)["complete"]
+    assert generate(cfg, out, rank=1, world=3)["complete"] and (out / "dataset.yaml").is_file()
+    assert (out / "manifest.parquet").read_bytes() == (clean / "manifest.parquet").read_bytes()
+    assert generate(cfg, out, rank=0, world=3)["complete"]
+    assert not list(out.glob(".finalise*"))
 
 
 def test_target_card_rebalance_and_fixed_conditions(trained: Path, phantoms: dict[str, Path]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import math
 import sys
@@ -329,12 +330,27 @@ def generate(cfg: GenerateConfig, out_dir: str | Path, rank: int | None = None,
     wrote = write_my_shards(run, gen, plan, cfg, rank, world, name)
     state.wait_for_everyone()
     count = len(shard_rows(cfg.n, cfg.shard_size))
-    if rank != 0 or len(progress_index(run)) < count:
-        return {"complete": False, "shards_written": wrote}
-    rows = write_manifest(run, count)
-    write_card(card_for(gen, cfg, name), run.path)
-    summary = {"complete": True, "images": rows, "shards": count, "generator_hash": gen.info["hash"]}
-    run.complete(**summary)
+    missing = count - len(progress_index(run))
+    if missing or (state.num_processes > 1 and not state.is_main_process):
+        return {"complete": False, "shards_written": wrote, "shards_missing": missing}
+    return finalise(run, gen, cfg, name, count)
+
+
+def finalise(run: RunDir, gen: Generator, cfg: GenerateConfig, name: str, count: int) -> dict[str, Any]:
+    """Write the manifest and card once every shard is done: by whichever job finishes last, exactly once.
+
+    Separate jobs sharing a folder (`--rank/--world`) finish in any order; each that sees every shard done takes
+    an exclusive lock, and the first one in writes the manifest and card while the others find it complete.
+    """
+    with open(run.path / ".finalise.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if run.is_complete:
+            return run.summary()
+        rows = write_manifest(run, count)
+        write_card(card_for(gen, cfg, name), run.path)
+        summary = {"complete": True, "images": rows, "shards": count, "generator_hash": gen.info["hash"]}
+        run.complete(**summary)
+    (run.path / ".finalise.lock").unlink(missing_ok=True)
     return summary
 
 
