@@ -4,7 +4,7 @@ A counter-based generator: element k of stream s of the sample with seed z is sp
 computed for every sample and element of a batch in a few vectorised uint64 operations (numpy wraps on
 overflow). A sample's timestep, dropout draws and noise therefore do not depend on the batch it sits in, the
 rank that draws it or a resume, without building a torch.Generator per sample. Normals come from uniforms by
-Box-Muller.
+Box-Muller. Under torch.compile these functions run eagerly (a graph break), as data preparation.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def _seeds(seeds: torch.Tensor | np.ndarray) -> np.ndarray:
     return arr.astype(np.int64).view(np.uint64).reshape(-1)
 
 
+@torch.compiler.disable  # numpy uint64 arithmetic: run eagerly inside a compiled training step
 def uniforms(seeds: torch.Tensor | np.ndarray, stream: int, n: int) -> torch.Tensor:
     """(B, n) float64 uniforms in (0, 1): row b depends only on seeds[b], `stream` and the column."""
     with np.errstate(over="ignore"):
@@ -42,6 +43,7 @@ def uniforms(seeds: torch.Tensor | np.ndarray, stream: int, n: int) -> torch.Ten
     return torch.from_numpy((bits.astype(np.float64) + 0.5) * 2.0 ** -53)
 
 
+@torch.compiler.disable
 def normals(seeds: torch.Tensor | np.ndarray, stream: int, shape: tuple[int, ...],
             dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, *shape) standard normals (Box-Muller on `uniforms`): row b depends only on seeds[b] and `stream`."""
