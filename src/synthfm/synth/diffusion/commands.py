@@ -53,3 +53,15 @@ def generate_cmd(
 ) -> None:
     """Generate N images to a target distribution of conditions as a dataset card (resumable, multi-process)."""
     typer.echo(json.dumps(generate_command(config, out, rank, world)))
+
+
+@app.command("merge")
+def merge_cmd(
+    parts: Annotated[list[Path], typer.Argument(help="Shard cards to join (generation folders, filtered sets)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the merged card")],
+    name: Annotated[Optional[str], typer.Option(help="Name of the merged card")] = None,  # noqa: UP045
+) -> None:
+    """Join shard cards into one card: shards linked, manifests concatenated, clashing ids prefixed by part."""
+    from synthfm.synth.merge import merge_cards
+
+    typer.echo(str(merge_cards(list(parts), out, name)))
