@@ -24,14 +24,18 @@ EXPECTED = {
     "vit_large_p16_224": (224, 16, 1024, 24, False, 0),
     "vit_large_p14_224": (224, 14, 1024, 24, True, 0),
     "vit_large_p14_reg4_224": (224, 14, 1024, 24, True, 4),
+    "vit3d_tiny_p8_32": (32, 8, 192, 12, False, 0),
+    "vit3d_base_p16_96": (96, 16, 768, 12, False, 0),
 }
+VOLUME = {"vit3d_tiny_p8_32", "vit3d_base_p16_96"}  # 3D patch embedding: (B, C, D, H, W) input, cubic patches
 SMALL = [n for n in backbone_names() if parameter_count(n) < 30e6]
 
 
-def vit_params(img: int, patch: int, dim: int, depth: int, layer_scale: bool, regs: int, chans: int = 3) -> int:
+def vit_params(img: int, patch: int, dim: int, depth: int, layer_scale: bool, regs: int, chans: int = 3,
+               dims: int = 2) -> int:
     """Closed-form parameter count of a timm ViT without head (register models keep tokens out of pos_embed)."""
-    tokens = (img // patch) ** 2 + (0 if regs else 1)  # reg models: no_embed_class
-    embed = chans * patch * patch * dim + dim + dim + tokens * dim + regs * dim
+    tokens = (img // patch) ** dims + (0 if regs else 1)  # reg models: no_embed_class
+    embed = chans * patch**dims * dim + dim + dim + tokens * dim + regs * dim
     block = 12 * dim * dim + 13 * dim + (2 * dim if layer_scale else 0)
     return embed + depth * block + 2 * dim
 
@@ -50,7 +54,7 @@ def test_geometry_and_parameter_count(name: str) -> None:
     geo = backbone_geometry(model)
     assert (geo["img_size"], geo["patch_size"], geo["embed_dim"], geo["depth"]) == (img, patch, dim, depth)
     assert geo["num_prefix_tokens"] == 1 + regs
-    assert parameter_count(name) == vit_params(img, patch, dim, depth, ls, regs)
+    assert parameter_count(name) == vit_params(img, patch, dim, depth, ls, regs, dims=3 if name in VOLUME else 2)
 
 
 def test_large_models_match_published_sizes() -> None:
@@ -65,7 +69,7 @@ def test_small_backbones_run(name: str) -> None:
     img = EXPECTED[name][0]
     torch.manual_seed(0)
     model = create_backbone(name)
-    out = model(torch.randn(2, 3, img, img))
+    out = model(torch.randn(2, 3, *(img,) * (3 if name in VOLUME else 2)))
     assert out.shape == (2, EXPECTED[name][2])
     out.square().mean().backward()
     assert model.patch_embed.proj.weight.grad.abs().sum() > 0

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from synthfm.errors import SynthfmError
+from synthfm.models.vit3d import PatchEmbed3d
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ for _spec in (
                  "ViT-L/14 with LayerScale (24x1024): DINOv2 backbone at 224 px"),
     BackboneSpec("vit_large_p14_reg4_224", "vit_large_patch14_reg4_dinov2", {"img_size": 224},
                  "ViT-L/14 with LayerScale and 4 register tokens: DINOv2-reg at 224 px"),
+    BackboneSpec("vit3d_tiny_p8_32", "vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8,
+                                                              "embed_layer": PatchEmbed3d},
+                 "ViT-Ti (12x192) on 32^3 volumes with 8^3 patches (64 tokens): 3D tests and smoke runs"),
+    BackboneSpec("vit3d_base_p16_96", "vit_base_patch16_224", {"img_size": 96, "patch_size": 16,
+                                                               "embed_layer": PatchEmbed3d},
+                 "ViT-B (12x768) on 96^3 volumes with 16^3 patches (216 tokens)"),
 ):
     register_backbone(_spec)
 

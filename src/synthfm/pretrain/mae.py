@@ -16,6 +16,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from synthfm.models.backbones import backbone_geometry, create_backbone
+from synthfm.models.vit3d import is_volume_encoder
 from synthfm.pretrain.config import MAEConfig, PretrainConfig
 from synthfm.pretrain.objective import SingleModuleObjective
 
@@ -50,6 +51,14 @@ MAE_RECIPES: dict[str, dict[str, Any]] = {
         "mae": {"decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4},
         "batch_size": 32, "optim": {"base_lr": 2e-3, "warmup_steps": 10},
         "stages": [{"name": "main", "sources": [{"source": "phantom", "n": 256}], "steps": 200}],
+        "checkpoint_every": 50,
+    },
+    # 3D smoke runs and tests: ViT-Ti on 32^3 volumes (8^3 patches) from RaSD's 3D stream (pretrain/volume.py).
+    "mae3d_vit_tiny_demo": {
+        "objective": "mae", "backbone": "vit3d_tiny_p8_32", "in_chans": 1, "image_size": 32,
+        "mae": {"decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4},
+        "batch_size": 8, "optim": {"base_lr": 2e-3, "warmup_steps": 10},
+        "stages": [{"name": "main", "sources": [{"source": "rasd", "n": 512}], "steps": 200}],
         "checkpoint_every": 50,
     },
 }
@@ -188,5 +197,11 @@ def build_encoder(cfg: PretrainConfig) -> nn.Module:
 
 
 def build_mae(cfg: PretrainConfig) -> MAEObjective:
-    """Build the encoder from the registry and wrap it in a masked autoencoder."""
-    return MAEObjective(MaskedAutoencoder(build_encoder(cfg), cfg.mae))
+    """Build the encoder from the registry and wrap it in a masked autoencoder (the 3D one for a volume encoder)."""
+    encoder = build_encoder(cfg)
+    if is_volume_encoder(encoder):
+        from synthfm.pretrain.volume import build_mae3d, check_volume_config
+
+        check_volume_config(cfg)
+        return build_mae3d(encoder, cfg.mae)
+    return MAEObjective(MaskedAutoencoder(encoder, cfg.mae))

@@ -29,6 +29,7 @@ from torch import nn
 
 from synthfm.errors import SynthfmError
 from synthfm.models.backbones import backbone_geometry
+from synthfm.models.vit3d import is_volume_encoder
 from synthfm.pretrain.config import PretrainConfig, RaSDObjectiveConfig
 from synthfm.pretrain.mae import build_encoder, sample_noise
 from synthfm.pretrain.objective import SingleModuleObjective
@@ -40,6 +41,14 @@ RASD_RECIPES: dict[str, dict[str, Any]] = {
         "rasd": {"proj_dim": 128, "hidden_dim": 256, "temperature": 0.1, "views": 2},
         "crop_scale": (0.5, 1.0), "batch_size": 32, "optim": {"base_lr": 1e-3, "warmup_steps": 10},
         "stages": [{"name": "main", "sources": [{"source": "rasd", "n": 1024}], "steps": 200}],
+        "checkpoint_every": 50,
+    },
+    # The same objective on 32^3 volumes of RaSD's 3D stream with a 3D ViT-Ti (pretrain/volume.py).
+    "rasd3d_vit_tiny_demo": {
+        "objective": "rasd", "backbone": "vit3d_tiny_p8_32", "image_size": 32, "in_chans": 1,
+        "rasd": {"proj_dim": 128, "hidden_dim": 256, "temperature": 0.1, "views": 2},
+        "batch_size": 8, "optim": {"base_lr": 1e-3, "warmup_steps": 10},
+        "stages": [{"name": "main", "sources": [{"source": "rasd", "n": 512}], "steps": 200}],
         "checkpoint_every": 50,
     },
 }
@@ -146,5 +155,11 @@ class RaSDObjective(SingleModuleObjective):
 
 
 def build_rasd(cfg: PretrainConfig) -> RaSDObjective:
-    """Build the encoder from the registry and attach the projection head."""
-    return RaSDObjective(PrototypeDisentangler(build_encoder(cfg), cfg.rasd))
+    """Build the encoder from the registry and attach the projection head (the 3D objective for a volume encoder)."""
+    encoder = build_encoder(cfg)
+    if is_volume_encoder(encoder):
+        from synthfm.pretrain.volume import build_rasd3d, check_volume_config
+
+        check_volume_config(cfg)
+        return build_rasd3d(encoder, cfg.rasd)
+    return RaSDObjective(PrototypeDisentangler(encoder, cfg.rasd))
