@@ -160,3 +160,36 @@ def test_folder_of_dicom_xrays_through_inspect_and_prepare_cli(tmp_path: Path, d
     code, out = _cli(["data", "prepare", str(root), "-o", str(tmp_path / "again"), "--size", "16"], capsys)
     assert code == 2 and "Traceback" not in out and "fix:" in out
     assert "manifest row 6" in out and "not a DICOM file" in out
+
+
+def test_signed_ct_window(tmp_path: Path, dicom_file) -> None:
+    # signed 16-bit CT, HU = stored - 1024; soft-tissue window C=40, W=400 over the signed output range
+    # -32768 - 1024 .. 32767 - 1024: y(HU 40) = ((40 - 39.5) / 399 + 0.5) * 65535 - 33792 = -942.4,
+    # 8 bits: (-942.4 + 33792) * 255 / 65535 = 127.82 -> 128; HU -160 and below -> 0, HU 240 and above -> 255
+    px = np.array([[0, 1064, 864, 1264]], np.int16)  # HU -1024, 40, -160, 240
+    arr, _ = read_dicom(dicom_file(tmp_path / "ct.dcm", px, bits=16, RescaleSlope=1, RescaleIntercept=-1024,
+                                   WindowCenter=40, WindowWidth=400))
+    np.testing.assert_array_equal(arr, [[0, 128, 0, 255]])
+
+
+def test_voi_lut_sequence(tmp_path: Path, dicom_file) -> None:
+    from pydicom.dataset import Dataset
+
+    lut = Dataset()
+    lut.LUTDescriptor = [4, 0, 10]  # 4 entries from stored value 0, 10-bit output
+    lut.add_new("LUTData", "US", [0, 300, 600, 1023])
+    path = dicom_file(tmp_path / "lut.dcm", np.array([[0, 1, 2, 3, 9]], np.uint16), VOILUTSequence=[lut])
+    arr, _ = read_dicom(path)
+    # output 0..1023 scaled to 8 bits: 300 -> 74.78 -> 75, 600 -> 149.56 -> 150; past the table -> last entry
+    np.testing.assert_array_equal(arr, [[0, 75, 150, 255, 255]])
+
+
+def test_manifest_of_absolute_paths(tmp_path: Path, dicom_file) -> None:
+    paths = [dicom_file(tmp_path / "pacs" / f"{i}.dcm", PIXELS + i) for i in range(2)]
+    pd.DataFrame({"path": [str(p) for p in paths], "finding": ["normal", "opacity"]}).to_csv(
+        tmp_path / "m.csv", index=False)
+    (tmp_path / "card.yaml").write_text(yaml.safe_dump({
+        "name": "paths", "modality": "cxr", "manifest": "m.csv", "split": None, "source": {"format": "dicom"},
+        "tasks": [{"name": "finding", "type": "binary", "classes": ["normal", "opacity"]}]}))
+    data = load_card(tmp_path / "card.yaml")
+    assert open_dataset(data)[1]["image"].shape == (1, 2, 3)
