@@ -98,5 +98,7 @@ class GenerateConfig(StrictModel):
     rebalance: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="field -> {value: weight}, drawn independently of the target")
     condition: dict[str, Any] = Field(default_factory=dict, description="fixed for every image")
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal["float32", "float16", "bfloat16", "auto"] = Field(
+        "float32", description="auto: bfloat16 where the device has native bf16 (GPU, AVX512-BF16 / AMX CPU), "
+                               "else float32 (emulated bf16 is slower than float32 on a CPU without it)")
     name: str | None = Field(None, description="card name (default: generator name and n)")

@@ -41,12 +41,11 @@ from synthfm.runs import RunDir
 from synthfm.synth.diffusion.conditions import ConditionSchema, card_conditions
 from synthfm.synth.diffusion.config import GenerateConfig
 from synthfm.synth.diffusion.generator import Generator, load_generator, to_uint8
-from synthfm.synth.diffusion.sampling import sample
+from synthfm.synth.diffusion.sampling import sample, sampling_dtype
 from synthfm.synth.writer import image_seed
 
 MANIFEST = "manifest.parquet"
 SPLIT = "train"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 # ---- conditions ---------------------------------------------------------------------------------------------
@@ -322,7 +321,7 @@ def generate(cfg: GenerateConfig, out_dir: str | Path, rank: int | None = None,
         status = run.open()
     if status == "done":
         return run.summary()
-    gen = load_generator(cfg.generator).to(state.device, DTYPES[cfg.dtype])
+    gen = load_generator(cfg.generator).to(state.device, sampling_dtype(cfg.dtype, state.device))
     plan = plan_conditions(cfg, gen)
     name = generator_name(cfg.generator, gen.info)
     with state.main_process_first():

@@ -28,6 +28,15 @@ def guided(gen: Generator, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
     return uncond + scale * (conditional - uncond)
 
 
+def sampling_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The sampling dtype of GenerateConfig.dtype; 'auto' is bfloat16 only where `device` has native bf16."""
+    if name == "auto":
+        from synthfm.hardware import native_bf16
+
+        return torch.bfloat16 if native_bf16(device.type) else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
 def evaluations(sampler: SamplerConfig) -> int:
     """Denoiser evaluations per image (a guided step batches its two halves into one call)."""
     return sampler.steps
