@@ -27,7 +27,7 @@ from synthfm import __version__
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_text
 from synthfm.report import figures
-from synthfm.report.verdict import arms_verdict, verdict
+from synthfm.report.verdict import arms_verdict, gate_lines, verdict
 
 
 @dataclass
@@ -290,7 +290,11 @@ def verdict_lines(run: Run) -> list[str]:
         comps.append(comp)
     lines = [line for j in run.stage("evaluate", "arms")
              for line in arms_verdict(json.loads((Path(j["dir"]) / "arms.json").read_text()))]
-    return lines + verdict(comps) if comps or not lines else lines
+    lines = lines + verdict(comps) if comps or not lines else lines
+    gates = [j for j in run.jobs if j["stage"] == "quality" and (Path(j["dir"]) / "quality.json").is_file()]
+    return lines + [line for j in gates  # a gate that stopped the run still says why
+                    for line in gate_lines(f"quality.{j['name']}", json.loads((Path(j["dir"]) / "quality.json")
+                                                                                .read_text()))]
 
 
 SECTIONS: list[Callable[[Run], Section]] = [

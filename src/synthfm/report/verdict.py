@@ -95,3 +95,40 @@ def arms_verdict(doc: dict[str, Any]) -> list[str]:
         lines.append(f"Verdict ({title}): no pretraining arm beat {floor} significantly"
                      + (f"; {', '.join(losses)} did worse. " if losses else ". ") + WHAT_WOULD_CHANGE_IT)
     return [line for line in lines if line]
+
+
+def gate_lines(job: str, doc: dict[str, Any]) -> list[str]:
+    """What a quality gate said (quality.json): verdict, the feature space it judged in, what failed, and warnings.
+
+    The space is named because the verdict means little without it: a random-init space is flagged, and a low
+    label agreement is said in words even when no threshold asked about it.
+    """
+    spaces = doc.get("space_info") or [{"name": n, "kind": "?", "description": n} for n in doc.get("spaces", [])]
+    where = "; ".join(f"{s['name']} ({s.get('description', s.get('kind', ''))})" for s in spaces) or "no space"
+    failed = [c for c in doc.get("checks", []) if not c["passed"]]
+    head = (f"Quality gate {job}: the synthetic set ({doc.get('n_synthetic', '?')} images) "
+            f"{'passed' if doc.get('verdict') == 'pass' else 'FAILED'} against {doc.get('n_real', '?')} real images, "
+            f"judged in {where}.")
+    lines = [head]
+    if failed:
+        lines.append("Failed: " + "; ".join(_check_text(c) for c in failed) + ".")
+    if any(s.get("kind") == "random" for s in spaces):
+        lines.append("Warning: the gate used a random-init feature space, which follows colour and layout more "
+                     "than anatomy; its fidelity numbers are weak evidence either way.")
+    agreement = {k: v for k, v in doc.get("metrics", {}).items()
+                 if k.startswith("label_agreement_rel") and isinstance(v, float) and v == v}
+    low = {k: v for k, v in agreement.items() if v < 0.8}
+    if low:
+        lines.append("Warning: low label agreement — a classifier trained on real images agrees with the "
+                     "conditioned label far less often than it is right on held-out real images ("
+                     + ", ".join(f"{k} {v:.2f}" for k, v in low.items()) + "), so labels of this set are unreliable.")
+    return lines
+
+
+def _check_text(check: dict[str, Any]) -> str:
+    """'precision_rel_x 0.13 (needs at_least 0.5; synthetic 0.09 vs real pair 0.70)'."""
+    text = f"{check['metric']} {check['value']:.3g} (needs {check['bound'].replace('_', ' ')} {check['threshold']:g}"
+    real = check.get("real_baseline")
+    if isinstance(real, float) and real == real:
+        text += f"; synthetic {check['synthetic']:.3g} vs real held-out pair {real:.3g}"
+    return text + ")"
