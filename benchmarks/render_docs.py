@@ -92,6 +92,11 @@ def main(bench_dir: Path = DOCS / "bench", out: Path = DOCS / "benchmarks.md") -
              "command that produced its JSON. Figures were taken on the 2-core CPU development machine while "
              "other jobs shared it, so absolute numbers are noisy; the ratios compare configurations measured "
              "in the same run.\n"]
+    if not (bench_dir / "device.json").is_file():
+        parts.append("No GPU figure exists yet: every number on this page comes from a CPU, and no CUDA code path "
+                     "of synthfm has run. `bash benchmarks/device_check.sh` is the prepared check for one H100/H200 "
+                     "(about 7 minutes; it writes `docs/bench/device.json`); until it has run, `synthfm plan "
+                     "--device h100|a100` labels its GPU estimates as assumed.\n")
     for path in sorted(bench_dir.glob("*.json")):
         if path.name != combined.name:
             parts.append(section(path.stem, json.loads(path.read_text()), recorded.get(path.stem)))
