@@ -87,6 +87,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "minsnr": {"diffusion": {"snr_gamma": 5.0}},
     "v_minsnr": {"diffusion": {"prediction_type": "v_prediction", "snr_gamma": 5.0}},
     "edm": {"diffusion": {"formulation": "edm"}},
+    "edm_flip": {"diffusion": {"formulation": "edm", "hflip": True}},
+    "edm_v": {"diffusion": {"formulation": "edm", "prediction_type": "v_prediction"}},
     "edm_wide": {"diffusion": {"formulation": "edm", "unet": WIDE}},
     "edm_wide_flip": {"diffusion": {"formulation": "edm", "unet": WIDE, "hflip": True}},
     "edm_wide_lr1e3": {"diffusion": {"formulation": "edm", "unet": WIDE}, "optim": {"lr": 1.0e-3}},
@@ -271,7 +273,8 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     last_loss = [json.loads(line) for line in metrics.read_text().splitlines()][-1] if metrics.is_file() else {}
     return {"recipe": args.recipe, "recipe_config": cfg, "card": str(card), "image_size": args.size,
             "steps": args.steps, "train_minutes": round(train_s / 60, 2), "final_loss": last_loss.get("loss"),
-            "domain_space": {"encoder": "ViT-Ti/8, 4 blocks, 32 px, fine-tuned on the card's training split",
+            "domain_space": {"encoder": f"ViT-Ti/8, {1 if args.quick else 4} block(s), 32 px, fine-tuned on the "
+                                        "card's training split (best epoch on val)",
                              "epochs": 1 if args.quick else args.domain_epochs, "minutes": round(domain_s / 60, 2)},
             "real_pair": {key: round(v, 4) for key, v in real_pair.items()}, "real_accuracy": round(real_acc, 4),
             "real_heldout_max_pixel_similarity": round(float(real_sim.max()), 4),
@@ -403,6 +406,23 @@ def sampling_bench(args: argparse.Namespace, gen: Generator | None) -> dict[str,
     return out
 
 
+def result_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table of docs/benchmarks.md: one row per guidance scale, the two step loops, the cost per image."""
+    rows: list[dict[str, Any]] = []
+    q = doc.get("quality")
+    if q:
+        rows += [{"case": f"{q['recipe']} {q['steps']} steps, guidance {r['guidance_scale']}",
+                  **{k: v for k, v in r.items() if k not in ("synthetic", "guidance_scale")}}
+                 for r in q["guidance_sweep"]]
+    st = doc.get("step")
+    if st:
+        rows += [{"case": f"{loop} step, batch {st['batch_size']}, {st['image_size']} px",
+                  "s_per_step": st[f"{loop}_s_per_step"]} for loop in ("engine", "bare")]
+    rows += [{"case": r.get("case", "cost"), **{k: v for k, v in r.items() if k != "case"}}
+             for r in doc.get("sampling", {}).get("cost", [])]
+    return rows
+
+
 # ---- main ------------------------------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -422,7 +442,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds, not a measurement")
     ap.add_argument("--out", default=str(REPO / "docs" / "bench" / "generator.json"))
     args = ap.parse_args()
-    args.size = args.size or (64 if args.card == "phantom" else 32)
+    args.size = args.size or (16 if args.quick else 64 if args.card == "phantom" else 32)
     args.guidance = [float(x) for x in args.guidance.split(",")]
     if args.quick:
         args.steps, args.guidance = 2, [2.0]
@@ -464,7 +484,9 @@ def main() -> int:
         checks["engine_over_bare"] = doc["engine_over_bare"] <= 1.15
         checks["data_seeding_share"] = doc["data_seeding_share"] <= 0.10
     doc["checks"] = checks
-    doc["goals_met"] = bool(checks) and all(checks.values()) and parts >= {"quality", "step", "sampling"}
+    doc["results"] = result_rows(doc)
+    doc["goals_met"] = (bool(checks) and all(checks.values()) and parts >= {"quality", "step", "sampling"}
+                        and not args.quick)  # a smoke run is not a measurement
     doc["missed"] = [k for k, ok in checks.items() if not ok]
     doc["load_avg"] = load_avg()
     text = json.dumps(doc, indent=2, default=str)

@@ -27,6 +27,9 @@ COMMANDS = {
     "probe_gain": "python benchmarks/bench_probe_gain.py --seeds 0,1,2 --n 3000 --steps 1000 --balanced "
                   "--save-encoder runs/bench/probe_gain_mae --out docs/bench/probe_gain.json",
     "sampling": "python benchmarks/bench_sampling.py > docs/bench/sampling.json",
+    "generator": "python benchmarks/bench_generator.py --recipe edm --steps 300 --out docs/bench/generator.json",
+    "generator_step": "python benchmarks/bench_generator.py --recipe edm --only step "
+                      "--out docs/bench/generator_step.json",
     "vessels_chase": "python benchmarks/eval_vessels.py",
     "quality": "python benchmarks/bench_quality.py --fd-encoder runs/bench/probe_gain_mae > docs/bench/quality.json",
     "pipeline": "python benchmarks/bench_pipeline.py --out docs/bench/pipeline.json",
@@ -50,6 +53,13 @@ NOTES = {
                   "pixels: the bar a useful encoder should also clear.",
     "sampling": "Fréchet distance to held-out phantom images against model evaluations for DDPM / DDIM / "
                 "DPM-Solver++, cost per image on CPU, and peak memory against N.",
+    "generator": "The diffusion generator trained on RetinaMNIST's training split at 32 px through the engine, "
+                 "scored relative to the real pair (held-out real vs training split) in a domain space fine-tuned "
+                 "on the card, at each guidance scale of the sweep (rows); the top-level keys are the best scale's. "
+                 "Targets and the ablation: docs/generator.md.",
+    "generator_step": "Engine diffusion training step against a bare diffusers loop (same ConditionalUNet, batch "
+                      "and precision, EMA in both), alternating rounds, medians; and the engine's data loading + "
+                      "per-sample seeding + condition handling as a share of its step.",
     "vessels_chase": "Vessel segmentation on CHASE_DB1 against the first observer (see docs/results.md).",
     "quality": "Planted-copy recall and false positives of the memorisation audit; FD ranking of phantom sets "
                "(three draws each of a same-distribution, a colour-shifted and a lesion-free set against a DR "

@@ -31,3 +31,19 @@ def test_pipeline_benchmark_reads_the_pytest_summary_line() -> None:
     assert pytest_summary(out) == {"passed": 509, "skipped": 2, "warnings": 3, "seconds": 349.21}
     assert pytest_summary("=== 1 failed, 4 passed in 2.50s ===") == {"failed": 1, "passed": 4, "seconds": 2.5}
     assert pytest_summary("no tests ran") is None
+
+
+def test_generator_benchmark_quick_writes_every_key(tmp_path: Path) -> None:
+    out = tmp_path / "generator.json"
+    argv = [sys.executable, str(REPO / "benchmarks" / "bench_generator.py"), "--quick", "--out", str(out), "--work",
+            str(tmp_path / "work")]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    for key in ("fd_ratio", "precision_rel", "coverage_rel", "label_agreement_rel", "near_copies", "train_minutes",
+                "engine_over_bare", "sampling_images_per_s", "goals_met", "load_avg"):
+        assert key in doc, key
+    assert doc["quick"] and doc["goals_met"] is False  # a smoke run never claims the targets
+    assert doc["goals_met"] == (not doc["missed"] and all(doc["checks"].values()) and not doc["quick"])
+    best = doc["quality"]["best"]
+    assert doc["fd_ratio"] == best["fd_ratio"] > 0 and doc["engine_over_bare"] > 0
