@@ -193,3 +193,26 @@ def test_manifest_of_absolute_paths(tmp_path: Path, dicom_file) -> None:
         "tasks": [{"name": "finding", "type": "binary", "classes": ["normal", "opacity"]}]}))
     data = load_card(tmp_path / "card.yaml")
     assert open_dataset(data)[1]["image"].shape == (1, 2, 3)
+
+
+def test_new_user_path_dicom_folder_to_linear_probe(tmp_path: Path, dicom_file, capsys) -> None:
+    """docs/data.md's walk-through: DICOM folder + labels.csv -> inspect -> split -> prepare -> adapt (probe)."""
+    root = _xray_folder(tmp_path / "site", dicom_file, n=16)
+    labels = pd.read_csv(root / "labels.csv").drop(columns=["split"])
+    labels.to_csv(root / "labels.csv", index=False)
+    spec = yaml.safe_load(_card(root).joinpath("dataset.yaml").read_text()) | {"split": None}
+    (root / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    steps = [["data", "inspect", str(root)],
+             ["data", "split", str(root), "-o", str(tmp_path / "split"), "--stratify", "finding",
+              "--ratios", "0.5,0.25,0.25"],
+             ["data", "prepare", str(tmp_path / "split"), "-o", str(tmp_path / "prepared"), "--size", "32"]]
+    for args in steps:
+        code, out = _cli(args, capsys)
+        assert code == 0, (args, out)
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump({
+        "card": str(tmp_path / "prepared"), "task": "finding", "encoder": "random:vit_tiny_p8_64",
+        "backbone_overrides": {"img_size": 32}, "policy": "linear_probe", "epochs": 1, "warmup_epochs": 0, "batch_size": 4, "seeds": [0]}))
+    code, out = _cli(["adapt", str(tmp_path / "probe.yaml"), "-o", str(tmp_path / "probe")], capsys)
+    assert code == 0, out
+    results = pd.read_csv(tmp_path / "probe" / "results.csv")
+    assert set(results["split"]) == {"val", "test"} and (results["metric"] == "auroc").any()
