@@ -196,14 +196,20 @@ def pretrain_export_cmd(
 
 
 @pretrain_app.command("recipes")
-def pretrain_recipes_cmd() -> None:
-    """List the named pretraining recipes."""
+def pretrain_recipes_cmd(
+    full: Annotated[bool, typer.Option("--full", help="Print each recipe's whole YAML")] = False,
+) -> None:
+    """List the named pretraining recipes: one line each (objective, backbone), or the full YAML with --full."""
     import yaml
 
     from synthfm.pretrain.config import all_recipes
 
     for name, recipe in all_recipes().items():
-        console.print(f"[bold]{name}[/]\n{yaml.safe_dump(recipe, sort_keys=False)}")
+        if full:
+            console.print(f"[bold]{name}[/]\n{yaml.safe_dump(recipe, sort_keys=False)}", highlight=False)
+        else:
+            console.print(f"{name:28} {recipe.get('objective', 'mae'):9} {recipe.get('backbone', '')}",
+                          highlight=False, markup=False)
 
 
 @app.command("adapt")
@@ -277,6 +283,7 @@ def phantom_cmd(
 
 def _mount() -> None:
     """Commands and groups that live in their stage packages (each exposes a Typer app in commands.py)."""
+    from synthfm.adapt.commands import export_cli, predict_cli
     from synthfm.analyze.commands import app as analyze_app
     from synthfm.consortium.commands import hub_app, site_app
     from synthfm.evaluate.commands import app as efficiency_app
@@ -286,6 +293,8 @@ def _mount() -> None:
 
     app.command("evaluate")(evaluate_cli)
     app.command("quality")(quality_cmd)
+    app.command("predict")(predict_cli)
+    app.command("export")(export_cli)
     app.add_typer(efficiency_app, name="efficiency")
     app.add_typer(site_app, name="site")
     app.add_typer(hub_app, name="hub")

@@ -1,8 +1,11 @@
-"""Command functions for `synthfm adapt CONFIG OUT`, `synthfm evaluate RUN`, `synthfm compare A B` (wired in cli)."""
+"""Command functions for `synthfm adapt`, `evaluate`, `compare`, `predict` and `export` (wired in cli)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 from synthfm.adapt.config import AdaptConfig
 from synthfm.adapt.experiment import run_experiment
@@ -34,3 +37,37 @@ def compare_command(a: str | Path, b: str | Path, metric: str = "auroc", split: 
         with atomic_path(out, ".csv") as tmp:
             table.to_csv(tmp, index=False)
     return 0
+
+
+def predict_cli(
+    model_dir: Annotated[Path, typer.Argument(help="Adaptation run or experiment, or a 'synthfm export' folder")],
+    inputs: Annotated[Path, typer.Argument(help="Dataset card (folder or YAML), or a folder of images / DICOM")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for predictions.csv (and gradcam/)")],
+    gradcam: Annotated[bool, typer.Option("--gradcam", help="Also write Grad-CAM overlays of the predicted class")]
+    = False,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 16,
+) -> None:
+    """Predict new images with an adapted model: probabilities per class, predicted label, id and path."""
+    from synthfm.adapt.predict import predict
+
+    show_path("predictions", predict(model_dir, inputs, out, gradcam, batch_size))
+
+
+def export_cli(
+    model_dir: Annotated[Path, typer.Argument(help="Adaptation run or experiment (or a saved encoder, with --onnx)")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder (default RUN/export)")] = None,  # noqa: UP045
+    onnx: Annotated[bool, typer.Option("--onnx", help="Also write model.onnx, checked against PyTorch")] = False,
+    atol: Annotated[float, typer.Option(help="ONNX check: largest allowed absolute difference of the outputs")]
+    = 1e-4,
+) -> None:
+    """A plain-timm classifier folder (weights, config.json, README.md model card), optionally with ONNX."""
+    from synthfm.adapt.export import export_model
+
+    show_path("model", export_model(model_dir, out, onnx, atol))
+
+
+def show_path(what: str, path: Path) -> None:
+    """Print where a command wrote its result."""
+    from rich.console import Console
+
+    Console(soft_wrap=True).print(f"{what}: [bold]{path}[/]", highlight=False)

@@ -124,6 +124,7 @@ def load_adapted(run_dir: str | Path) -> tuple[nn.Module, object]:
                           str(run_dir / "config.yaml"))
     data = load_card(cfg.card, check_files=False)
     task = data.card.task(cfg.task)
+    torch.manual_seed(cfg.seeds[0])  # as the trainer does: a random-init probe's encoder is rebuilt, not saved
     encoder = load_encoder(cfg, data.channels)
     probe = cfg.policy == "linear_probe"
     model = Classifier(encoder, build_head(encoder.num_features, task.num_outputs, probe), probe)
