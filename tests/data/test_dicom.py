@@ -211,8 +211,32 @@ def test_new_user_path_dicom_folder_to_linear_probe(tmp_path: Path, dicom_file, 
         assert code == 0, (args, out)
     (tmp_path / "probe.yaml").write_text(yaml.safe_dump({
         "card": str(tmp_path / "prepared"), "task": "finding", "encoder": "random:vit_tiny_p8_64",
-        "backbone_overrides": {"img_size": 32}, "policy": "linear_probe", "epochs": 1, "warmup_epochs": 0, "batch_size": 4, "seeds": [0]}))
+        "backbone_overrides": {"img_size": 32}, "policy": "linear_probe", "epochs": 1, "warmup_epochs": 0,
+        "batch_size": 4, "seeds": [0]}))
     code, out = _cli(["adapt", str(tmp_path / "probe.yaml"), "-o", str(tmp_path / "probe")], capsys)
     assert code == 0, out
     results = pd.read_csv(tmp_path / "probe" / "results.csv")
     assert set(results["split"]) == {"val", "test"} and (results["metric"] == "auroc").any()
+
+
+def test_colour_dicom_to_card_channels(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 2, 3, 3, "RGB"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.PlanarConfiguration = 8, 8, 7, 0, 0
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(tmp_path / "fundus.dcm", enforce_file_format=True)
+    arr, _ = read_dicom(tmp_path / "fundus.dcm")
+    np.testing.assert_array_equal(arr, rgb)
+    from synthfm.data.images import from_pixels
+
+    # ITU-R 601 luma as Pillow computes it: 255 * 299 / 1000 = 76.2 -> 76
+    assert from_pixels(arr, 1)[0, 0] == 76 and from_pixels(arr, 3) is arr
