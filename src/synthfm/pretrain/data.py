@@ -4,10 +4,21 @@ A stage mixes its sources by weight. `MixturePlan` maps a global sample position
 (source, index, round) with pure arithmetic on seeded permutations, so batch b is the same whichever process
 computes it and whenever: a resumed run starts its sampler at the first batch not yet consumed, and DDP ranks
 take disjoint slices of each global batch. Augmentation is seeded per (seed, source, index, round) too.
+
+Seeds and random numbers are counter-based: a sample's seed is a hash (splitmix64) of (seed, source, index,
+round), and its k-th uniform is a hash of (sample seed, k), drawn for a whole batch at once with numpy; nothing
+reseeds a global RNG. Card sources are decoded and resized to the training size once and kept as raw shards in
+the cache directory; the random resized crop and flip then run on the whole batch (one `grid_sample`), each
+sample with its own parameters. Sources of other kinds (an objective's own, or DINOv2's multi-crop `views`)
+keep the per-sample path: a torch seed of (seed, key) around the sample's transform.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import tarfile
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -15,15 +26,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from synthfm.data.manifest import load_card
+from synthfm.data.manifest import ID, load_card
+from synthfm.data.modality import preset
 from synthfm.data.readers import open_dataset
 from synthfm.data.shard_index import IndexedShardDataset
-from synthfm.data.transforms import build_transform
+from synthfm.data.shards import ShardRecord, decode_image, shard_name, shard_urls, write_shard
+from synthfm.data.transforms import build_transform, to_tensor
 from synthfm.errors import SynthfmError
+from synthfm.io import atomic_write_text
 from synthfm.pretrain.config import SourceConfig
 from synthfm.synth.rasd import RaSDConfig, RaSDStream
 from synthfm.synth.writer import PhantomConfig, render_phantom
@@ -34,8 +50,39 @@ VIEW_KEYS = ("global_crops", "local_crops", "ibot_masks")  # keys a `views` tran
 BLOCK = 1024  # positions per mixing block: each block holds every source in proportion to its weight
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+CACHE_SHARD = 1024  # images per raw shard of a card's training-size cache
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def hash_seeds(*parts: int | np.ndarray) -> np.ndarray:
+    """63-bit seeds hashed from integers or integer arrays (broadcast), one per element."""
+    with np.errstate(over="ignore"):
+        h = np.uint64(0x243F6A8885A308D3)
+        for p in parts:
+            h = _mix(h ^ _mix(np.asarray(p).astype(np.int64).astype(np.uint64) + _GOLDEN))
+        return (np.asarray(h) >> np.uint64(1)).astype(np.int64)
+
+
+@torch.compiler.disable  # numpy uint64 arithmetic: run eagerly inside a compiled step
+def counter_uniform(seeds: np.ndarray | torch.Tensor, n: int) -> torch.Tensor:
+    """(B, n) float64 uniforms in [0, 1): entry (b, k) a hash of (seeds[b], k), so row b depends on seeds[b] only."""
+    seeds = np.asarray(seeds.cpu() if isinstance(seeds, torch.Tensor) else seeds, dtype=np.int64).reshape(-1, 1)
+    with np.errstate(over="ignore"):
+        x = _mix(seeds.astype(np.uint64) ^ _mix(np.arange(n, dtype=np.uint64) + _GOLDEN))
+    return torch.from_numpy((x >> np.uint64(11)).astype(np.float64) * 2.0**-53)
+
+
 def _seed(*parts: int) -> int:
-    """A 63-bit seed from integers (independent streams via SeedSequence)."""
+    """A 63-bit seed from integers (independent streams via SeedSequence; the plan and per-sample transforms)."""
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
@@ -48,6 +95,7 @@ class RaSDSource(Dataset):
 
     def __init__(self, size: int, channels: int, n: int, seed: int, scale: tuple[float, float] | None = None) -> None:
         self.stream = RaSDStream(RaSDConfig(size=size, channels=channels), seed=seed, length=n)
+        self.augment_in_batch = scale is None  # without a scale, MixtureDataset crops image and mask per batch
         self.geo = None if scale is None else T.Compose([T.RandomResizedCrop(size, scale=scale, antialias=True),
                                                         T.RandomHorizontalFlip()])
 
@@ -65,55 +113,196 @@ class RaSDSource(Dataset):
 def open_card_source(path: str | Path, split: str | None, size: int, channels: int,
                      scale: tuple[float, float]) -> Dataset:
     """A card's images with MAE augmentation (random resized crop + h-flip) at `size` (shards indexed by offset)."""
-    data = load_card(path)
-    if data.channels != channels:
-        raise SynthfmError(f"card {path} has {data.channels}-channel images but the backbone takes {channels}",
-                           "set in_chans in the pretraining config to match the card's modality")
+    data = _card(path, channels)
     transform = build_transform(data.card.modality, size, train=True, scale=scale)
     if data.card.source.format == "shards":
         return IndexedShardDataset(data, split, transform)
     return open_dataset(data, split, transform=transform)
 
 
-def open_source(src: SourceConfig, size: int, channels: int, scale: tuple[float, float], cache: Path) -> Dataset:
-    """The random-access dataset behind one source (a phantom is rendered into `cache` on first use)."""
+def _card(path: str | Path, channels: int) -> Any:
+    """A card whose modality has `channels` channels."""
+    data = load_card(path)
+    if data.channels != channels:
+        raise SynthfmError(f"card {path} has {data.channels}-channel images but the backbone takes {channels}",
+                           "set in_chans in the pretraining config to match the card's modality")
+    return data
+
+
+def read_raw_shards(urls: list[str], channels: int) -> Iterator[np.ndarray]:
+    """Every image of raw-encoded shards in order (read here, not through WebDataset, which splits by rank)."""
+    for url in urls:
+        with tarfile.open(url) as tar:
+            members = {m.name: m for m in tar.getmembers()}
+            for name in sorted(n for n in members if n.endswith(".raw")):
+                key = name[: -len(".raw")]
+                shape = json.loads(tar.extractfile(members[f"{key}.json"]).read())["shape"]
+                yield decode_image(tar.extractfile(members[name]).read(), "raw", channels, f"{url}:{key}", shape)
+
+
+class CachedCardSource(Dataset):
+    """A card's images decoded and resized (bicubic, antialiased) to the training size once, kept as raw shards
+    in the cache directory and in memory; items are normalised, un-augmented (MixtureDataset crops batches)."""
+
+    augment_in_batch = True
+
+    def __init__(self, path: str | Path, split: str | None, size: int, channels: int, cache: Path) -> None:
+        data = _card(path, channels)
+        reader = IndexedShardDataset(data, split) if data.card.source.format == "shards" else open_dataset(data, split)
+        p = preset(data.card.modality)
+        self.mean = torch.tensor(p.mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(p.std, dtype=torch.float32).view(-1, 1, 1)
+        ids = "\n".join(map(str, data.df[ID].iloc[reader.rows]))
+        key = hashlib.sha256(f"{Path(data.card_dir).resolve()}|{data.card.name}|{split}|{size}|{channels}|{ids}"
+                             .encode()).hexdigest()[:16]
+        self.folder = cache / f"card_{data.card.name}_{split or 'all'}_s{size}_{key}"
+        if not (self.folder / "COMPLETE").is_file():
+            self._write(reader, size)
+        self.images = torch.from_numpy(np.stack(list(read_raw_shards(shard_urls(self.folder), channels))))
+
+    def _write(self, reader: Any, size: int) -> None:
+        """Decode and resize every image of the split; write raw shards, then the marker."""
+        resize = T.Resize((size, size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for k in range(0, len(reader), CACHE_SHARD):
+            records = (ShardRecord(f"{pos:08d}", resize(to_tensor(reader.raw(pos))).numpy())
+                       for pos in range(k, min(k + CACHE_SHARD, len(reader))))
+            write_shard(self.folder / shard_name("cache", k // CACHE_SHARD), records, "raw")
+        atomic_write_text(self.folder / "COMPLETE", f"{len(reader)}\n")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": (self.images[i].float() / 255 - self.mean) / self.std}
+
+
+def open_source(src: SourceConfig, size: int, channels: int, scale: tuple[float, float] | None,
+                cache: Path) -> Dataset:
+    """The random-access dataset behind one source (a phantom is rendered into `cache` on first use).
+
+    With `scale` None the images come un-augmented at `size` (card images from a training-size cache) and
+    MixtureDataset crops whole batches; with a scale, each sample is augmented on its own as before.
+    """
     if src.source == "rasd":
         return RaSDSource(size, channels, src.n, src.seed, scale)
+    card: str | Path = src.source
     if src.source == "phantom":
         generator = "fundus_phantom" if channels == 3 else "cxr_phantom"
         card = render_phantom(cache / f"{generator}_n{src.n}_s{size}_seed{src.seed}",
                               PhantomConfig(generator=generator, n=src.n, size=max(size, 16), seed=src.seed))
-        return open_card_source(card, src.split, size, channels, scale)
-    return open_card_source(src.source, src.split, size, channels, scale)
+    if scale is None:
+        return CachedCardSource(card, src.split, size, channels, cache)
+    return open_card_source(card, src.split, size, channels, scale)
+
+
+def crop_params(u: torch.Tensor, height: int, width: int, scale: tuple[float, float],
+                ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> torch.Tensor:
+    """torchvision's RandomResizedCrop + h-flip parameters for each row of uniforms u (B, 4 * attempts + 1), in
+    continuous pixels: (B, 5) = (x0, y0, w, h, flip). The first attempt that fits wins, else the whole image
+    clipped to the ratio range."""
+    b = u.shape[0]
+    a = u[:, : 4 * attempts].reshape(b, attempts, 4)
+    area = height * width * (scale[0] + a[..., 0] * (scale[1] - scale[0]))
+    log_r = math.log(ratio[0]) + a[..., 1] * (math.log(ratio[1]) - math.log(ratio[0]))
+    w, h = (area * torch.exp(log_r)).sqrt(), (area / torch.exp(log_r)).sqrt()
+    fits = (w <= width) & (h <= height)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((b,), -1))
+    in_ratio = width / height
+    fw = width if ratio[0] <= in_ratio <= ratio[1] else (width if in_ratio < ratio[0] else height * ratio[1])
+    fh = height if ratio[0] <= in_ratio <= ratio[1] else (width / ratio[0] if in_ratio < ratio[0] else height)
+    idx = first.clamp(min=0)[:, None]
+    w = torch.where(first >= 0, w.gather(1, idx)[:, 0], torch.full((b,), float(fw), dtype=w.dtype))
+    h = torch.where(first >= 0, h.gather(1, idx)[:, 0], torch.full((b,), float(fh), dtype=h.dtype))
+    x0 = torch.where(first >= 0, a[..., 2].gather(1, idx)[:, 0] * (width - w), (width - w) / 2)
+    y0 = torch.where(first >= 0, a[..., 3].gather(1, idx)[:, 0] * (height - h), (height - h) / 2)
+    return torch.stack([x0, y0, w, h, (u[:, 4 * attempts] < 0.5).to(w.dtype)], dim=1)
+
+
+def batch_crop(x: torch.Tensor, params: torch.Tensor, mode: str = "bicubic") -> torch.Tensor:
+    """Crop each image of x (B, C, H, W) to its box and resize it back to (H, W), flipped where params say so."""
+    _, _, hgt, wid = x.shape
+    x0, y0, w, h, flip = params.float().unbind(1)
+    theta = torch.zeros(x.shape[0], 2, 3)
+    theta[:, 0, 0] = w / wid * (1 - 2 * flip)
+    theta[:, 1, 1] = h / hgt
+    theta[:, 0, 2] = (x0 + w / 2) / wid * 2 - 1
+    theta[:, 1, 2] = (y0 + h / 2) / hgt * 2 - 1
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 def sample_seed(seed: int, key: Key) -> int:
     """The seed of a sample's in-model random choices (e.g. MAE masks): the same on whichever rank draws it."""
-    return _seed(seed, *key, 7)
+    return int(sample_seeds(seed, [key])[0])
+
+
+def sample_seeds(seed: int, keys: list[Key], salt: int = 7) -> np.ndarray:
+    """`sample_seed` of many keys at once (salt 7: in-model choices; 11: batched augmentation)."""
+    k = np.asarray(keys, dtype=np.int64).reshape(-1, 3)
+    return hash_seeds(seed, k[:, 0], k[:, 1], k[:, 2], salt)
 
 
 class MixtureDataset(Dataset):
     """Several sources behind one index: key (source, index, round) -> {'image', 'source', 'seed'[, 'mask']}.
 
-    Augmentation runs under a torch seed of (seed, key), and 'seed' seeds the model's own random choices for
-    the sample, so a sample is treated identically whichever process, batch size or resume draws it.
+    Sources marked `augment_in_batch` give un-augmented images; a batch of keys (`__getitems__`) gets its random
+    resized crops (`scale`) and flips in one call, each from uniforms of its own key. Other sources augment
+    per sample under a torch seed of (seed, key). 'seed' seeds the model's own random choices for the sample, so
+    a sample is treated identically whichever process, batch size or resume draws it.
     """
 
     def __init__(self, sources: list[Dataset], seed: int,
-                 views: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None) -> None:
+                 views: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None,
+                 scale: tuple[float, float] | None = None) -> None:
         self.sources, self.seed, self.views = sources, seed, views  # views: extra keys from the image (multi-crop)
+        self.scale = scale
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources)
 
     def __getitem__(self, key: Key) -> dict[str, Any]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[Key]) -> list[dict[str, Any]]:
+        """The items of a batch of keys (the DataLoader calls this once per batch)."""
+        seeds = sample_seeds(self.seed, keys)
+        items = [self._fetch(key) for key in keys]
+        batched = [i for i, key in enumerate(keys) if getattr(self.sources[key[0]], "augment_in_batch", False)]
+        if batched and self.scale is not None:
+            self._augment([items[i] for i in batched], sample_seeds(self.seed, [keys[i] for i in batched], 11))
+        out = []
+        for key, seed, item in zip(keys, seeds.tolist(), items, strict=True):
+            extra = {}
+            if self.views is not None:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(_seed(self.seed, *key, 3))
+                    extra = self.views(item["image"])
+            out.append({"image": item["image"], "source": key[0], "seed": seed,
+                        **{k: item[k] for k in ITEM_KEYS if k in item}, **extra})
+        return out
+
+    def _fetch(self, key: Key) -> dict[str, Any]:
+        """One source item; sources that augment per sample do so under the sample's torch seed."""
         s, i, rnd = key
+        if getattr(self.sources[s], "augment_in_batch", False):
+            return dict(self.sources[s][i])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed(self.seed, s, i, rnd))
-            item = self.sources[s][i]
-            extra = self.views(item["image"]) if self.views is not None else {}
-        return {"image": item["image"], "source": s, "seed": sample_seed(self.seed, key),
-                **{k: item[k] for k in ITEM_KEYS if k in item}, **extra}
+            return dict(self.sources[s][i])
+
+    def _augment(self, items: list[dict[str, Any]], seeds: np.ndarray) -> None:
+        """Random resized crop + h-flip of the items' images (and masks, nearest) in one batched call, in place."""
+        images = torch.stack([x["image"] for x in items])
+        params = crop_params(counter_uniform(seeds, 41), images.shape[-2], images.shape[-1], self.scale)
+        for x, img in zip(items, batch_crop(images, params).to(images.dtype), strict=True):
+            x["image"] = img
+        if all("mask" in x for x in items):
+            masks = torch.stack([x["mask"] for x in items])
+            flat = masks.reshape(masks.shape[0], -1, *masks.shape[-2:]).float()
+            for x, m in zip(items, batch_crop(flat, params, "nearest").to(masks.dtype).reshape(masks.shape),
+                            strict=True):
+                x["mask"] = m
 
 
 class MixturePlan:

@@ -218,6 +218,7 @@ class Engine:
             self.compiled = False
         self.model, self.optimizer = self.acc.prepare(module, build_optimizer(module, cfg.optim))
         self.pos = Position()
+        self.phase_seconds: dict[str, float] | None = None  # a dict: train_step adds forward/backward/optimiser time
         torch.manual_seed(cfg.seed + 1 + self.acc.process_index)  # masking noise differs per rank
         self._window: dict[str, Any] = {"start": time.perf_counter()}
 
@@ -271,14 +272,15 @@ class Engine:
         stage = self.cfg.stages[index]
         cache = Path(self.cfg.cache_dir) if self.cfg.cache_dir else self.run.path / "sources"
         with self.acc.main_process_first():
-            sources = [self.objective.open_source(s, cache) if hasattr(self.objective, "open_source")
-                       else open_source(s, self.image_size, self.cfg.in_chans, self.cfg.crop_scale, cache)
-                       for s in stage.sources]
+            own = hasattr(self.objective, "open_source")  # an objective's own sources augment per sample
+            sources = [self.objective.open_source(s, cache) if own
+                       else open_source(s, self.image_size, self.cfg.in_chans, None, cache) for s in stage.sources]
         lengths = [len(s) for s in sources]
         seed = self.cfg.seed * 1000 + index
         steps, warmup = stage_schedule(stage, self.cfg.optim, sum(lengths), self.global_batch)
         plan = MixturePlan(lengths, [s.weight for s in stage.sources], seed)
-        return StagePlan(index, stage, MixtureDataset(sources, seed, self.views()), plan, steps, warmup,
+        dataset = MixtureDataset(sources, seed, self.views(), None if own else self.cfg.crop_scale)
+        return StagePlan(index, stage, dataset, plan, steps, warmup,
                          peak_lr(self.cfg, self.global_batch, stage.base_lr), sum(lengths))
 
     def batches(self, sp: StagePlan, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -299,6 +301,18 @@ class Engine:
             if weight_decay is not None and group["weight_decay"] > 0:
                 group["weight_decay"] = weight_decay
 
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to `phase_seconds[name]` when timing is on (device work awaited)."""
+        if self.phase_seconds is None:
+            yield
+            return
+        t0 = time.perf_counter()
+        yield
+        if self.acc.device.type == "cuda":
+            torch.cuda.synchronize(self.acc.device)
+        self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + time.perf_counter() - t0
+
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Forward/backward over the micro-batches (gradient sync on the last), clip, step; return mean logs."""
         logs: dict[str, torch.Tensor] = {}
@@ -307,15 +321,18 @@ class Engine:
             batch = {k: v.to(self.acc.device, non_blocking=True) for k, v in batch.items()}
             sync = contextlib.nullcontext() if i == n - 1 else self.acc.no_sync(self.model)
             with sync:
-                loss, extra = self.model(batch)
-                self.acc.backward(loss / n)
+                with self.phase("forward"):
+                    loss, extra = self.model(batch)
+                with self.phase("backward"):
+                    self.acc.backward(loss / n)
             for k, v in {"loss": loss.detach(), **extra}.items():
                 logs[k] = logs.get(k, 0.0) + v.detach().float() / n
-        if self.cfg.optim.clip_grad is not None:
-            logs["grad_norm"] = torch.as_tensor(self.acc.clip_grad_norm_(self.model.parameters(),
-                                                                         self.cfg.optim.clip_grad)).detach()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with self.phase("optimiser"):
+            if self.cfg.optim.clip_grad is not None:
+                logs["grad_norm"] = torch.as_tensor(self.acc.clip_grad_norm_(self.model.parameters(),
+                                                                             self.cfg.optim.clip_grad)).detach()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         return logs
 
     # ---- checkpoints ------------------------------------------------------------------------------------
@@ -409,7 +426,9 @@ class Engine:
         for step in steps:
             lr = lr_at(step, sp.steps, sp.warmup, sp.peak_lr, self.cfg.optim.min_lr)
             self.set_lr(lr, weight_decay_at(step, sp.steps, self.cfg.optim))
-            logs = self.train_step([next(data) for _ in range(accum)])
+            with self.phase("data"):
+                micro = [next(data) for _ in range(accum)]
+            logs = self.train_step(micro)
             if hasattr(self.objective, "after_step"):  # e.g. the DINOv2 teacher EMA
                 self.objective.after_step(step, sp.steps)
             self.pos.step, self.pos.global_step = step + 1, self.pos.global_step + 1

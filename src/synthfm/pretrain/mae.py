@@ -18,6 +18,7 @@ from torch import nn
 from synthfm.models.backbones import backbone_geometry, create_backbone
 from synthfm.models.vit3d import is_volume_encoder
 from synthfm.pretrain.config import MAEConfig, PretrainConfig
+from synthfm.pretrain.data import counter_uniform
 from synthfm.pretrain.objective import SingleModuleObjective
 
 PAPER_BATCH = 1792  # 4 GPUs x 448 (Zhou et al., RETFound / FM-MEH MAE)
@@ -79,9 +80,8 @@ def patchify(imgs: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def sample_noise(seeds: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
-    """(B, size) uniform noise, row b drawn from a generator seeded with seeds[b] (independent of the batch)."""
-    rows = [torch.rand(size, generator=torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
-    return torch.stack(rows).to(device)
+    """(B, size) uniform noise, row b a counter-based hash of seeds[b] (independent of the batch), drawn at once."""
+    return counter_uniform(seeds, size).to(device=device, dtype=torch.float32)
 
 
 def random_masking(batch: int, patches: int, ratio: float, device: torch.device,
