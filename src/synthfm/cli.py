@@ -128,7 +128,8 @@ def inspect_cmd(
     console.print(f"images checked: {rep.images}")
     for p in rep.problems:
         colour = "red" if p.severity == "error" else "yellow"
-        console.print(f"[{colour}]{p.severity}[/] {p.where}: {p.message}" + (f" (fix: {p.fix})" if p.fix else ""))
+        console.print(f"[{colour}]{p.severity}[/] " + escape(f"{p.where}: {p.message}" + (f" (fix: {p.fix})" if p.fix
+                                                                                            else "")), soft_wrap=True)
     if rep.errors:
         raise typer.Exit(2)
     console.print("[green]card OK[/]" + (f" with {len(rep.problems)} warning(s)" if rep.problems else ""))

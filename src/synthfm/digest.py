@@ -97,8 +97,8 @@ def folder_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def card_files(path: Path) -> list[Path]:
-    """Every file a card reads: its YAML, manifest, and the images, masks, shards or arrays it names."""
+def card_files(path: Path, images: bool = True) -> list[Path]:
+    """Every file a card reads: its YAML, manifest, and (with `images`) the images, masks, shards or arrays."""
     from synthfm.data.card import read_card, resolve_path
     from synthfm.data.manifest import read_table
 
@@ -106,7 +106,7 @@ def card_files(path: Path) -> list[Path]:
     yaml_file = path / "dataset.yaml" if path.is_dir() else path
     manifest = resolve_path(card_dir, card.manifest)
     files = [yaml_file, manifest]
-    if not manifest.is_file():
+    if not manifest.is_file() or not images:
         return files
     root = resolve_path(card_dir, card.source.root)
     df = read_table(manifest)
@@ -123,13 +123,13 @@ def card_files(path: Path) -> list[Path]:
     return files
 
 
-def input_files(path: str | Path) -> list[Path]:
+def input_files(path: str | Path, images: bool = True) -> list[Path]:
     """The files behind a path a job was given: a card's files, a folder's files, or the file itself."""
     p = Path(path)
     card = p / "dataset.yaml" if p.is_dir() else p
     if card.name == "dataset.yaml" and card.is_file():
         try:
-            return card_files(p)
+            return card_files(p, images)
         except SynthfmError:
             return [card]  # a broken card: the job itself reports what is wrong
     if p.is_dir():
@@ -137,9 +137,9 @@ def input_files(path: str | Path) -> list[Path]:
     return [p]
 
 
-def path_digest(path: str | Path) -> str:
+def path_digest(path: str | Path, images: bool = True) -> str:
     """One digest over the bytes of every file behind `path` (see `input_files`)."""
-    files = input_files(path)
+    files = input_files(path, images)
     base = Path(path).resolve()
     digests = file_digests(files)
     named = {}

@@ -93,7 +93,7 @@ inspect("split-map-target", card_with(split={"column": "split", "map": {"train":
 inspect("derive-regex", card_with(derive={"eye": {"source": "path", "regex": "(["}}), "derive.eye.regex")
 inspect("derive-nomatch", card_with(derive={"eye": {"source": "path", "regex": "zzz"}}), "derive.eye")
 inspect("env-unset", card_with(source={"root": "${SYNTHFM_CORPUS_UNSET_VAR}"}), "SYNTHFM_CORPUS_UNSET_VAR")
-inspect("manifest-missing", card_with(manifest="nope.csv"), "{d}/card/nope.csv")
+inspect("manifest-missing", card_yaml("name: t\nmodality: fundus\nmanifest: nope.csv\n"), "{d}/card/nope.csv")
 inspect("manifest-binary", lambda d: tiny_card(d, manifest=bytes(range(256)) * 4), "{d}/card/manifest.csv")
 inspect("manifest-header-only", lambda d: tiny_card(d, manifest="path,grade,patient,split,age,sex\n"),
         "{d}/card/manifest.csv")
@@ -104,12 +104,12 @@ inspect("label-out-of-range", card_rows(set_cell("grade", 2, 7)), "row 3")
 inspect("duplicate-ids", card_rows(set_cell("path", 1, "img/000.png")), "duplicate image ids")
 inspect("unknown-split", card_rows(set_cell("split", 0, "holdout")), "'holdout'")
 inspect("patient-leak", card_rows(set_cell("patient", 8, "P000")), "P000")
-inspect("patient-empty", card_rows(set_cell("patient", 4, "")), "row 5")
-inspect("patient-whitespace", card_rows(set_cell("patient", 8, "P000 ")), "row 9")
-inspect("nul-in-value", card_rows(set_cell("sex", 2, "F\0M")), "row 3")
-inspect("nul-in-label", card_rows(set_cell("grade", 7, "mild\0")), "row 8")
+inspect("patient-empty", card_rows(set_cell("patient", 4, "")), "empty at rows 5")
+inspect("patient-whitespace", card_rows(set_cell("patient", 8, "P000 ")), "rows 1, 2, 9")
+inspect("nul-in-value", card_rows(set_cell("sex", 2, "F\0M")), "'sex' holds a NUL character at rows 3")
+inspect("nul-in-label", card_rows(set_cell("grade", 7, "mild\0")), "'grade' holds a NUL character at rows 8")
 inspect("multilabel-not-binary", card_with(
-    tasks=[{"name": "lesions", "type": "multilabel", "classes": ["grade", "age"]}]), "'age'")
+    tasks=[{"name": "lesions", "type": "multilabel", "classes": ["grade", "age"]}]), "'grade'")
 inspect("image-missing", lambda d: (tiny_card(d), (d / "card/img/004.png").unlink()), "{d}/card/img/004.png")
 inspect("metadata-collides-id", card_rows(lambda df: df.assign(_id=1), metadata={"extra": ["_id"]}), "'_id'")
 inspect("metadata-collides-score", card_rows(lambda df: df.assign(score=0.5), metadata={"extra": ["score"]}),
@@ -211,8 +211,9 @@ def npz_card_index(index: int) -> Callable[[Path], Path]:
 
 for verb, argv in (("prepare", ["data", "prepare", "{d}/card", "-o", "{d}/out", "--size", "16"]),
                    ("inspect", ["data", "inspect", "{d}/card", "--sample", "0"])):
-    case(f"{verb}-npz-index-out-of-range", argv, npz_card_index(99), "row 2")
-    case(f"{verb}-npz-index-negative", argv, npz_card_index(-1), "row 2")
+    case(f"{verb}-npz-index-out-of-range", argv, npz_card_index(99), "{d}/card/manifest.csv: 'index' values out of "
+         "range for 'train_images' (6 images) at rows 2")
+    case(f"{verb}-npz-index-negative", argv, npz_card_index(-1), "at rows 2")
     case(f"{verb}-npz-float-images", argv, npz_card(train_images=np.random.rand(6, 8, 8, 3)), "train_images")
     case(f"{verb}-npz-missing-split-array", argv, npz_card(val_images=np.zeros((0, 8, 8, 3), np.uint8)), "val")
 
@@ -334,21 +335,30 @@ case("cli-missing-out", ["data", "prepare", "{d}/card"], tiny_card, "--out")
 # ---- output-folder locks ----------------------------------------------------------------------------------------
 
 
+_HELD: list[int] = []  # lock files held open for the rest of the test session
+
+
 def locked(make: Callable[[Path], Any]) -> Callable[[Path], None]:
-    """Inputs plus {d}/out held by a live writer (pid 1, this host)."""
+    """Inputs plus {d}/out held by a live writer, as another process would hold it (pid 4242 named)."""
     def build(d: Path) -> None:
+        import fcntl
         import json
+        import os
         import socket
 
         make(d)
-        write(d / "out/.synthfm.lock", json.dumps({"pid": 1, "host": socket.gethostname(), "command": "synthfm"}))
+        (d / "out").mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / "out/.synthfm.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, json.dumps({"pid": 4242, "host": socket.gethostname(), "command": "synthfm"}).encode())
+        _HELD.append(fd)
     return build
 
 
 case("lock-phantom", ["synth", "phantom", "-o", "{d}/out", "--n", "2", "--size", "32"], locked(lambda d: None),
-     "pid 1")
-case("lock-prepare", ["data", "prepare", "{d}/card", "-o", "{d}/out", "--size", "16"], locked(tiny_card), "pid 1")
-case("lock-split", ["data", "split", "{d}/card", "-o", "{d}/out"], locked(tiny_card), "pid 1")
+     "pid 4242")
+case("lock-prepare", ["data", "prepare", "{d}/card", "-o", "{d}/out", "--size", "16"], locked(tiny_card), "pid 4242")
+case("lock-split", ["data", "split", "{d}/card", "-o", "{d}/out"], locked(tiny_card), "pid 4242")
 case("lock-import-npz", ["data", "import-npz", "{d}/in.npz", "-o", "{d}/out"],
-     locked(lambda d: npz_file(d / "in.npz")), "pid 1")
-case("lock-run", ["run", "{d}/p.yaml", "-o", "{d}/out"], locked(pipeline(GOOD)), "pid 1")
+     locked(lambda d: npz_file(d / "in.npz")), "pid 4242")
+case("lock-run", ["run", "{d}/p.yaml", "-o", "{d}/out"], locked(pipeline(GOOD)), "pid 4242")

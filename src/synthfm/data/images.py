@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from PIL import Image, UnidentifiedImageError
 
 from synthfm.errors import SynthfmError
 
-Image.MAX_IMAGE_PIXELS = 400_000_000
+# Pillow's own decompression-bomb limit (about 89 MP) stays in force; a header past MAX_PIXELS is refused before
+# any pixel is decoded, naming the file. A genuine larger image can be allowed with SYNTHFM_MAX_IMAGE_PIXELS.
+MAX_PIXELS = int(os.environ.get("SYNTHFM_MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS))
 
 
 def _fail(path: Path | str, what: str, where: str = "") -> SynthfmError:
@@ -38,7 +41,14 @@ def open_image(source: Path | str | bytes, where: str = "") -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(source))
+            if img.width * img.height > MAX_PIXELS:
+                raise SynthfmError(f"image header claims {img.width}x{img.height} = {img.width * img.height / 1e6:.0f} "
+                                   f"megapixels, above the limit of {MAX_PIXELS / 1e6:.0f}: {name}"
+                                   + (f" ({where})" if where else "") + " (a decompression bomb?)",
+                                   "replace the file; if the image is genuine, raise SYNTHFM_MAX_IMAGE_PIXELS")
             img.load()
+    except Image.DecompressionBombError:
+        raise _fail(name, "image too large to decode (a decompression bomb?)", where) from None
     except UnidentifiedImageError:
         raise _fail(name, "not a readable image (corrupt or unsupported format)", where) from None
     except (OSError, SyntaxError, ValueError) as err:

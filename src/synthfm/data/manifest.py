@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from synthfm.data.card import FILE_FORMATS, SPLITS, DatasetCard, TaskSpec, read_card, resolve_path
+from synthfm.data.card import FILE_FORMATS, SPLITS, DatasetCard, TaskSpec, card_file, read_card, resolve_path
 from synthfm.data.modality import preset
 from synthfm.errors import SynthfmError
 
@@ -179,6 +179,45 @@ def canonical_splits(card: DatasetCard, df: pd.DataFrame, where: str) -> pd.Seri
     return mapped
 
 
+# Columns the toolkit writes beside a card's metadata fields (prediction tables, fairness and label checks):
+# a metadata field of the same name would collide with them, so a card may not use one.
+RESERVED_FIELDS = ("image_id", "index", "y", "score", "predicted", "row", "target", "logit")
+RESERVED_PREFIXES = ("y_", "score_", "prob_", "_")
+
+
+def check_reserved(card: DatasetCard, where: str) -> None:
+    """No metadata field may take a name the toolkit writes into tables next to it."""
+    bad = [f for f in card.metadata.columns() if f in RESERVED_FIELDS or f.startswith(RESERVED_PREFIXES)]
+    if bad:
+        raise SynthfmError(
+            f"card {where}: metadata field(s) {bad} (metadata.extra) take names the toolkit writes into prediction "
+            f"and fairness tables ({', '.join(RESERVED_FIELDS)}, or starting {', '.join(RESERVED_PREFIXES)})",
+            "give the column another name: derive a copy (derive: {cataract_score: {source: score, regex: '.*'}}) "
+            "and 'extra: [cataract_score]'")
+
+
+def check_text(df: pd.DataFrame, where: str) -> None:
+    """No text cell holds a NUL character (it truncates values silently in C-backed readers and writers)."""
+    for col in df.columns:
+        if df[col].dtype.kind not in "OSU" and not pd.api.types.is_string_dtype(df[col]):
+            continue
+        bad = df[col].astype("string").str.contains("\0", regex=False, na=False)
+        if bad.any():
+            raise SynthfmError(f"manifest {where}: column '{col}' holds a NUL character at rows {_rows(df.index[bad])}",
+                               "remove the NUL bytes (the file was probably exported as binary or UTF-16)")
+
+
+def patient_column(df: pd.DataFrame, col: str, where: str) -> pd.Series:
+    """Patient ids as text with surrounding spaces removed ('P000 ' is 'P000'); an empty id is an error."""
+    ids = df[col].astype("string").str.strip()
+    empty = ids.isna() | (ids == "")
+    if empty.any():
+        raise SynthfmError(f"manifest {where}: column '{col}' (metadata.patient_id) is empty at rows "
+                           f"{_rows(df.index[empty])}",
+                           "give every image its patient id (the leakage check and patient-level splits need it)")
+    return ids
+
+
 def check_leakage(df: pd.DataFrame, patient_col: str, where: str) -> None:
     """The same patient in two splits is an error."""
     sub = df[df[SPLIT] != ""]
@@ -189,7 +228,7 @@ def check_leakage(df: pd.DataFrame, patient_col: str, where: str) -> None:
         splits = sorted(sub.loc[sub[patient_col] == ex, SPLIT].unique())
         raise SynthfmError(
             f"patient leakage in {where}: {len(leaked)} patient(s) appear in more than one split, "
-            f"e.g. {patient_col}={ex!r} in {splits}",
+            f"e.g. {patient_col}={ex!r} in {splits} (rows {_rows(sub.index[sub[patient_col] == ex])})",
             "re-split at patient level with 'synthfm data split'")
 
 
@@ -253,12 +292,15 @@ def load_card(path: str | Path, check_files: bool = True) -> CardData:
         raise SynthfmError(f"manifest {where} has no rows (empty dataset)", "point the card at a manifest with images")
     if card.tags:
         df = _tags_into_manifest(card, card_dir, df, where)
+    check_reserved(card, str(card_file(path)))
     check_columns(card, df, where)
+    check_text(df, where)
     df = derive_columns(card, df)
     labels = {t.name: encode_task(t, df, where) for t in card.tasks}
     df[ID] = make_ids(card, df, where)
     df[SPLIT] = canonical_splits(card, df, where)
     if card.metadata.patient_id:
+        df[card.metadata.patient_id] = patient_column(df, card.metadata.patient_id, where)
         check_leakage(df, card.metadata.patient_id, where)
     data = CardData(card, card_dir, df, labels)
     if check_files:
@@ -290,3 +332,46 @@ def check_sources(data: CardData) -> None:
                                "restore the files, fix source.root, or drop those rows")
     elif not root.exists():
         raise SynthfmError(f"source.root {root} does not exist", "fix source.root in the card")
+    elif fmt == "npz":
+        check_npz_rows(data, root)
+
+
+def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in an .npz, read from the .npy headers (no array data is loaded)."""
+    import zipfile
+
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                with zf.open(name) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    fmt = np.lib.format
+                    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    shape, _, dtype = read(fh)
+                out[name.removesuffix(".npy")] = (shape, dtype)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise SynthfmError(f"cannot read {path} as .npz: {err}", "re-export the .npz") from None
+    return out
+
+
+def check_npz_rows(data: CardData, path: Path) -> None:
+    """Each split's image array exists, is uint8 images, and holds every index the manifest names."""
+    heads = npz_headers(path)
+    col = data.card.source.index_column
+    for split, rows in data.df.groupby(SPLIT, sort=True):
+        key = data.card.source.npz_key.format(split=split)
+        if key not in heads:
+            raise SynthfmError(f"{path} has no array '{key}' for the {split or '(no split)'} rows of the manifest "
+                               f"(it has {sorted(heads)})", "fix source.npz_key in the card, or the split column")
+        shape, dtype = heads[key]
+        if dtype != np.uint8 or len(shape) not in (3, 4):
+            raise SynthfmError(f"{path}: array '{key}' is {dtype} {shape}; images must be uint8 (N, H, W[, C])",
+                               "re-export the images as uint8 0..255")
+        idx = pd.to_numeric(rows[col], errors="coerce")
+        bad = idx.isna() | (idx < 0) | (idx >= shape[0]) | (idx != idx.round())
+        if bad.any():
+            where = resolve_path(data.card_dir, data.card.manifest)
+            raise SynthfmError(f"manifest {where}: '{col}' values out of range for '{key}' ({shape[0]} images) "
+                               f"at rows {_rows(rows.index[bad])}",
+                               f"give indices 0..{shape[0] - 1}")

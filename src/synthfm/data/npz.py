@@ -20,6 +20,7 @@ from synthfm.data.card import CARD_FILE, SPLITS, DatasetCard, Modality, TaskType
 from synthfm.data.manifest import load_card
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path
+from synthfm.locks import folder_lock
 
 MANIFEST = "manifest.parquet"
 
@@ -140,11 +141,11 @@ def import_npz(npz_path: str | Path, out_dir: str | Path, name: str, modality: M
         "name": name, "modality": modality, "source": {"format": "npz", "root": str(path)}, "manifest": MANIFEST,
         "tasks": [spec], "description": f"imported from {path.name}"}, f"import of {path}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / MANIFEST) as tmp:
-        df.to_parquet(tmp, index=False)
     card_path = out / CARD_FILE
-    with atomic_path(card_path) as tmp:  # checked in place before it becomes the card
-        tmp.write_text(dump_config(card))
-        load_card(tmp)
+    with folder_lock(out):
+        with atomic_path(out / MANIFEST) as tmp:
+            df.to_parquet(tmp, index=False)
+        with atomic_path(card_path) as tmp:  # checked in place before it becomes the card
+            tmp.write_text(dump_config(card))
+            load_card(tmp)
     return card_path

@@ -30,7 +30,7 @@ class PrepareRun(StrictModel):
     """The resolved inputs of one prepare run (its config hash keys the run directory)."""
 
     source_card: str
-    source_digest: str = ""  # of every file the source card reads: an edited manifest or image is a new run
+    source_digest: str = ""  # of the source card's YAML and manifest: edited labels or rows are a new run
     config: PrepareConfig
 
 
@@ -70,7 +70,8 @@ def prepare_card(card_path: str | Path, out_dir: str | Path, cfg: PrepareConfig 
         raise SynthfmError(f"prepare would write into the source card's folder {out}",
                            "choose a different --out; the source is never modified")
     run = RunDir(out, "data.prepare", PrepareRun(source_card=str(Path(card_path).resolve()),
-                                                 source_digest=path_digest(card_path), config=cfg))
+                                                 source_digest=path_digest(card_path, images=False),
+                                                 config=cfg))
     if run.open() == "done":
         return out / CARD_FILE
     done = run.done_rows(PROGRESS_FILE)

@@ -13,6 +13,7 @@ from synthfm.data.card import SPLITS, SplitSpec, write_card
 from synthfm.data.manifest import SPLIT, CardData, check_leakage, load_card
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path
+from synthfm.locks import folder_lock
 
 MANIFEST = "manifest.parquet"
 
@@ -29,7 +30,7 @@ class SplitConfig(StrictModel):
     @classmethod
     def _sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         """Ratios are non-negative and sum to 1."""
-        if min(v) < 0 or abs(sum(v) - 1.0) > 1e-6:
+        if not all(np.isfinite(v)) or min(v) < 0 or abs(sum(v) - 1.0) > 1e-6:  # NaN compares false: check first
             raise ValueError(f"ratios must be >= 0 and sum to 1, got {v}")
         return v
 
@@ -89,13 +90,13 @@ def _write(data: CardData, df: pd.DataFrame, out: Path) -> Path:
     """Write the manifest and a card pointing at the same images (absolute root)."""
     if out.resolve() == data.card_dir.resolve():
         raise SynthfmError(f"split would overwrite the source card in {out}", "choose a different --out")
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / MANIFEST) as tmp:
-        df.drop(columns=[SPLIT, "_id"]).to_parquet(tmp, index=False)
-    source = data.card.source.model_copy(update={"root": str(data.source_root.resolve())})
-    card = data.card.model_copy(update={"source": source, "manifest": MANIFEST, "derive": {},
-                                        "split": SplitSpec(column="split")})
-    return write_card(card, out)
+    with folder_lock(out):
+        with atomic_path(out / MANIFEST) as tmp:
+            df.drop(columns=[SPLIT, "_id"]).to_parquet(tmp, index=False)
+        source = data.card.source.model_copy(update={"root": str(data.source_root.resolve())})
+        card = data.card.model_copy(update={"source": source, "manifest": MANIFEST, "derive": {},
+                                            "split": SplitSpec(column="split")})
+        return write_card(card, out)
 
 
 def label_fractions(patients: pd.Series, strata: pd.Series, fractions: list[float],

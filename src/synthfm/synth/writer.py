@@ -102,6 +102,13 @@ def render_phantom(out_dir: str | Path, cfg: PhantomConfig | None = None) -> Pat
     spec = generator_spec(cfg.generator)
     conds, splits = plan_conditions(cfg, spec), plan_splits(cfg.n, cfg.ratios, cfg.seed)
     gen = build_generator(spec, cfg)
+    if cfg.condition:  # a bad fixed condition fails here, naming the key, before the run folder is made
+        try:
+            gen.generate(dict(cfg.condition), 0, cfg.size)
+        except ValueError as err:
+            raise SynthfmError(f"--condition / condition: {err}",
+                               f"see `synthfm synth phantom --help` and docs/phantom.md for {cfg.generator}'s "
+                               "condition keys and values") from None
     run = RunDir(out_dir, "synth.phantom", cfg)
     if run.open() == "done":
         return run.path / "dataset.yaml"
