@@ -38,9 +38,20 @@ def test_two_linears_by_hand() -> None:
     net = on_meta(lambda: nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5)))
     cost = count_model(net, meta(3, 10))
     assert (cost.forward, cost.backward) == (600, 800)
-    assert cost.activations == 20 + 5 and cost.params == 10 * 20 + 20 + 20 * 5 + 5
+    assert cost.activations == 20 + 20 + 5  # the outputs of Linear, ReLU and Linear
+    assert cost.params == 10 * 20 + 20 + 20 * 5 + 5
     net.requires_grad_(False)  # frozen: no backward at all
     assert count_model(net, meta(3, 10)).backward == 0
+
+
+def test_transformer_block_activations_follow_korthikanti() -> None:
+    """A timm ViT block keeps 16 x width elements per token (two norms h, qkv 3h, attention h, proj h, fc1 4h,
+    GELU 4h, fc2 h): 32 bytes per token and width in 16-bit, against Korthikanti et al.'s 34 with fused attention."""
+    from timm.models.vision_transformer import Block
+
+    block = on_meta(lambda: Block(64, 4))
+    cost = count_model(block, meta(2, 10, 64))
+    assert cost.activations == 16 * 64 * 10
 
 
 def test_mae_training_step_matches_flop_counter() -> None:
