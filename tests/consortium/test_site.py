@@ -169,3 +169,20 @@ def test_audit_conditions_come_from_released_cells(site_run: Path) -> None:
     for cond in draw_conditions(summary, SCHEMA, 200, 1):
         grade = SCHEMA.labels()["dr_grade"][cond["dr_grade"]]
         assert any(v[0] == grade and v[2] == cond["sex"] for v in released)
+
+
+def test_site_run_is_not_stuck_on_leftovers_of_a_killed_write(site_card: Path, keys: dict, tmp_path: Path) -> None:
+    """A run killed while writing generator.json or its weights leaves hidden temp files; the rerun finishes and
+    ships neither of them (the bundle's files and generator hash are those of a clean run)."""
+    cfg = SiteConfig(site="site_a", card=str(site_card), generator=GeneratorConfig(size=SIZE), summary={"k": 5},
+                     audit={"n_samples": 8}, verify={"min_k": 5})
+    out = tmp_path / "run"
+    (out / "generator").mkdir(parents=True)
+    (out / "generator" / ".generator.json.k2j3.tmp").write_text('{"format": "synthfm.consortium.gen')
+    (out / "generator" / ".model.safetensors.x81.tmp.safetensors").write_bytes(b"\0" * 16)
+    bundle = run_site(cfg, keys["site_a"], out)
+    files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
+    assert files == ["MANIFEST.json", "audit.json", "bundle.json", "generator/generator.json",
+                     "generator/model.safetensors", "schema.json", "signature.json", "summary.json"]
+    clean = json.loads((run_site(cfg, keys["site_a"], tmp_path / "clean") / "bundle.json").read_text())
+    assert json.loads((bundle / "bundle.json").read_text())["generator"]["hash"] == clean["generator"]["hash"]

@@ -139,6 +139,22 @@ def test_check_summary_catches_small_cells_and_low_k() -> None:
     assert "under k=10" in check_summary(s, 10)[0]
 
 
+def test_marginals_pass_the_same_small_cell_rule() -> None:
+    s = summarize(table(400), SCHEMA, SummaryConfig(k=10))
+    assert check_summary(s, 10) == [] and any(s["marginals"].values())
+    var, counts = next((v, c) for v, c in s["marginals"].items() if c)
+    value = next(iter(counts))
+    shown = json.loads(json.dumps(s))
+    shown["marginals"][var][value] = 2  # a pooled cell's count, re-signed into the marginals
+    assert check_summary(shown, 10) == [f"marginals.{var} shows 1 count(s) under k=10 (['{value}'])"]
+    shown["marginals"][var][value] = counts[value] + 10  # >= k but not what the tables released
+    assert check_summary(shown, 10) == [f"marginals.{var} is not the sum of the released cells of the joint tables"]
+    shown = json.loads(json.dumps(s))
+    shown["marginals"]["patient_name"] = {"Jane Doe": 12}
+    assert check_summary(shown, 10) == ["marginals.patient_name is not the sum of the released cells of the joint "
+                                        "tables"]
+
+
 def _cells(rows: list[dict], variables: list[str]) -> pd.Series:
     """Counts of drawn conditions per joint cell (values as the summary names them)."""
     labels = SCHEMA.labels()

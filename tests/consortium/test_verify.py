@@ -255,3 +255,91 @@ def test_summary_showing_a_small_cell_is_rejected(bundle: Path, keys: dict) -> N
     resign(bundle, keys["site_a"])
     err = reject(bundle, keys["hub"])
     assert err.reason == "small-cell" and "under k=5" in err.message
+
+
+# ---- issue 19: limits before extraction and parsing, closed file set, architecture, replay ----------------------
+
+
+def test_json_depth_is_measured_without_parsing() -> None:
+    from synthfm.consortium.schemas import json_depth
+
+    assert json_depth(b'{"a": [1, {"b": "[[[{{{"}], "c": "\\"]"}') == 3  # brackets in strings do not count
+    assert json_depth(b"[" * 100_000 + b"]" * 100_000) == 100_000 and json_depth(b"7") == 0
+
+
+def test_gzip_bomb_is_refused_before_a_byte_is_extracted(bundle: Path, keys: dict, tmp_path: Path) -> None:
+    tar = _tar_with(bundle, tmp_path / "b.tar", tarfile.TarInfo("generator/pad.safetensors"), b"\0" * (8 * 2**20))
+    import gzip
+
+    gz = tmp_path / "b.tar.gz"
+    gz.write_bytes(gzip.compress(tar.read_bytes()))
+    dest = tmp_path / "staged"
+    err = reject(gz, keys["hub"], extract_to=dest)
+    assert err.reason == "bomb" and "nothing was extracted" in err.message and not dest.exists()
+
+
+def test_archive_signature_and_sizes_are_checked_before_extraction(bundle: Path, keys: dict, tmp_path: Path) -> None:
+    (bundle / "summary.json").write_text('{"k": 1}')  # tampered after signing
+    dest = tmp_path / "staged"
+    err = reject(pack_bundle(bundle, tmp_path / "b.tar"), keys["hub"], extract_to=dest)
+    assert err.reason == "checksum" and "summary.json" in err.message and not dest.exists()
+    resign(bundle, keys["site_b"], site="site_a")
+    sig = json.loads((bundle / SIGNATURE_FILE).read_text())
+    (bundle / SIGNATURE_FILE).write_text(json.dumps({**sig, "key_id": "0" * 32}))
+    assert reject(pack_bundle(bundle, tmp_path / "c.tar"), keys["hub"], extract_to=dest).reason == "unknown-key"
+    assert not dest.exists()
+
+
+def test_weights_must_have_the_declared_architecture(bundle: Path, keys: dict) -> None:
+    from safetensors.numpy import load_file
+
+    from synthfm.consortium.generators import generator_hash
+
+    state = load_file(str(bundle / WEIGHTS))
+    save_file({**state, "dr_grade": np.zeros(7)}, str(bundle / WEIGHTS))
+    info = json.loads((bundle / "bundle.json").read_text())
+    info["generator"]["hash"] = generator_hash(bundle / "generator")
+    (bundle / "bundle.json").write_text(json.dumps(info))
+    resign(bundle, keys["site_a"])
+    err = reject(bundle, keys["hub"])
+    assert err.reason == "tensor-shape"
+    assert "'dr_grade' is F64 [7]; the declared architecture has F64 [5]" in err.message
+
+
+def test_generator_json_cannot_point_outside_its_folder(bundle: Path) -> None:
+    from synthfm.consortium.generators import load_generator
+    from synthfm.errors import SynthfmError
+
+    gen = bundle / "generator" / "generator.json"
+    gen.write_text(json.dumps({**json.loads(gen.read_text()), "weights": "../../outside.safetensors"}))
+    with pytest.raises(SynthfmError, match=r"weights: Input should be 'model\.safetensors'"):
+        load_generator(bundle / "generator")  # refused even where nothing verified the bundle first
+
+
+def test_replay_is_refused_by_content_or_generator_hash(bundle: Path, keys: dict, tmp_path: Path) -> None:
+    from synthfm.consortium.verify import append_ledger, check_replay, read_ledger
+
+    ledger = tmp_path / "ledger.jsonl"
+    a = verify_bundle(bundle, keys["hub"], HUB)
+    append_ledger(ledger, check_replay(a, bundle, read_ledger(ledger)))
+    append_ledger(ledger, check_replay(a, bundle, read_ledger(ledger)))  # the same site again: kept once
+    assert len(read_ledger(ledger)) == 1
+    info = json.loads((bundle / "bundle.json").read_text())
+    (bundle / "bundle.json").write_text(json.dumps({**info, "site": "site_b"}))
+    resign(bundle, keys["site_b"])
+    b = verify_bundle(bundle, keys["hub"], HUB)
+    assert b.content_hash == a.content_hash and b.site == "site_b"
+    with pytest.raises(BundleRejected, match=r"\[replay\].*same content hash as the bundle site_a sent"):
+        check_replay(b, bundle, read_ledger(ledger))
+
+
+def test_one_site_identity_per_key(keys: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from synthfm.errors import SynthfmError
+
+    ring = tmp_path / "ring"
+    shutil.copytree(keys["hub"], ring)
+    shutil.copyfile(ring / "site_a.pub", ring / "site_z.pub")
+    with pytest.raises(SynthfmError, match=r"in the keyring twice, as site_a\.pub and site_z\.pub"):
+        load_keyring(ring)
