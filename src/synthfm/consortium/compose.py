@@ -160,15 +160,22 @@ def bundle_sources(cfg: ComposeConfig, run: RunDir) -> list[SyntheticSource]:
     return out
 
 
+def refuse_card(src: RealSource) -> None:
+    """Refuse a real card that reaches outside its folder ([card-layout]) or is not de-identified."""
+    layout = card_layout_problems(src.card)
+    problems = deidentified_problems(src.card)  # the layout's problems among them, and no file outside is read
+    if problems:
+        code = "card-layout" if layout else "not-deidentified"
+        raise SynthfmError(f"real card {src.card} from {src.site} is not accepted [{code}]: " + "; ".join(problems),
+                           "have the site run 'synthfm site deidentify' and send its output")
+
+
 def real_sources(cfg: ComposeConfig, run: RunDir) -> list[SyntheticSource]:
     """Check every de-identified card; fit a hub generator for those that ask for synthetic images."""
     out = []
     for src in cfg.real:
         check_site_name(src.site)
-        problems = deidentified_problems(src.card)
-        if problems:
-            raise SynthfmError(f"real card {src.card} from {src.site} is not accepted: " + "; ".join(problems),
-                               "have the site run 'synthfm site deidentify' and send its output")
+        refuse_card(src)
         if src.synthesize:
             kind = generator_kind(cfg.hub_generator.kind)
             schema = kind.schema(cfg.hub_generator, Path(src.card))
@@ -254,10 +261,7 @@ def synthetic_frame(sources: list[SyntheticSource], planned: list[dict[str, Any]
 def real_frame(src: RealSource, out: Path, labels: dict[str, list[str]]) -> pd.DataFrame:
     """Manifest rows of a de-identified card, its images decoded and re-encoded under real/<site>/ (never copied
     byte for byte: bytes after a PNG's end or in its chunks stay behind)."""
-    problems = card_layout_problems(src.card)
-    if problems:
-        raise SynthfmError(f"real card {src.card} from {src.site} is not accepted: " + "; ".join(problems),
-                           "have the site run 'synthfm site deidentify' and send its output")
+    refuse_card(src)  # checked again here: the card may have changed since real_sources looked
     data = load_card(src.card)
     channels = preset(data.card.modality).channels
     meta = data.card.metadata.columns()

@@ -112,7 +112,8 @@ def load_keyring(path: str | Path) -> dict[str, KnownKey]:
         known = KnownKey(check_site_name(f.stem, f"key file {f.name}: site"), load_public_key(f), f)
         kid = key_id(known.key)
         if kid in ring:
-            raise SynthfmError(f"key {kid} is in the keyring twice, as {ring[kid].path.name} and {f.name}: one "
+            raise SynthfmError(f"keyring refused [shared-key]: key {kid} is in the keyring twice, as "
+                               f"{ring[kid].path.name} and {f.name}: one "
                                "site identity per key", "keep the .pub file of the site that sent the key; a "
                                "site that sends another site's key is impersonating it")
         ring[kid] = known

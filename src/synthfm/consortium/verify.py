@@ -1,18 +1,25 @@
 """Hub-side bundle verification: nothing from a bundle is trusted, parsed as code, or unpickled.
 
-Checks run cheapest and most dangerous first, and the first failure rejects the bundle with a reason code:
+Checks run cheapest and most dangerous first, and the first failure rejects the bundle with a reason code
+(the trust model and the attack table are in docs/consortium.md):
 
-1. **layout** (tar members before anything is extracted, then the folder): no absolute or `..` paths,
-   no symlinks, hard links or special files, limits on file count, depth and sizes, only `.json`,
-   `.safetensors`, `.txt`, `.md` files, and no file whose first bytes are a pickle, an image or an archive;
-2. **signature**: `signature.json` names a key the hub knows, and the ed25519 signature of `MANIFEST.json`'s
-   exact bytes verifies with it;
+1. **layout**: an archive's member headers one at a time (name, depth, type, size, count, total, expansion
+   ratio), then its signature and signed sizes, all before a byte is extracted; a folder's entries (no links,
+   no special files, limits, and no file whose first bytes are a pickle, an image or an archive);
+2. **signature**: `signature.json` (depth-checked before parsing) names a key the hub knows, and the ed25519
+   signature of `MANIFEST.json`'s exact bytes verifies with it;
 3. **manifest**: its paths are clean, it lists exactly the files present, and every size and SHA-256 matches;
-4. **content**: JSON parses with no embedded blobs; safetensors headers parse (tensors are never loaded) and
-   hold no image-shaped uint8 tensor; text is UTF-8 and not a pickle stream (checked with `pickletools`,
-   which reads opcodes without executing them);
-5. **schema**: bundle.json, summary.json (no count under the hub's k), audit.json (passed), schema.json and the
-   generator config validate, the bundle's site is the key's site, and the generator hash matches.
+4. **content**: JSON parses (depth bounded first) with no embedded blobs; safetensors headers are typed and
+   their offsets tile the data exactly (tensors are never loaded); text is UTF-8 and not a pickle stream
+   (checked with `pickletools`, which reads opcodes without executing them);
+5. **files and architecture**: exactly the format's files and those generator.json declares, and every
+   weights tensor has the shape and dtype of the declared architecture;
+6. **schema**: bundle.json, summary.json (no count under the hub's k in any table or marginal), audit.json
+   (passed), schema.json and the generator config validate against closed models, the bundle's site is the
+   key's site, and the generator hash matches.
+
+Replay (one site re-signing another's bundle) is checked by the caller against the other bundles it holds
+and the hub's ledger: `check_replay`.
 """
 
 from __future__ import annotations
