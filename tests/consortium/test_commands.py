@@ -52,3 +52,28 @@ def test_site_deidentify_command(site_card: Path, tmp_path: Path) -> None:
                               str(tmp_path / "salt"), "--split", "test"])
     assert res.exit_code == 0, res.output
     assert set(yaml.safe_load((tmp_path / "d" / "dataset.yaml").read_text())["metadata"]) >= {"age", "site"}
+
+
+def test_hub_verify_records_accepted_bundles_in_the_ledger(site_run: Path, keys: dict, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    args = ["hub", "verify", str(site_run / "site_a.bundle.tar"), "--keys", str(keys["hub"]), "--min-k", "5",
+            "--ledger", str(ledger)]
+    for _ in range(2):  # the same site sending the same bundle again is not a replay
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+    (rec,) = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert rec["site"] == "site_a" and len(rec["content_hash"]) == 64 and len(rec["generator_hash"]) == 64
+
+
+def test_site_deidentify_shares_card_text_only_when_asked(site_card: Path, tmp_path: Path) -> None:
+    (tmp_path / "salt").write_text("s" * 32)
+    base = ["site", "deidentify", str(site_card.parent), "--site", "site_c", "--shareable", "dr_grade",
+            "--salt-file", str(tmp_path / "salt"), "--split", "test"]
+    assert runner.invoke(app, [*base, "--out", str(tmp_path / "d")]).exit_code == 0
+    assert yaml.safe_load((tmp_path / "d" / "dataset.yaml").read_text())["name"] == "site_c_deid"
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "e"), "--share-text", "name,description"])
+    assert res.exit_code == 0, res.output
+    card = yaml.safe_load((tmp_path / "e" / "dataset.yaml").read_text())
+    assert card["name"] != "site_c_deid" and card["name"].endswith("_site_c_deid")
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "f"), "--share-text", "notes"])
+    assert isinstance(bad.exception, SynthfmError) and "share_text" in str(bad.exception)
