@@ -157,3 +157,18 @@ def test_in_chans_override_and_rgb_checkpoint_on_grey_card(tmp_path: Path) -> No
     bad = AdaptConfig(card=str(card), task="tb", encoder="random:vit_tiny_p8_64", backbone_overrides={"in_chans": 3})
     with pytest.raises(SynthfmError, match=r"in_chans is 3 but card .* has 1 channel"):
         tr.load_encoder(bad, 1)
+
+
+def test_encoder_takes_another_image_size_or_names_the_patch_size() -> None:
+    import torch
+
+    from synthfm.adapt.trainer import fit_image_size
+    from synthfm.errors import SynthfmError
+    from synthfm.models.backbones import create_backbone
+
+    enc = create_backbone("vit_tiny_p8_64", 3, img_size=32)
+    fit_image_size(enc, 48, "enc")
+    assert enc.pos_embed.shape[1] == 1 + (48 // 8) ** 2
+    assert enc(torch.zeros(1, 3, 48, 48)).shape == (1, enc.num_features)
+    with pytest.raises(SynthfmError, match="not a multiple of encoder enc's patch size 8"):
+        fit_image_size(enc, 50, "enc")

@@ -322,6 +322,18 @@ config_case("adapt-encoder-config-bad-json", ADAPT, ADAPT_OK.replace("'random:vi
             "{d}/enc/config.json", lambda d: (tiny_card(d), write(d / "enc/config.json", "{not json")))
 config_case("adapt-encoder-config-list", ADAPT, ADAPT_OK.replace("'random:vit_tiny_p8_64'", "{d}/enc"),
             "{d}/enc/config.json", lambda d: (tiny_card(d), write(d / "enc/config.json", "[1, 2]")))
+def saved_encoder(d: Path) -> None:
+    """A tiny card and a saved 32-px ViT encoder at {d}/enc."""
+    from synthfm.models.backbones import create_backbone
+    from synthfm.models.checkpoint import save_pretrained
+
+    tiny_card(d)
+    save_pretrained(create_backbone("vit_tiny_p8_64", 3, img_size=32), d / "enc")
+
+
+config_case("adapt-image-size-not-patch-multiple", ADAPT,
+            ADAPT_OK.replace("'random:vit_tiny_p8_64'", "{d}/enc").replace("image_size: 16", "image_size: 50"),
+            "image_size 50 is not a multiple", saved_encoder)
 config_case("adapt-no-val-split", ADAPT, ADAPT_OK, "'val'",
             card_rows(lambda df: df.assign(split=df["split"].replace("val", "train"))))
 

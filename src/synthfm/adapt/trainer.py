@@ -77,6 +77,20 @@ def load_encoder(cfg: AdaptConfig, in_chans: int) -> nn.Module:
     return import_checkpoint(path, cfg.backbone, in_chans=in_chans, **overrides)
 
 
+def fit_image_size(encoder: nn.Module, size: int, name: str) -> None:
+    """A ViT built for another input size takes `size` (position embeddings resampled, as timm does)."""
+    embed = encoder.patch_embed
+    if int(embed.img_size[0]) == size:
+        return
+    patch = int(embed.patch_size[0])
+    if size % patch:
+        raise SynthfmError(f"image_size {size} is not a multiple of encoder {name}'s patch size {patch} "
+                           f"(it was built for {embed.img_size[0]} px)",
+                           f"set image_size to a multiple of {patch}, e.g. {max(patch, size // patch * patch)}, "
+                           f"or leave it out to use {embed.img_size[0]}")
+    encoder.set_input_size(img_size=size)
+
+
 def set_drop_path(encoder: nn.Module, rate: float) -> None:
     """Stochastic depth on a timm ViT, rising linearly from 0 (first block) to `rate` (last), as timm does."""
     blocks = encoder.blocks
@@ -245,6 +259,8 @@ class Trainer:
         """Encoder (seeded head init; drop path when fine-tuning) and the head for the task."""
         torch.manual_seed(self.seed)
         encoder = load_encoder(self.cfg, self.data.channels)
+        if self.cfg.image_size:
+            fit_image_size(encoder, self.cfg.image_size, self.cfg.encoder)
         self.depth = len(encoder.blocks)
         if not self.probe:
             set_drop_path(encoder, self.cfg.drop_path)

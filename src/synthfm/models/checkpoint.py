@@ -85,7 +85,16 @@ def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SynthfmError(f"{directory} has no {CONFIG_FILE}: not a saved backbone (or the save was interrupted)",
                            "point at a directory written by save_pretrained / 'synthfm pretrain export'")
-    return json.loads(path.read_text())
+    try:
+        cfg = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SynthfmError(f"{path} is not valid JSON: {err}",
+                           "re-export the encoder ('synthfm pretrain export') or restore the file") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str) \
+            or not isinstance(cfg.get("overrides", {}), dict):
+        raise SynthfmError(f"{path} must be a JSON object with a backbone 'name' (and optional 'overrides' "
+                           f"mapping), got {type(cfg).__name__}", "re-export the encoder ('synthfm pretrain export')")
+    return cfg
 
 
 def from_pretrained(directory: str | Path, in_chans: int | None = None) -> nn.Module:
@@ -112,9 +121,10 @@ def read_checkpoint(path: str | Path) -> Any:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, IndexError, UnicodeDecodeError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]  # a zero-byte file raises a bare EOFError
         raise SynthfmError(
-            f"cannot load {path} with torch.load(weights_only=True): {str(err).splitlines()[0]}",
+            f"cannot load {path} with torch.load(weights_only=True): {first}",
             "the file holds Python objects beyond tensors; in an environment you trust, re-save only its tensors "
             "(torch.save(ckpt['model'], 'weights.pth')) or convert it to .safetensors",
         ) from None
