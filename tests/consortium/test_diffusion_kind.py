@@ -59,3 +59,33 @@ def test_hub_samples_a_diffusion_bundle(diffusion_bundle: Path, keys: dict, tmp_
     cfg = ComposeConfig(keys=str(keys["hub"]), bundles=[{"path": str(diffusion_bundle), "n": 4}], verify=HUB)
     df = load_card(compose(cfg, tmp_path / "c")).df
     assert len(df) == 4 and set(df["site"]) == {"site_b"} and set(df["origin"]) == {"synthetic"}
+
+
+def test_diffusion_weights_must_match_the_declared_unet(diffusion_bundle: Path, keys: dict, tmp_path: Path) -> None:
+    """A tensor the UNet built from model/config.json does not have (here an image) is refused, and a config
+    that declares another architecture than the weights hold is too."""
+    from safetensors.numpy import load_file, save_file
+
+    from synthfm.consortium.generators import generator_hash
+
+    def rehash_and_sign(bundle: Path) -> None:
+        info = json.loads((bundle / "bundle.json").read_text())
+        info["generator"]["hash"] = generator_hash(bundle / "generator")
+        (bundle / "bundle.json").write_text(json.dumps(info))
+        resign(bundle, keys["site_b"])
+
+    smuggled = Path(shutil.copytree(diffusion_bundle, tmp_path / "smuggled"))
+    weights = smuggled / "generator" / "model" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    save_file({**state, "patient": np.zeros((64, 64, 3), np.float32)}, str(weights))
+    rehash_and_sign(smuggled)
+    with pytest.raises(BundleRejected, match=r"\[tensor-shape\].*'patient' is not part of the declared"):
+        verify_bundle(smuggled, keys["hub"], HUB)
+    wider = Path(shutil.copytree(diffusion_bundle, tmp_path / "wider"))
+    config = wider / "generator" / "model" / "config.json"
+    cfg = json.loads(config.read_text())
+    cfg["unet_config"]["block_out_channels"] = [32, 64]
+    config.write_text(json.dumps(cfg))
+    rehash_and_sign(wider)
+    with pytest.raises(BundleRejected, match=r"\[tensor-shape\]"):
+        verify_bundle(wider, keys["hub"], HUB)
