@@ -1,8 +1,13 @@
-"""Loader throughput: WebDataset shard stream vs a folder of PNGs read with PIL, in one run.
+"""Loader throughput: WebDataset shard stream vs a folder of PNGs read with PIL, and the pretraining data path.
 
 Prints JSON: images/s for each (size, workers, path), the shard/folder ratio, and a ViT-tiny
 training step's images/s at the same size for the "can the loader feed training" comparison.
-Usage: python benchmarks/bench_loader.py [--n 512] [--sizes 64 224] [--workers 0 2]
+`pretrain_data` compares, at 32, 64 and 224 px (workers 0, batch 64), the pretraining data path before and after
+batching: per-sample (PNG decode, seeded torchvision crop + flip under a reseeded torch RNG, one SeedSequence per
+sample) vs batched (training-size raw-shard cache, counter-based seeds, one grid_sample crop per batch); and the
+MAE mask noise of a 64 x 196 batch, one torch.Generator per sample vs counter-based. At 32 px it also times the
+RetinaMNIST experiment's MAE arm step (configs/experiments/retinamnist.yaml) to give the data share of its step.
+Usage: python benchmarks/bench_loader.py [--n 512] [--sizes 64 224] [--workers 0 2] [--pretrain-sizes 32 64 224]
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from synthfm.data.manifest import load_card
 from synthfm.data.prepare import prepare_card
 from synthfm.data.preprocess import PrepareConfig
 from synthfm.data.readers import open_dataset
+from synthfm.pretrain.config import SourceConfig, pretrain_config
+from synthfm.pretrain.data import MixtureDataset, MixturePlan, PlanBatchSampler, collate, counter_uniform, open_source
+from synthfm.pretrain.engine import Engine
 
 os.environ.setdefault("SYNTHFM_PROGRESS", "0")
 
@@ -79,15 +87,71 @@ def vit_tiny_step_images_per_s(size: int, batch: int = 64, steps: int = 3) -> fl
     return batch * steps / (time.perf_counter() - t0)
 
 
+def data_path_images_per_s(card: Path, size: int, batched: bool, cache: Path, batch: int = 64,
+                            batches: int = 4) -> float:
+    """Images/s of the pretraining data path over a card (first pass excluded: it fills the cache)."""
+    src = open_source(SourceConfig(source=str(card)), size, 3, None if batched else (0.2, 1.0), cache)
+    ds = MixtureDataset([src], seed=0, scale=(0.2, 1.0) if batched else None)
+    plan = MixturePlan([len(src)], [1.0], 0)
+    loader = DataLoader(ds, batch_sampler=PlanBatchSampler(plan, batch, 0, batches), collate_fn=collate)
+    next(iter(loader))
+    t0 = time.perf_counter()
+    n = sum(b["image"].shape[0] for b in loader)
+    return n / (time.perf_counter() - t0)
+
+
+def mask_noise_ms(batch: int = 64, patches: int = 196, repeats: int = 5) -> dict[str, float]:
+    """Milliseconds to draw MAE mask noise for a batch: a torch.Generator per sample vs counter-based."""
+    seeds = torch.arange(batch) * 7919
+
+    def per_sample() -> torch.Tensor:
+        return torch.stack([torch.rand(patches, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+    out = {}
+    for name, fn in (("generator_per_sample_ms", per_sample), ("counter_based_ms", lambda: counter_uniform(seeds,
+                                                                                                        patches))):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        out[name] = round((time.perf_counter() - t0) / repeats * 1e3, 3)
+    return out
+
+
+def retinamnist_arm_step_img_s(card: Path, tmp: Path, steps: int = 6) -> dict[str, float]:
+    """The RetinaMNIST experiment's MAE arm (ViT-Ti/8 at 32 px cut to 4 blocks, 2 x 128 decoder, batch 64) on a
+    32 px card: images/s of whole engine steps and the data share of the step."""
+    arm = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/experiments/retinamnist.yaml").read_text())
+    data = {k: v for k, v in arm["pretrain"]["on_phantom"].items() if k != "stages"}
+    cfg = pretrain_config({**data, "cache_dir": str(tmp / "cache"),
+                           "stages": [{"name": "s", "sources": [{"source": str(card)}], "steps": 1000}]})
+    engine = Engine(cfg, tmp / "arm")
+    engine.run.open()
+    sp = engine.stage_plan(0)
+    batches = engine.batches(sp, 0)
+    engine.train_step([next(batches)])
+    engine.phase_seconds = {}
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        with engine.phase("data"):
+            b = next(batches)
+        engine.train_step([b])
+    seconds = time.perf_counter() - t0
+    return {"arm_step_img_s": round(steps * cfg.batch_size / seconds, 1),
+            "arm_data_fraction": round(engine.phase_seconds["data"] / seconds, 3)}
+
+
 def main() -> None:
     """Run every configuration and print one JSON document."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--pretrain-sizes", type=int, nargs="*", default=[32, 64, 224])
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    results = []
+    torch.set_num_threads(args.threads)
+    load_start = round(os.getloadavg()[0], 2)
+    results, pretrain = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             folder = make_folder_card(Path(tmp) / f"f{size}", args.n, size)
@@ -106,8 +170,19 @@ def main() -> None:
                 row["vit_tiny_step_img_s"] = round(step, 1)
                 row["shards_raw_vs_vit_tiny_step"] = round(row["shards_raw_img_s"] / step, 2)
                 results.append(row)
+        for size in args.pretrain_sizes:
+            folder = make_folder_card(Path(tmp) / f"p{size}", min(args.n, 256), size)
+            old = data_path_images_per_s(folder, size, False, Path(tmp) / "cache")
+            new = data_path_images_per_s(folder, size, True, Path(tmp) / "cache")
+            row = {"size": size, "per_sample_img_s": round(old, 1), "batched_img_s": round(new, 1),
+                   "batched_over_per_sample": round(new / old, 2)}
+            if size == 32:
+                row |= retinamnist_arm_step_img_s(folder, Path(tmp) / "arm")
+            pretrain.append(row)
     print(json.dumps({"benchmark": "loader", "machine": f"{platform.machine()} {os.cpu_count()} cores",
-                      "torch": torch.__version__, "results": results}, indent=2))
+                      "torch": torch.__version__, "threads": args.threads,
+                      "load_average_1m_start_end": [load_start, round(os.getloadavg()[0], 2)],
+                      "mask_noise_64x196": mask_noise_ms(), "pretrain_data": pretrain, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

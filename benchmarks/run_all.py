@@ -38,12 +38,13 @@ class Bench:
 
 
 BENCHES: dict[str, Bench] = {
-    "loader": Bench("bench_loader.py", quick=("--n", "64", "--sizes", "64", "--workers", "0")),
+    "loader": Bench("bench_loader.py", ("--n", "256"), quick=("--n", "64", "--sizes", "64", "--workers", "0",
+                                                            "--pretrain-sizes", "32")),
     "synth": Bench("bench_synth.py", quick=("--seconds", "0.2", "--stream-n", "128")),
-    "mae": Bench("bench_mae.py", ("--steps", "10"), quick=("--steps", "2", "--warmup", "1")),
-    "mae_bf16": Bench("bench_mae.py", ("--steps", "10", "--mixed-precision", "bf16", "--variants", ""), quick=None),
-    "mae_fast": Bench("bench_mae.py", ("--steps", "10", "--mixed-precision", "bf16", "--compile", "--variants", ""),
-                      quick=None),
+    "mae": Bench("bench_mae.py", ("--threads", "1"), quick=("--steps", "1", "--rounds", "1", "--cases", "64px_p8",
+                                                           "--batch-64", "2")),
+    "dino": Bench("bench_dino.py", ("--threads", "1"), quick=("--steps", "1", "--rounds", "1", "--cases", "64px_p8",
+                                                             "--batch-64", "2")),
     "probe_gain": Bench("bench_probe_gain.py", ("--seeds", "0,1,2", "--n", "3000", "--steps", "1000", "--balanced",
                                                 "--save-encoder", "runs/bench/probe_gain_mae"),
                         ("--n", "120", "--steps", "4"), out=True),

@@ -81,14 +81,15 @@ def test_cpu_without_bf16_flags_is_not_native(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_compile_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto compiles long runs where inductor can run; explicit values win."""
+    """auto compiles long runs on CUDA where inductor can run, never on a CPU; explicit values win."""
     monkeypatch.setattr(hardware, "can_compile", lambda device_type=None: True)
-    assert hardware.resolve_compile("auto", hardware.COMPILE_MIN_STEPS, "cpu") is True
-    assert hardware.resolve_compile("auto", hardware.COMPILE_MIN_STEPS - 1, "cpu") is False
-    assert hardware.resolve_compile(True, 1, "cpu") is True
-    assert hardware.resolve_compile(False, 10**6, "cpu") is False
-    monkeypatch.setattr(hardware, "can_compile", lambda device_type=None: False)
+    assert hardware.resolve_compile("auto", hardware.COMPILE_MIN_STEPS, "cuda") is True
+    assert hardware.resolve_compile("auto", hardware.COMPILE_MIN_STEPS - 1, "cuda") is False
     assert hardware.resolve_compile("auto", 10**6, "cpu") is False
+    assert hardware.resolve_compile(True, 1, "cpu") is True
+    assert hardware.resolve_compile(False, 10**6, "cuda") is False
+    monkeypatch.setattr(hardware, "can_compile", lambda device_type=None: False)
+    assert hardware.resolve_compile("auto", 10**6, "cuda") is False
 
 
 def test_bf16_warning_only_without_native_support(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,9 +7,11 @@
   17x on an AVX2-only AMD EPYC); `bf16_slowdown` measures it with a short matmul probe.
 - `mixed_precision: auto` is bf16 where native, else fp32 (`no`).
 - `compile: auto` follows a rule, not a probe (a probe would pay the compile time it is meant to save):
-  compile when the run has at least `COMPILE_MIN_STEPS` optimiser steps and the device can run inductor
-  (CUDA with Triton, or a CPU with a C++ compiler). Compiling a ViT-Ti step takes about a minute on 2 CPU cores
-  and saves roughly a quarter of each step, so shorter runs finish sooner eager.
+  compile on a CUDA device with Triton when the run has at least `COMPILE_MIN_STEPS` optimiser steps; stay eager
+  on CPUs. On the 2-core AMD EPYC development machine, compiling the MAE recipe's ViT-Ti step (8 x 512 decoder)
+  took 352 s under load and then ran at 0.98x the eager step (benchmarks/bench_mae.py, 64 px, 1 thread): the
+  step is matmul-bound (eager already reaches ~0.7 of the fp32 matmul peak), so fusion has little to win.
+  `compile: true` still compiles anywhere inductor runs (a C++ compiler on CPU).
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ def resolve_compile(requested: bool | str, planned_steps: int, device_type: str 
     """Whether to torch.compile: as requested, or for `auto` the rule in this module's docstring."""
     if requested != "auto":
         return bool(requested)
-    return planned_steps >= COMPILE_MIN_STEPS and can_compile(device_type)
+    device_type = device_type or default_device().type
+    return device_type == "cuda" and planned_steps >= COMPILE_MIN_STEPS and can_compile(device_type)
 
 
 def _seconds_per_matmul(device: torch.device, dtype: torch.dtype, n: int, reps: int) -> float:

@@ -151,7 +151,7 @@ class PretrainConfig(StrictModel):
                     "config is read, so the run's config.yaml records the choice (synthfm.hardware)")
     compile: Literal["auto"] | bool = Field(
         "auto", description="torch.compile the training module (inductor, in place; the first steps pay the "
-                            "compile time); 'auto': only for runs of >= hardware.COMPILE_MIN_STEPS steps")
+                            "compile time); 'auto': CUDA runs of >= hardware.COMPILE_MIN_STEPS steps")
     num_workers: int = Field(0, ge=0)
     cache_dir: str | None = Field(None, description="where phantom sources are rendered (default: run/sources)")
     omit_when_default: ClassVar[tuple[str, ...]] = ("compile",)
