@@ -19,11 +19,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 COMMANDS = {
     "loader": "python benchmarks/bench_loader.py > docs/bench/loader.json",
     "synth": "python benchmarks/bench_synth.py > docs/bench/synth.json",
-    "mae": "python benchmarks/bench_mae.py --steps 10 > docs/bench/mae.json",
-    "mae_bf16": "python benchmarks/bench_mae.py --steps 10 --mixed-precision bf16 --variants '' "
-                "> docs/bench/mae_bf16.json",
-    "mae_fast": "python benchmarks/bench_mae.py --steps 10 --mixed-precision bf16 --compile --variants '' "
-                "> docs/bench/mae_fast.json",
+    "mae": "python benchmarks/bench_mae.py --threads 1 > docs/bench/mae.json",
+    "dino": "python benchmarks/bench_dino.py --threads 1 > docs/bench/dino.json",
     "probe_gain": "python benchmarks/bench_probe_gain.py --seeds 0,1,2 --n 3000 --steps 1000 --balanced "
                   "--save-encoder runs/bench/probe_gain_mae --out docs/bench/probe_gain.json",
     "sampling": "python benchmarks/bench_sampling.py > docs/bench/sampling.json",
@@ -37,15 +34,19 @@ COMMANDS = {
 NOTES = {
     "loader": "Images/s of one pass through a DataLoader (batch 64) over 512 images: a folder of PNGs read with "
               "PIL vs WebDataset shards with raw, npy or PNG images; ratios are within one run. The ViT-tiny "
-              "column is a forward+backward+AdamW step at the same size, to show the loader keeps up with training.",
+              "column is a forward+backward+AdamW step at the same size, to show the loader keeps up with training. "
+              "`pretrain_data`: the pretraining data path per sample (PNG decode, torchvision crop + flip under a "
+              "reseeded torch RNG) vs batched (training-size raw-shard cache, counter-based seeds, one batched "
+              "crop), and at 32 px the RetinaMNIST experiment's MAE arm step with its data share.",
     "synth": "Single-thread generator throughput, with two baselines measured in the same run.",
-    "mae": "Our engine's MAE step (fp32; AdamW fused) against a plain eager PyTorch loop of the same model and "
-           "batch, with plain-loop variants. FLOP/s fractions are of the measured fp32 matmul rate.",
-    "mae_bf16": "The same engine step with `mixed_precision: bf16` (Accelerate autocast) against the fp32 eager "
-                "loop: what a user gets by setting one config key on a CPU or GPU with native bf16. Its FLOP/s "
-                "fraction is still of the fp32 matmul rate, so it can exceed what fp32 could reach.",
-    "mae_fast": "The engine step with `mixed_precision: bf16` and `compile: true` (torch.compile, inductor) against "
-                "the fp32 eager loop; compile time is excluded (two extra warm-up steps).",
+    "mae": "The engine's MAE step with the auto settings (`mixed_precision: auto`, `compile: auto`, threads) against "
+           "a plain eager fp32 loop of the same model (the MAE recipe's 8 x 512 decoder on a ViT-Ti encoder, 64 px "
+           "/ patch 8 and 224 px / patch 16), both fed by the engine's data path; alternating rounds, medians; "
+           "the engine's step split by phase; FLOP/s as fractions of measured fp32 and bf16 matmul peaks. "
+           "Method: benchmarks/step_bench.py.",
+    "dino": "The same comparison for DINOv2 (student + EMA teacher, multi-crop in the data path): the "
+            "dinov2_vit_tiny_demo recipe at 64 px, the DINOv2 defaults (8 local crops of 96 px, 65536 prototypes) "
+            "on a ViT-Ti at 224 px.",
     "probe_gain": "Linear probe of phantom DR grade on a tiny MAE-pretrained encoder vs the same encoder at random "
                   "init (balanced accuracy and AUROC; CLS, mean-pooled and both features), per seed; the MAE is "
                   "pretrained on the train split of a grade-balanced 64 px phantom card, and `seeds_won` counts "
@@ -80,8 +81,40 @@ def section(name: str, doc: dict, run: dict | None = None) -> str:
     head = f"## {name}\n\n{NOTES.get(name, '')}\n\nCommand: {cmd}  \n"
     head += f"Machine: {doc.get('machine', '?')}, torch {doc.get('torch', '?')}.\n\n"
     extra = {k: v for k, v in doc.items() if k not in ("results", "machine", "torch", "benchmark", "run")}
+    if name in READABLE:
+        return head + readable(rows, extra)
     return head + markdown_table(rows) + ("\n\n```json\n" + json.dumps(extra, indent=1) + "\n```\n"
                                                     if extra else "\n")
+
+
+READABLE = ("mae", "dino", "loader")  # rendered as tables and lines, without a JSON dump
+
+
+def _flat(row: dict) -> dict:
+    """A table row: nested mappings become `key.sub` columns, lists `a / b / c` cells."""
+    def cell(v: object) -> object:
+        return " / ".join(map(str, v)) if isinstance(v, list) else v
+    out: dict = {}
+    for k, v in row.items():
+        out.update({f"{k}.{kk}": cell(vv) for kk, vv in v.items()} if isinstance(v, dict) else {k: cell(v)})
+    return out
+
+
+def readable(rows: list[dict], extra: dict) -> str:
+    """Goals met or missed (with the amount), the result rows, other row lists, then the scalar facts."""
+    parts = []
+    goals = extra.pop("goals", None)
+    if goals:
+        parts.append("Goals for this machine's case (" + str(extra.get("case", "?")) + "):\n\n" + markdown_table(
+            [{"goal": k, "target": g["goal"], "measured": g["measured"], "met": g["met"],
+              "missed by": g.get("missed_by", "")} for k, g in goals.items()]))
+    parts.append(markdown_table([_flat(r) for r in rows]))
+    for k, v in list(extra.items()):
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            parts.append(f"{k}:\n\n" + markdown_table([_flat(r) for r in extra.pop(k)]))
+    facts = _flat(extra)
+    parts.append("\n".join(f"- {k}: {v}" for k, v in facts.items()))
+    return "\n\n".join(parts) + "\n"
 
 
 def runs(combined: Path) -> dict[str, dict]:
