@@ -4,9 +4,10 @@ Prints JSON: images/s for each (size, workers, path), the shard/folder ratio, an
 training step's images/s at the same size for the "can the loader feed training" comparison.
 `pretrain_data` compares, at 32, 64 and 224 px (workers 0, batch 64), the pretraining data path before and after
 batching: per-sample (PNG decode, seeded torchvision crop + flip under a reseeded torch RNG, one SeedSequence per
-sample) vs batched (training-size raw-shard cache, counter-based seeds, one grid_sample crop per batch); and the
-MAE mask noise of a 64 x 196 batch, one torch.Generator per sample vs counter-based. At 32 px it also times the
-RetinaMNIST experiment's MAE arm step (configs/experiments/retinamnist.yaml) to give the data share of its step.
+sample) vs batched (training-size raw-shard cache, counter-based seeds, one grid_sample crop per batch);
+`seeding_per_batch_of_64` the seeding and MAE mask noise of a batch, per sample vs counter-based per batch.
+At 32 px it also times the RetinaMNIST experiment's MAE arm step (configs/experiments/retinamnist.yaml)
+and the data share of that step.
 Usage: python benchmarks/bench_loader.py [--n 512] [--sizes 64 224] [--workers 0 2] [--pretrain-sizes 32 64 224]
 """
 
@@ -33,7 +34,16 @@ from synthfm.data.prepare import prepare_card
 from synthfm.data.preprocess import PrepareConfig
 from synthfm.data.readers import open_dataset
 from synthfm.pretrain.config import SourceConfig, pretrain_config
-from synthfm.pretrain.data import MixtureDataset, MixturePlan, PlanBatchSampler, collate, counter_uniform, open_source
+from synthfm.pretrain.data import (
+    MixtureDataset,
+    MixturePlan,
+    PlanBatchSampler,
+    _seed,
+    collate,
+    counter_uniform,
+    open_source,
+    sample_seeds,
+)
 from synthfm.pretrain.engine import Engine
 
 os.environ.setdefault("SYNTHFM_PROGRESS", "0")
@@ -100,16 +110,26 @@ def data_path_images_per_s(card: Path, size: int, batched: bool, cache: Path, ba
     return n / (time.perf_counter() - t0)
 
 
-def mask_noise_ms(batch: int = 64, patches: int = 196, repeats: int = 5) -> dict[str, float]:
-    """Milliseconds to draw MAE mask noise for a batch: a torch.Generator per sample vs counter-based."""
+def seeding_ms(batch: int = 64, patches: int = 196, repeats: int = 20) -> dict[str, float]:
+    """Milliseconds per batch of 64 to seed samples and draw MAE mask noise (64 x 196): before (a SeedSequence
+    and a reseeded torch RNG per sample; a torch.Generator per sample) vs after (counter-based, per batch)."""
     seeds = torch.arange(batch) * 7919
+    keys = [(0, i, 0) for i in range(batch)]
 
-    def per_sample() -> torch.Tensor:
+    def reseed_per_sample() -> None:
+        for k in keys:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_seed(0, *k))
+
+    def noise_per_sample() -> torch.Tensor:
         return torch.stack([torch.rand(patches, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
+    cases = {"reseed_per_sample_ms": reseed_per_sample, "seeds_per_batch_ms": lambda: sample_seeds(0, keys),
+             "mask_noise_generator_per_sample_ms": noise_per_sample,
+             "mask_noise_counter_based_ms": lambda: counter_uniform(seeds, patches)}
     out = {}
-    for name, fn in (("generator_per_sample_ms", per_sample), ("counter_based_ms", lambda: counter_uniform(seeds,
-                                                                                                        patches))):
+    for name, fn in cases.items():
+        fn()
         t0 = time.perf_counter()
         for _ in range(repeats):
             fn()
@@ -182,7 +202,8 @@ def main() -> None:
     print(json.dumps({"benchmark": "loader", "machine": f"{platform.machine()} {os.cpu_count()} cores",
                       "torch": torch.__version__, "threads": args.threads,
                       "load_average_1m_start_end": [load_start, round(os.getloadavg()[0], 2)],
-                      "mask_noise_64x196": mask_noise_ms(), "pretrain_data": pretrain, "results": results}, indent=2))
+                      "seeding_per_batch_of_64": seeding_ms(), "pretrain_data": pretrain, "results": results},
+                     indent=2))
 
 
 if __name__ == "__main__":
