@@ -3,7 +3,7 @@ own time box, the JSON rewritten (atomically) after each part, a failed or timed
 its output while the others still run.
 
 Parts, in order: env; gpu_tests (`pytest -m gpu`; with --smoke their CPU variant); mae_tiny (per-step overhead),
-mae_vit_b16 and mae_vit_l16 (benchmarks/bench_mae.py at 224 px, bf16: engine vs a plain eager bf16-autocast loop);
+mae_vit_b16 and mae_vit_l16 (at 224 px, bf16: the engine vs a plain eager bf16-autocast loop);
 generator; realdata. At the end, `rates` holds what `synthfm plan --device h100|a100` reads: the achieved share
 of the card's bf16 peak per model family and the seconds of overhead per optimiser step.
 """
@@ -27,36 +27,23 @@ REPO = HERE.parent
 MAE_PAPER_VIT_L_PER_V100 = 106  # images/s per V100, MAE paper (He et al. 2022), ViT-L/16 at 224 px
 
 
-def mae_args(backbone: str, smoke: bool) -> list[str]:
-    """bench_mae.py arguments: the MAE paper's decoder (8 x 512) at 224 px in bf16, or tiny for --smoke."""
-    if smoke:
-        return ["--backbone", "vit_tiny_p8_64", "--image-size", "32", "--batch", "4", "--steps", "1", "--warmup",
-                "0", "--rounds", "1", "--decoder-dim", "32", "--decoder-depth", "1", "--variants", ""]
-    batch = {"vit_tiny_p8_64": "8", "vit_base_p16_224": "256", "vit_large_p16_224": "128"}[backbone]
-    size = "32" if backbone == "vit_tiny_p8_64" else "224"
-    dec = ["--decoder-dim", "32", "--decoder-depth", "1"] if backbone == "vit_tiny_p8_64" else \
-        ["--decoder-dim", "512", "--decoder-depth", "8"]
-    return ["--backbone", backbone, "--image-size", size, "--batch", batch, "--steps", "10", "--warmup", "3",
-            "--rounds", "2", "--mixed-precision", "bf16", "--variants", "bf16_autocast", *dec]
-
-
 def parts(py: str, smoke: bool, work: Path, minutes: float) -> list[tuple[str, list[str], int, dict[str, str]]]:
     """(name, command, time box in seconds, extra environment) of every part."""
     flag = ["--smoke"] if smoke else []
     part = [py, str(HERE / "device_parts.py")]
     tests = [py, "-m", "pytest", "-m", "gpu", "-o", "addopts=--import-mode=importlib", "-p", "no:cacheprovider",
              "-W", "ignore::UserWarning", str(REPO / "tests" / "test_gpu.py")]  # banner summary: pytest_summary
-    mae = [py, str(HERE / "bench_mae.py")]
+    mae = [*part, "mae", *flag, "--backbone"]
     env_cpu = {"SYNTHFM_TEST_DEVICE": "cpu"} if smoke else {}
     out = [("env", [*part, "env", *flag], 60, {}),
-           ("gpu_tests", tests, 150, env_cpu),
-           ("mae_tiny", mae + mae_args("vit_tiny_p8_64", smoke), 40, {})]
+           ("gpu_tests", tests, 240 if smoke else 150, env_cpu),
+           ("mae_tiny", [*mae, "vit_tiny_p8_64"], 40, {})]
     if not smoke:
-        out += [("mae_vit_b16", mae + mae_args("vit_base_p16_224", smoke), 60, {}),
-                ("mae_vit_l16", mae + mae_args("vit_large_p16_224", smoke), 75, {})]
+        out += [("mae_vit_b16", [*mae, "vit_base_p16_224"], 60, {}),
+                ("mae_vit_l16", [*mae, "vit_large_p16_224"], 75, {})]
     out += [("generator", [*part, "generator", *flag], 75, {}),
             ("realdata", [*part, "realdata", *flag, "--work", str(work / "realdata"), "--minutes", str(minutes)],
-             int(minutes * 60 + 90), {})]
+             int(minutes * 60 + (240 if smoke else 90)), {})]
     return out
 
 
@@ -103,7 +90,7 @@ def mae_summary(rec: dict[str, Any], peak: float | None) -> dict[str, Any] | Non
     r = rec.get("result")
     if not r:
         return None
-    eager = r.get("variants", {}).get("bf16_autocast", {}).get("images_per_s", r["eager_images_per_s"])
+    eager = r["eager_images_per_s"]
     flops_image = r["flops_per_step"] / r["batch"]
     out = {"backbone": r["backbone"], "batch": r["batch"], "engine_images_per_s": r["engine_images_per_s"],
            "eager_bf16_images_per_s": eager, "engine_over_eager_bf16": r["engine_images_per_s"] / eager,
@@ -137,11 +124,12 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on any device (CPU: the test suite)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "device_check")
-    parser.add_argument("--minutes", type=float, default=None, help="realdata training budget (default 2.5, smoke 0.1)")
+    parser.add_argument("--minutes", type=float, default=None, help="realdata training budget (default 2.0, smoke 0.1;"
+                        " less when the deadline is near)")
     parser.add_argument("--deadline", type=float, default=470, help="seconds for all parts (8 min less a margin)")
     parser.add_argument("--only", default="", help="comma-separated parts to run (default: all)")
     args = parser.parse_args()
-    minutes = args.minutes if args.minutes is not None else (0.1 if args.smoke else 2.5)
+    minutes = args.minutes if args.minutes is not None else (0.1 if args.smoke else 2.0)
     start = time.time()
     doc: dict[str, Any] = {"benchmark": "device_check", "smoke": args.smoke, "python": sys.executable,
                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_1min": os.getloadavg()[0],
@@ -157,6 +145,10 @@ def main() -> None:
             doc["parts"][name] = {"status": "skipped", "why": f"the {args.deadline:.0f} s deadline was reached"}
             write(doc, args.out)
             continue
+        if name == "realdata" and not args.smoke:  # it fills the time left: shrink its training budget to fit
+            fit = max(0.05, min(minutes, (left - 90) / 60))
+            cmd = [*cmd[:-1], f"{fit:.2f}"]
+            limit = int(fit * 60 + 90)
         print(f"[device_check] {name} (at most {min(limit, left):.0f} s)", file=sys.stderr, flush=True)
         rec = run_part(cmd, min(limit, left), env)
         if name == "env" and rec.get("result"):
@@ -175,6 +167,7 @@ def main() -> None:
     doc["failed"] = sorted(k for k, v in doc["parts"].items() if v["status"] != "ok")
     write(doc, args.out)
     print(json.dumps({"out": str(args.out), "failed": doc["failed"], "seconds": doc["seconds"]}))
+    sys.exit(1 if doc["failed"] else 0)
 
 
 if __name__ == "__main__":

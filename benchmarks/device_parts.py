@@ -1,14 +1,16 @@
 """The measured parts of `benchmarks/device_check.sh`, one per call, each printing one JSON document.
 
-    python benchmarks/device_parts.py env|generator|realdata [--smoke] [--work DIR] [--minutes M]
+    python benchmarks/device_parts.py env|mae|generator|realdata [--smoke] [--work DIR] [--minutes M] [--backbone B]
 
 env        torch / CUDA / card, the card's published bf16 peak, a measured bf16 matmul FLOP/s.
+mae        MAE step throughput (ViT-B/16 or ViT-L/16 at 224 px, the paper's 8 x 512 decoder, bf16): the engine vs a
+           plain eager bf16-autocast loop, images/s and share of the card's bf16 peak (ViT-Ti at 32 px: the
+           per-step overhead).
 generator  diffusion generator training images/s at 64 px (pixel UNet) and 256 px (latent UNet + VAE encode),
            sampling images/s with DPM-Solver++ at 20 evaluations and guidance 2, and GPU-days per million images
            beside RETFound-DE's ~81 (7 s per image on an RTX 3090).
 realdata   a time-boxed real-data run at 64 px: a generator trained on RetinaMNIST's training split, a generated
            set, a ViT-S/8 MAE on generated + real images, then linear probes of it and of random init.
-MAE throughput is benchmarks/bench_mae.py, which device_check.py calls per backbone.
 --smoke shrinks every size so the part runs in seconds on a CPU (numbers then mean nothing).
 """
 
@@ -93,6 +95,68 @@ def part_env(args: argparse.Namespace) -> dict[str, Any]:
         out.update({"memory_bytes": props.total_memory, "capability": f"{props.major}.{props.minor}",
                     "bf16_supported": torch.cuda.is_bf16_supported(), "multiprocessors": props.multi_processor_count})
     return out
+
+
+# ---- mae ------------------------------------------------------------------------------------------------------
+
+MAE_SIZES = {"vit_tiny_p8_64": (32, 8), "vit_base_p16_224": (224, 256), "vit_large_p16_224": (224, 128)}
+
+
+def part_mae(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's MAE step vs a plain eager loop of the same model and batch, both bf16 autocast on CUDA.
+
+    The decoder is the MAE paper's (8 blocks, 512 wide, 16 heads; 1 x 32 for the tiny per-step-overhead case);
+    rounds alternate engine and eager, and each keeps its best round.
+    """
+    import tempfile
+
+    from synthfm.pretrain.config import pretrain_config
+    from synthfm.pretrain.engine import Engine
+    from synthfm.pretrain.mae import build_mae
+
+    tiny = args.backbone == "vit_tiny_p8_64" or args.smoke
+    backbone = "vit_tiny_p8_64" if args.smoke else args.backbone
+    size, batch = (32, 4) if args.smoke else MAE_SIZES[backbone]
+    cuda = torch.cuda.is_available()
+    cfg = pretrain_config({
+        "recipe": "mae_vit_tiny_demo", "backbone": backbone, "image_size": size, "batch_size": batch,
+        "backbone_overrides": {"depth": 2} if tiny else {}, "mixed_precision": "bf16" if cuda else "no",
+        "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2} if tiny else
+        {"decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16},
+        "optim": {"lr": 1e-4}, "stages": [{"name": "bench", "sources": [{"source": "rasd"}], "steps": 1}]})
+    steps, warmup, rounds = (1, 0, 1) if args.smoke else (10, 3, 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = Engine(cfg, tmp)
+        dev = engine.acc.device
+        imgs = torch.randn(batch, cfg.in_chans, size, size, device=dev)
+        engine.set_lr(1e-4)
+        torch.manual_seed(cfg.seed)
+        model = build_mae(cfg).model.to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=cuda)
+
+        def eager() -> None:
+            with autocast():
+                loss = model(imgs)[0]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        engine_s, eager_s = [], []
+        for _ in range(rounds):
+            engine_s.append(timed(lambda: engine.train_step([{"image": imgs}]), steps, warmup))
+            eager_s.append(timed(eager, steps, warmup))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(imgs)[0].backward()
+    flops, peak = counter.get_total_flops(), published_peak(device_name())
+    t_engine, t_eager = min(engine_s), min(eager_s)
+    return {"backbone": backbone, "image_size": size, "batch": batch, "mixed_precision": cfg.mixed_precision,
+            "decoder": f"{cfg.mae.decoder_depth} x {cfg.mae.decoder_dim}", "engine_images_per_s": batch / t_engine,
+            "eager_images_per_s": batch / t_eager, "engine_over_eager": t_eager / t_engine,
+            "flops_per_step": flops, "seconds_per_step": t_engine,
+            "engine_fraction_of_bf16_peak": flops / t_engine / peak if peak else None,
+            "eager_fraction_of_bf16_peak": flops / t_eager / peak if peak else None,
+            "rounds_engine_s": [round(t, 4) for t in engine_s], "rounds_eager_s": [round(t, 4) for t in eager_s]}
 
 
 # ---- generator ------------------------------------------------------------------------------------------------
@@ -189,7 +253,8 @@ def part_generator(args: argparse.Namespace) -> dict[str, Any]:
 
 def _engine(cfg: dict[str, Any], out: Path, seconds: float) -> dict[str, Any]:
     """Train through the engine in its own process for at most `seconds`, then kill -9 and export the latest
-    checkpoint (the engine resumes and exports exactly from its checkpoints)."""
+    checkpoint (the engine resumes and exports exactly from its checkpoints). A run that ends first (--smoke: a
+    few steps) exports as usual."""
     from synthfm.pretrain.engine import checkpoint_dirs, export_encoder
 
     path = out.with_suffix(".yaml")
@@ -200,6 +265,9 @@ def _engine(cfg: dict[str, Any], out: Path, seconds: float) -> dict[str, Any]:
     try:
         proc.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
+        grace = time.perf_counter() + seconds / 2  # slower than expected: wait a little for a first checkpoint
+        while not checkpoint_dirs(out) and proc.poll() is None and time.perf_counter() < grace:
+            time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     wall = time.perf_counter() - t0
@@ -235,19 +303,20 @@ def part_realdata(args: argparse.Namespace) -> dict[str, Any]:
 
     smoke, work = args.smoke, Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    budget = args.minutes * 60
+    budget = 600 if smoke else args.minutes * 60  # --smoke: a few steps, not a time box
+    steps = 4 if smoke else 10**6
     size = 16 if smoke else 64
     bf16 = "bf16" if torch.cuda.is_available() else "no"
     card, data = _real_card(work, smoke)
     out: dict[str, Any] = {"data": data, "image_size": size, "minutes": args.minutes}
     unet = {"block_out_channels": [16, 32], "attention": [False, True], "norm_num_groups": 8} if smoke else \
-        {"block_out_channels": [96, 192, 384, 384], "attention": [False, False, True, True], "layers_per_block": 2}
+        {}  # the default UNet: (64, 128, 256, 256), attention at level 3
     gen_cfg = {"objective": "diffusion", "image_size": size, "batch_size": 8 if smoke else 128,
-               "mixed_precision": bf16, "checkpoint_every": 2 if smoke else 200, "log_every": 50,
+               "mixed_precision": bf16, "checkpoint_every": 2 if smoke else 100, "log_every": 50,
                "diffusion": {"conditions": ["dr_grade"], "unet": unet, "ema_decay": 0.999},
                "optim": {"lr": 2e-4 if not smoke else 1e-3, "warmup_steps": 100 if not smoke else 1,
                          "weight_decay": 0.0},
-               "stages": [{"name": "main", "steps": 10**6, "sources": [{"source": card, "split": "train"}]}]}
+               "stages": [{"name": "main", "steps": steps, "sources": [{"source": card, "split": "train"}]}]}
     out["generator"] = _engine(gen_cfg, work / "generator", 0.35 * budget)
     t0 = time.perf_counter()
     n = 64 if smoke else 2160
@@ -260,9 +329,9 @@ def part_realdata(args: argparse.Namespace) -> dict[str, Any]:
     mae_cfg = {"recipe": "mae_vit_tiny_demo", "backbone": "vit_small_p16_224", "image_size": size,
                "backbone_overrides": {"img_size": size, "patch_size": 8, **({"depth": 2} if smoke else {})},
                "mae": {"decoder_dim": 256, "decoder_depth": 4, "decoder_heads": 8}, "batch_size": 8 if smoke else 256,
-               "mixed_precision": bf16, "checkpoint_every": 2 if smoke else 200, "log_every": 50,
+               "mixed_precision": bf16, "checkpoint_every": 2 if smoke else 100, "log_every": 50,
                "optim": {"base_lr": 1.5e-4, "warmup_steps": 1 if smoke else 200},
-               "stages": [{"name": "main", "steps": 10**6,
+               "stages": [{"name": "main", "steps": steps,
                            "sources": [{"source": str(gen_out / "dataset.yaml")}, {"source": card, "split": "train"}]}]}
     out["mae"] = _engine(mae_cfg, work / "mae", 0.4 * budget)
     out["mae"]["images_seen"] = out["mae"]["steps"] * mae_cfg["batch_size"]
@@ -281,7 +350,7 @@ def part_realdata(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-PARTS = {"env": part_env, "generator": part_generator, "realdata": part_realdata}
+PARTS = {"env": part_env, "mae": part_mae, "generator": part_generator, "realdata": part_realdata}
 
 
 def main() -> None:
@@ -289,7 +358,8 @@ def main() -> None:
     parser.add_argument("part", choices=sorted(PARTS))
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--work", default="runs/device_check")
-    parser.add_argument("--minutes", type=float, default=2.5, help="realdata: wall-clock budget of its training")
+    parser.add_argument("--minutes", type=float, default=2.0, help="realdata: wall-clock budget of its training")
+    parser.add_argument("--backbone", default="vit_base_p16_224", choices=sorted(MAE_SIZES), help="mae: encoder")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(json.dumps(PARTS[args.part](args), indent=1, default=str))
