@@ -293,3 +293,16 @@ def test_run_records_the_machine_choices(cache: Path, tmp_path: Path, monkeypatc
     machine = json.loads((tmp_path / "machine.json").read_text())
     assert machine["threads"] == 1 and machine["mixed_precision"] == {"config": "no", "used": "no"}
     assert machine["compile"] == {"config": "auto", "used": False} and machine["native_bf16"] is False
+
+
+def test_explicit_bf16_without_native_support_warns(cache: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mixed_precision: bf16` on a device without native bf16 warns with the measured slowdown."""
+    import synthfm.hardware as hardware
+
+    monkeypatch.setattr(hardware, "native_bf16", lambda device_type=None: False)
+    monkeypatch.setattr(hardware, "bf16_slowdown", lambda device=None: 21.0)
+    cfg = pretrain_config(tiny(cache, [{"name": "a", "sources": [RASD], "steps": 1}], mixed_precision="bf16"))
+    with pytest.warns(UserWarning, match=r"21\.0x the time of fp32"):
+        engine = Engine(cfg, tmp_path)
+    assert engine.acc.mixed_precision == "bf16"
