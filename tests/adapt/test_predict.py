@@ -193,11 +193,44 @@ def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().out
 
 
-def test_readme_workflow_folder_of_cxr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The README's 'Use a model' path with only CLI commands: a folder of chest X-rays plus a CSV of labels ->
-    card -> inspect -> split -> prepare -> adapt -> predict (with Grad-CAM) -> export (ONNX) -> model card."""
-    folder = cxr_folder(tmp_path / "my_cxr", n=32)
-    card = write_card(folder, split=False)  # split: null, as a folder of labels usually comes
+def dicom_folder(root: Path, n: int = 32) -> Path:
+    """A folder of 12-bit DICOM chest X-rays (age and sex in the headers) and labels.csv (file, patient, label)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID = "DX", f"p{i // 2:02d}"
+        ds.PatientAge, ds.PatientSex = f"{40 + i:03d}Y", "MF"[i // 2 % 2]
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 40, 36, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = (rng.integers(0, 1000, (40, 36)) + label * 2000).astype("<u2").tobytes()
+        ds.save_as(root / "images" / f"cxr_{i:03d}.dcm", enforce_file_format=True)
+        rows.append({"file": f"cxr_{i:03d}.dcm", "patient": f"p{i // 2:02d}", "label": ["normal", "pneumonia"][label]})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    card = {"name": "my_cxr", "modality": "cxr",
+            "source": {"format": "dicom", "root": "images", "path_column": "file"}, "manifest": "labels.csv",
+            "split": None, "tasks": [TASKS["binary"]], "tags": {"age": "PatientAge", "sex": "PatientSex"},
+            "metadata": {"patient_id": "patient", "age": "age", "sex": "sex"}}
+    (root / "dataset.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    return root / "dataset.yaml"
+
+
+def test_readme_workflow_folder_of_dicom_cxr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's 'Use a model' path with only CLI commands: a folder of DICOM chest X-rays plus a CSV of labels
+    -> card (split: null, age and sex from the headers) -> inspect -> split -> prepare -> adapt -> predict on the
+    raw DICOM folder (with Grad-CAM) -> evaluate -> export (ONNX) -> model card."""
+    card = dicom_folder(tmp_path / "my_cxr")
     assert "card OK" in _cli(["data", "inspect", str(card)], capsys)
     _cli(["data", "split", str(card), "-o", str(tmp_path / "split"), "--ratios", "0.5,0.25,0.25",
           "--stratify", "finding"], capsys)
@@ -207,16 +240,18 @@ def test_readme_workflow_folder_of_cxr(tmp_path: Path, capsys: pytest.CaptureFix
         "backbone_overrides": SMALL, "policy": "linear_probe", "epochs": 2, "warmup_epochs": 0, "batch_size": 8,
         "seeds": [0, 1]}))
     _cli(["adapt", str(tmp_path / "adapt.yaml"), "-o", str(tmp_path / "exp")], capsys)
-    _cli(["predict", str(tmp_path / "exp"), str(folder / "images"), "-o", str(tmp_path / "pred"), "--gradcam"], capsys)
+    images = tmp_path / "my_cxr" / "images"
+    _cli(["predict", str(tmp_path / "exp"), str(images), "-o", str(tmp_path / "pred"), "--gradcam"], capsys)
     table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
     assert len(table) == 32 and {"prob_normal", "prob_pneumonia", "predicted", "gradcam"} <= set(table.columns)
-    # the raw folder went through the prepared card's settings: same scores as predicting the prepared card
+    assert yaml.safe_load((tmp_path / "pred" / "input" / "dataset.yaml").read_text())["source"]["format"] == "dicom"
+    # the raw DICOM folder went through the prepared card's settings: the scores of the prepared card itself
     prepared = pd.read_csv(predict(tmp_path / "exp", tmp_path / "prepared", tmp_path / "pred2"))
-    by_file = dict(zip(prepared["id"], prepared["prob_pneumonia"], strict=True))
-    np.testing.assert_allclose(table["prob_pneumonia"], [by_file[i] for i in table["id"]],
-                               atol=1e-5)
+    by_id = dict(zip(prepared["id"], prepared["prob_pneumonia"], strict=True))
+    np.testing.assert_allclose(table["prob_pneumonia"], [by_id[i] for i in table["id"]], atol=1e-5)
+    _cli(["evaluate", str(tmp_path / "exp")], capsys)
     out = _cli(["export", str(tmp_path / "exp"), "--onnx"], capsys)
     folder_out = Path(out.split("model:")[1].strip())
     card_text = (folder_out / "README.md").read_text()
     assert "### Across seeds" in card_text and "| 1 | internal | test | auroc | 2 |" in card_text
-    assert "Subgroup results: not computed" in card_text and (folder_out / "model.onnx").is_file()
+    assert "### Subgroups" in card_text and "| sex |" in card_text and (folder_out / "model.onnx").is_file()

@@ -225,7 +225,7 @@ def experiment_section(exp_dir: Path) -> list[str]:
     subgroups = exp_dir / "fairness" / "subgroup_summary.csv"
     if subgroups.is_file():
         df = pd.read_csv(subgroups)
-        df = df[df["metric"] == "auroc"] if "metric" in df else df
+        df = df[(df["metric"] == "auroc") | df["too_small"]] if "metric" in df else df  # too small: no metric
         lines += ["### Subgroups", "", f"From `{subgroups}` (AUROC; groups below the size floor are marked).", "",
                   "| fraction | split | attribute | group | images | AUROC mean | 95% CI |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
