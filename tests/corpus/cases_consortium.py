@@ -207,6 +207,8 @@ verify_case("weights-offsets-not-list", weights_header({"age": {"dtype": "F64", 
                                                        b"\0" * 16), "tensor 'age' has a malformed data_offsets")
 verify_case("weights-entry-not-mapping", weights_header({"age": [1, 2, 3]}, b"\0" * 16),
             "tensor 'age' has a malformed")
+verify_case("weights-unknown-dtype", weights_header({"age": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 16]}},
+                                                    b"\0" * 16), "tensor 'age' has a malformed dtype")
 verify_case("weights-hidden-tail", weights_header({"age": {"dtype": "F64", "shape": [2], "data_offsets": [0, 16]}},
                                                   b"\0" * 16 + b"JFIF hidden bytes after the tensors"),
             "bytes after the last tensor (hidden data)")
