@@ -77,3 +77,35 @@ def test_holm_by_hand() -> None:
     # sorted p: .01 .02 .04 -> 3*.01=.03, 2*.02=.04, 1*.04=.04 (monotone)
     np.testing.assert_allclose(holm([0.04, 0.01, 0.02]), [0.04, 0.03, 0.04])
     np.testing.assert_allclose(holm([0.5, 0.6]), [1.0, 1.0])
+
+
+def test_paired_test_needs_three_pairs_and_spread() -> None:
+    """Two seeds or identical differences give no test (p NaN) and say why; near-zero spread is flagged."""
+    from synthfm.evaluate.stats import paired_test
+
+    two = paired_test([0.71, 0.72], [0.70, 0.70])
+    assert np.isnan(two.p) and "2 paired observation(s)" in two.note
+    same = paired_test([0.8, 0.7, 0.6], [0.7, 0.6, 0.5])
+    assert np.isnan(same.p) and "zero variance" in same.note
+    tight = paired_test([0.8, 0.7, 0.6], [0.7 - 1e-6, 0.6, 0.5 + 1e-6])
+    assert tight.p < 1e-3 and "near-zero variance" in tight.note
+    fine = paired_test([0.80, 0.74, 0.69, 0.77], [0.75, 0.73, 0.70, 0.71])
+    assert fine.note == "" and fine.p == pytest.approx(stats.ttest_rel([0.80, 0.74, 0.69, 0.77],
+                                                                       [0.75, 0.73, 0.70, 0.71]).pvalue)
+
+
+def test_corrected_resampled_t_by_hand() -> None:
+    """Nadeau-Bengio on d = (0.02, 0.03, -0.01, 0.04, 0.02), 5 folds (n_test/n_train = 1/4), computed by hand.
+
+    mean 0.02, var (ddof 1) = (0 + 0.0001 + 0.0009 + 0.0004 + 0) / 4 = 0.00035;
+    t = 0.02 / sqrt((1/5 + 1/4) * 0.00035) = 0.02 / sqrt(0.0001575) = 1.59364; naive t = 0.02 / sqrt(0.00007) = 2.39046.
+    """
+    from synthfm.evaluate.stats import corrected_resampled_t
+
+    d = [0.02, 0.03, -0.01, 0.04, 0.02]
+    res = corrected_resampled_t(d, n_train=80, n_test=20)
+    assert res.t == pytest.approx(1.593638, rel=1e-5)
+    assert res.p == pytest.approx(2 * stats.t.sf(1.593638, 4), rel=1e-4)
+    naive = stats.ttest_1samp(d, 0.0)
+    assert naive.statistic == pytest.approx(2.390457, rel=1e-5) and naive.pvalue < res.p
+    assert np.isnan(corrected_resampled_t([0.1, 0.2], 80, 20).p)

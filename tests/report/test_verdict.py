@@ -32,3 +32,14 @@ def test_random_spaces_and_low_label_agreement_are_warned_about() -> None:
     assert any("random-init feature space" in line for line in lines)
     assert any("low label agreement" in line and "0.41" in line for line in lines)
     assert gate_lines("q", doc()) == [gate_lines("q", doc())[0]]
+
+
+def test_a_comparison_without_a_valid_test_says_why() -> None:
+    """Two seeds: no p-value, not significant, and the sentence carries the statistics' caution."""
+    from synthfm.report.verdict import comparison_sentence
+
+    row = {"mean_diff": 0.01, "significant": False, "p": float("nan"), "p_holm": float("nan"), "fraction": 1.0,
+           "mean_a": 0.72, "mean_b": 0.71, "n": 2, "note": "no test: 2 paired observation(s), at least 3 needed"}
+    text = comparison_sentence(row, "MAE", "random init", "auroc")
+    assert "did not differ significantly" in text and "p=n/a" in text
+    assert text.endswith("Caution: no test: 2 paired observation(s), at least 3 needed.")

@@ -22,11 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from synthfm.errors import SynthfmError
-from synthfm.evaluate.stats import holm, shapiro, summarise, t_test
+from synthfm.evaluate.stats import holm, paired_test, shapiro, summarise
 from synthfm.io import atomic_path
 
 RESULTS = "results"
@@ -163,7 +162,7 @@ def compare(results_a: str | Path | pd.DataFrame, results_b: str | Path | pd.Dat
 def _paired(keys: dict[str, Any], g: pd.DataFrame) -> dict[str, Any]:
     """Paired statistics of one group's A and B values (matched by seed)."""
     va, vb = g["value_a"].to_numpy(), g["value_b"].to_numpy()
-    t, p = t_test(va, vb, paired=True) if len(g) > 1 else (np.nan, np.nan)
+    test = paired_test(va, vb)
     w, pw = shapiro(va - vb)
     return {**keys, "n": len(g), "mean_a": va.mean(), "mean_b": vb.mean(), "mean_diff": (va - vb).mean(),
-            "t": t, "p": p, "shapiro_w": w, "shapiro_p": pw}
+            "t": test.t, "p": test.p, "shapiro_w": w, "shapiro_p": pw, "note": test.note}

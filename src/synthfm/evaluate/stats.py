@@ -1,4 +1,10 @@
-"""Statistics over seeds: mean with 95% CI, bootstrap CI, Shapiro-Wilk, t-tests, Holm correction."""
+"""Statistics over seeds: mean with 95% CI, bootstrap CI, Shapiro-Wilk, t-tests, Holm correction.
+
+Paired tests refuse to run on fewer than `MIN_PAIRED` pairs (two seeds once gave t = 1059 and "significant"),
+and say when the differences have (almost) no spread, where a t statistic is meaningless. Over cross-validation
+folds, which share training data, the naive paired t-test underestimates the variance of the mean difference;
+`corrected_resampled_t` applies Nadeau and Bengio's (2003) correction.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +58,57 @@ def t_test(a: np.ndarray | list[float], b: np.ndarray | list[float], paired: boo
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     res = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b, equal_var=False)
     return float(res.statistic), float(res.pvalue)
+
+
+MIN_PAIRED = 3
+ZERO_SPREAD = 1e-9  # differences within this of each other are equal up to floating-point rounding
+T_SUSPECT = 50.0  # |t| above this on a handful of seeds means the differences have almost no spread
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired two-sided t-test with what makes it unreliable said in `note` ('' when nothing)."""
+
+    n: int
+    t: float
+    p: float
+    note: str = ""
+
+
+def paired_test(a: np.ndarray | list[float], b: np.ndarray | list[float],
+                min_pairs: int = MIN_PAIRED) -> PairedTest:
+    """Paired t-test of a vs b, or no test (p NaN) below `min_pairs` pairs or with no spread in the differences."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = a - b
+    n = len(d)
+    if n < min_pairs:
+        return PairedTest(n, float("nan"), float("nan"), f"no test: {n} paired observation(s), at least "
+                                                            f"{min_pairs} needed")
+    if np.ptp(d) <= ZERO_SPREAD:
+        return PairedTest(n, float("nan"), float("nan"), "no test: the paired differences are all equal "
+                                                          "(zero variance)")
+    t, p = t_test(a, b, paired=True)
+    note = (f"near-zero variance of the differences (|t| = {abs(t):.0f} over {n} pairs): check that the runs "
+            "really differ" if abs(t) > T_SUSPECT else "")
+    return PairedTest(n, t, p, note)
+
+
+def corrected_resampled_t(differences: np.ndarray | list[float], n_train: int, n_test: int) -> PairedTest:
+    """Nadeau-Bengio corrected resampled t-test over J resampling runs (e.g. folds x repeats).
+
+    t = mean(d) / sqrt((1/J + n_test/n_train) * var(d)), J - 1 degrees of freedom, two-sided. The extra
+    n_test/n_train term accounts for the overlap of training sets between runs, which the naive test ignores.
+    """
+    d = np.asarray(differences, dtype=float)
+    j = len(d)
+    if j < MIN_PAIRED:
+        return PairedTest(j, float("nan"), float("nan"), f"no test: {j} resampling run(s), at least "
+                                                          f"{MIN_PAIRED} needed")
+    var = float(d.var(ddof=1))
+    if np.ptp(d) <= ZERO_SPREAD:
+        return PairedTest(j, float("nan"), float("nan"), "no test: the differences are all equal (zero variance)")
+    t = float(d.mean() / np.sqrt((1 / j + n_test / n_train) * var))
+    return PairedTest(j, t, float(2 * stats.t.sf(abs(t), j - 1)))
 
 
 def holm(pvalues: list[float] | np.ndarray) -> np.ndarray:

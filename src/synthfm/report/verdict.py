@@ -18,9 +18,10 @@ def comparison_sentence(row: dict[str, Any], label_a: str, label_b: str, metric:
     p = "n/a" if row.get("p") is None or np.isnan(row["p"]) else f"{row['p']:.3g}"
     holm = "n/a" if row.get("p_holm") is None or np.isnan(row["p_holm"]) else f"{row['p_holm']:.3g}"
     where = f"{row.get('dataset', '')} {row.get('task', '')}".strip()
+    note = f" Caution: {row['note']}." if isinstance(row.get("note"), str) and row["note"] else ""
     return (f"{label_a} {word} {label_b} on {where} with {100 * float(row['fraction']):g}% of the labels: "
             f"test {metric} {row['mean_a']:.3f} vs {row['mean_b']:.3f} over {int(row['n'])} seeds "
-            f"(paired t-test p={p}, Holm p={holm}).")
+            f"(paired t-test p={p}, Holm p={holm}).{note}")
 
 
 def verdict(comparisons: list[dict[str, Any]]) -> list[str]:
