@@ -303,6 +303,11 @@ def test_explicit_bf16_without_native_support_warns(cache: Path, tmp_path: Path,
     monkeypatch.setattr(hardware, "native_bf16", lambda device_type=None: False)
     monkeypatch.setattr(hardware, "bf16_slowdown", lambda device=None: 21.0)
     cfg = pretrain_config(tiny(cache, [{"name": "a", "sources": [RASD], "steps": 1}], mixed_precision="bf16"))
-    with pytest.warns(UserWarning, match=r"21\.0x the time of fp32"):
-        engine = Engine(cfg, tmp_path)
-    assert engine.acc.mixed_precision == "bf16"
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # Accelerate keeps one precision per process
+    try:
+        with pytest.warns(UserWarning, match=r"21\.0x the time of fp32"):
+            assert Engine(cfg, tmp_path).acc.mixed_precision == "bf16"
+    finally:
+        AcceleratorState._reset_state(True)

@@ -204,10 +204,12 @@ class Engine:
         self.cfg = cfg
         self.run = RunDir(out_dir, "pretrain", cfg)
         self.threads = hardware.set_threads()
-        self.acc = accelerator or Accelerator(mixed_precision=hardware.resolve_precision(cfg.mixed_precision))
-        warning = hardware.precision_warning(self.acc.mixed_precision, self.acc.device)
-        if warning is not None and self.acc.is_main_process:
-            warnings.warn(warning, stacklevel=2)
+        precision = hardware.resolve_precision(cfg.mixed_precision)
+        if accelerator is None and os.environ.get("RANK", "0") == "0":
+            warning = hardware.precision_warning(precision, hardware.default_device())
+            if warning is not None:
+                warnings.warn(warning, stacklevel=2)
+        self.acc = accelerator or Accelerator(mixed_precision=precision)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.objective = OBJECTIVES[cfg.objective](cfg)
         module = TrainModule(self.objective).to(self.acc.device)
