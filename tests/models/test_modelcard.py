@@ -15,7 +15,7 @@ import yaml
 from synthfm.data.card import DatasetCard, Provenance, SourceSpec, write_card
 from synthfm.models.backbones import create_backbone
 from synthfm.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
-from synthfm.models.modelcard import README, bootstrap_ci, gate_verdict
+from synthfm.models.modelcard import README, bootstrap_ci, gate_verdict, timm_snippet
 
 SMALL = {"img_size": 32, "depth": 2, "embed_dim": 48, "num_heads": 3}
 
@@ -88,3 +88,14 @@ def test_bootstrap_ci_brackets_the_metric() -> None:
     v, lo, hi = got["auroc"]
     assert lo <= v <= hi and hi - lo > 0.05
     assert np.isnan(got["accuracy"][1]) and got["accuracy"][0] == pytest.approx(np.mean((p >= 0.5) == y))
+
+
+def test_snippet_falls_back_to_synthfm_when_timm_lacks_a_part() -> None:
+    """A backbone built with a class argument (a 3D patch embedding) is not loadable by timm alone: say so."""
+
+    class PatchEmbed3d(torch.nn.Module):
+        """Stands in for a patch embedding timm does not have."""
+
+    assert "timm.create_model" in timm_snippet("vit_tiny_patch16_224", {"img_size": 32})
+    text = timm_snippet("vit_tiny_patch16_224", {"img_size": 32, "embed_layer": PatchEmbed3d})
+    assert "from_pretrained" in text and "embed_layer=" in text and "timm.create_model" not in text

@@ -38,8 +38,18 @@ def timm_args(config: dict[str, Any], num_classes: int = 0) -> tuple[str, dict[s
     return spec.timm_name, {**kwargs, "num_classes": num_classes}
 
 
+def plain_timm(kwargs: dict[str, Any]) -> bool:
+    """Whether timm alone can build the model: every argument is plain data (a 3D patch embedding class is not)."""
+    return all(isinstance(v, (int, float, str, bool, type(None), list, tuple)) for v in kwargs.values())
+
+
 def timm_snippet(architecture: str, kwargs: dict[str, Any], weights: str = "model.safetensors") -> str:
-    """Python that loads the folder with plain timm (no synthfm)."""
+    """Python that loads the folder with plain timm (no synthfm), or with synthfm where timm lacks a part."""
+    if not plain_timm(kwargs):
+        custom = ", ".join(f"{k}={getattr(v, '__qualname__', v)}" for k, v in kwargs.items() if not plain_timm({k: v}))
+        return (f"# timm `{architecture}` with a synthfm part ({custom}): load it through synthfm\n"
+                "from synthfm.models.checkpoint import from_pretrained\n\n"
+                'model = from_pretrained("path/to/this/folder")')
     args = "".join(f", {k}={v!r}" for k, v in kwargs.items())
     size, chans, classes = kwargs.get("img_size", 224), kwargs.get("in_chans", 3), kwargs.get("num_classes", 0)
     # num_classes in the overlay too: timm drops a head whose size differs from the pretrained config's
