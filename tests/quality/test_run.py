@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -16,7 +17,7 @@ from synthfm.quality.config import GateConfig, QualityConfig
 from synthfm.quality.gate import evaluate_gate
 from synthfm.quality.run import run_quality
 
-from .conftest import TINY_SPACE
+from .conftest import TINY_DOMAIN, TINY_SPACE, write_card
 
 SPACE = "synthfm-random-vit_tiny_p8_64"
 CFG = {"spaces": [TINY_SPACE], "labels": {"tasks": ["cataract"], "adapt": {"epochs": 2}},
@@ -24,15 +25,23 @@ CFG = {"spaces": [TINY_SPACE], "labels": {"tasks": ["cataract"], "adapt": {"epoc
 
 
 def test_run_quality_writes_the_documented_tables(tiny_cards: dict[str, Path], tmp_path: Path) -> None:
-    cfg = QualityConfig.model_validate({**CFG, "gate": {"at_most": {"near_copies": 0, "FD": 1e6}}})
+    cfg = QualityConfig.model_validate({**CFG, "gate": {"defaults": False, "at_most": {"near_copies": 0, "FD": 1e6}}})
     out = tmp_path / "q"
     summary = run_quality(tiny_cards["synth"], tiny_cards["real"], cfg, out)
     assert summary["verdict"] == "pass"
     assert {c["metric"] for c in summary["checks"]} == {"near_copies", f"FD_{SPACE}"}
     saved = json.loads((out / "quality.json").read_text())
     assert saved["verdict"] == "pass" and saved["n_synthetic"] == 30 and saved["n_real"] == 60
-    for name in ("FD", "KID", "precision", "recall", "density", "coverage"):
+    for name in ("FD", "KID", "precision", "recall", "density", "coverage", "FD_ratio", "precision_rel",
+                 "recall_rel", "density_rel", "coverage_rel"):
         assert f"{name}_{SPACE}" in saved["metrics"]
+    assert saved["space_info"][0]["kind"] == "random" and "untrained" in saved["space_info"][0]["description"]
+    assert saved["baseline"] == {"reference": 30, "heldout": 30, "sample_size": 30}
+    base = pd.read_csv(out / "baseline.csv")
+    assert set(base["metric"]) == {"FD", "precision", "recall", "density", "coverage", "sharpness"}
+    assert np.allclose(base["relative"], base["synthetic"] / base["real_pair"])
+    assert "label_agreement_rel_cataract" in saved["metrics"] and "label_real_accuracy_cataract" in saved["metrics"]
+    assert (out / "real_duplicates.csv").is_file()
     fid = pd.read_csv(out / "fidelity.csv")
     assert list(fid.columns) == ["space", "task", "class", "metric", "value", "n_synthetic", "n_real"]
     assert (fid["task"] == "dr_grade").any()  # per-label rows
@@ -53,7 +62,8 @@ def test_run_quality_writes_the_documented_tables(tiny_cards: dict[str, Path], t
 
 def test_gate_failure_stops_with_metric_and_threshold(tiny_cards: dict[str, Path], tmp_path: Path) -> None:
     cfg = QualityConfig.model_validate({**CFG, "labels": {"enabled": False}, "metadata": {"enabled": False},
-                                        "gate": {"at_most": {"FD": 0.0}, "at_least": {"coverage": 0.0}}})
+                                        "gate": {"defaults": False, "at_most": {"FD": 0.0},
+                                                 "at_least": {"coverage": 0.0}}})
     with pytest.raises(SynthfmError, match=rf"FD_{SPACE} = [0-9.e-]+ > at_most 0"):
         run_quality(tiny_cards["synth"], tiny_cards["real"], cfg, tmp_path / "q")
     summary = json.loads((tmp_path / "q" / "quality.json").read_text())
@@ -63,7 +73,7 @@ def test_gate_failure_stops_with_metric_and_threshold(tiny_cards: dict[str, Path
 
 def test_gate_matching_and_unknown_names() -> None:
     metrics = {"FD_a": 3.0, "FD_b": 1.0, "KID_a": 0.1, "KIDstd_a": 0.01, "near_copies": 0.0}
-    checks = evaluate_gate(metrics, GateConfig(at_most={"FD": 2.0, "KID": 1.0}, at_least={}))
+    checks = evaluate_gate(metrics, GateConfig(defaults=False, at_most={"FD": 2.0, "KID": 1.0}, at_least={}))
     assert [(c["metric"], c["passed"]) for c in checks] == [("FD_a", False), ("FD_b", True), ("KID_a", True)]
     with pytest.raises(SynthfmError, match="names no computed metric"):
         evaluate_gate(metrics, GateConfig(at_most={"label_disagreement": 0.1}))
@@ -81,3 +91,82 @@ def test_cli_sub_app(tiny_cards: dict[str, Path], tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, [str(tiny_cards["synth"]), "--real", str(tiny_cards["real"]), "--out",
                                    str(tmp_path / "q2"), "--config", str(tmp_path / "missing.yaml")])
     assert isinstance(bad.exception, SynthfmError)
+
+
+@pytest.fixture(scope="session")
+def domain_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One domain-encoder cache for the gate tests on the RetinaMNIST cards (the first test trains it)."""
+    return tmp_path_factory.mktemp("domain_cache")
+
+
+@pytest.mark.parametrize(("synthetic", "fails_on"), [("heldout", None), ("blurred", "sharpness_ratio"),
+                                                     ("colour", "FD_ratio"), ("xray", "FD_ratio")])
+def test_default_gate_judges_against_real_data(retina_cards: dict[str, Path], domain_cache: Path, tmp_path: Path,
+                                               synthetic: str, fails_on: str | None) -> None:
+    """Default settings (domain space, relative bounds, audit, label check) on real RetinaMNIST images: a held-out
+    real split passes; the same images blurred or colour-shifted, or chest X-rays filed as fundus photos, fail."""
+    cfg = QualityConfig.model_validate({"domain": {**TINY_DOMAIN, "cache_dir": str(domain_cache)},
+                                        "gate": {"stop_on_fail": False}})
+    summary = run_quality(retina_cards[synthetic], retina_cards["real"], cfg, tmp_path / "q")
+    assert summary["spaces"] == ["synthfm-domain-dr_grade"]
+    assert summary["space_info"][0]["kind"] == "domain"
+    checks = {c["metric"]: c for c in summary["checks"]}
+    assert {c["family"] for c in checks.values()} == {"near_copies", "FD_ratio", "precision_rel", "coverage_rel",
+                                                      "label_agreement_rel", "sharpness_ratio"}
+    assert summary["verdict"] == ("pass" if fails_on is None else "fail"), [(m, c["value"]) for m, c in checks.items()]
+    if fails_on is not None:
+        assert not [c for c in checks.values() if c["family"] == fails_on][-1]["passed"]
+
+
+def test_domain_encoder_is_trained_once_then_reused(retina_cards: dict[str, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthfm.adapt.trainer import Trainer
+
+    cfg = QualityConfig.model_validate({"domain": {**TINY_DOMAIN, "epochs": 2, "cache_dir": str(tmp_path / "cache")},
+                                        "labels": {"enabled": False}, "memorisation": {"enabled": False},
+                                        "metadata": {"enabled": False}, "gate": {"stop_on_fail": False}})
+    first = run_quality(retina_cards["heldout"], retina_cards["real"], cfg, tmp_path / "q1")
+    assert first["space_info"][0]["reused"] is False
+    encoder = Path(first["space_info"][0]["encoder"])
+    assert encoder.is_relative_to(tmp_path / "cache" / "domain") and (encoder / "config.json").is_file()
+
+    def no_training(self: Trainer) -> None:
+        raise AssertionError("the cached domain encoder was trained again")
+
+    monkeypatch.setattr(Trainer, "fit", no_training)
+    second = run_quality(retina_cards["colour"], retina_cards["real"], cfg, tmp_path / "q2")
+    assert second["space_info"][0]["reused"] is True and second["space_info"][0]["encoder"] == str(encoder)
+
+
+def _cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run `synthfm ARGS`, expect exit status 2, return the error text."""
+    from synthfm.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    return " ".join(capsys.readouterr().err.split())
+
+
+def test_bad_inputs_exit_2_with_a_clear_error(retina: dict[str, np.ndarray], retina_cards: dict[str, Path],
+                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from synthfm.models.backbones import create_backbone
+    from synthfm.models.checkpoint import save_pretrained
+
+    images, grades = retina["train_images"][:12], retina["train_labels"][:12, 0]
+    small = write_card(tmp_path / "small", images, grades, ["train"] * 8 + ["val"] * 2 + ["test"] * 2)
+    err = _cli_error(["quality", str(retina_cards["heldout"]), "--real", str(small), "--out", str(tmp_path / "a")],
+                     capsys)
+    assert "too small for a held-out split: 8 reference and 4 held-out images" in err and "fix:" in err
+
+    grey = create_backbone("vit_tiny_p8_64", 1, depth=1, embed_dim=48, num_heads=3, img_size=32)
+    save_pretrained(grey, tmp_path / "grey_encoder")
+    (tmp_path / "grey.yaml").write_text(yaml.safe_dump({"spaces": [{"encoder": str(tmp_path / "grey_encoder")}]}))
+    err = _cli_error(["quality", str(retina_cards["heldout"]), "--real", str(retina_cards["real"]), "--config",
+                      str(tmp_path / "grey.yaml"), "--out", str(tmp_path / "b")], capsys)
+    assert "takes 1-channel images but the cards are fundus (3 channel(s))" in err
+
+    extra = write_card(tmp_path / "extra", images, np.r_[grades[:11], 5], classes=["0", "1", "2", "3", "4", "5"])
+    err = _cli_error(["quality", str(extra), "--real", str(retina_cards["real"]), "--out", str(tmp_path / "c")],
+                     capsys)
+    assert "has labels the real card 'real' lacks: ['5']" in err

@@ -8,13 +8,16 @@ from pydantic import Field, model_validator
 
 from synthfm.config import StrictModel
 
+DOMAIN = "domain"
+
 
 class SpaceConfig(StrictModel):
-    """A feature space: one of our encoders, or Inception / DINOv2 weights from a local file."""
+    """A feature space: the domain encoder (default), one of our encoders, or Inception / DINOv2 local weights."""
 
     kind: Literal["synthfm", "inception", "dinov2"] = "synthfm"
-    encoder: str = Field("random:vit_tiny_p8_64",
-                         description="synthfm: a save_pretrained dir or 'random:<backbone>' (tests only)")
+    encoder: str = Field(DOMAIN, description="synthfm: 'domain' (an encoder fine-tuned on the real card, trained "
+                         "and cached by the gate, see `domain`), a save_pretrained dir, or 'random:<backbone>' "
+                         "(an untrained space, only when asked for; labelled random)")
     weights: str | None = Field(None, description="inception / dinov2: local weights file (.pth or .safetensors)")
     backbone: str = Field("vit_large_p14_224", description="dinov2: registry backbone the weights fit")
     backbone_overrides: dict[str, Any] = Field(default_factory=dict, description="timm kwargs (random:/dinov2)")
@@ -55,8 +58,14 @@ class MemorisationConfig(StrictModel):
     background: float = Field(0.3, ge=0, lt=1, description="near-black background level (fraction of range)")
     margin: int = Field(4, ge=0, description="template border in px: shifts searched at scale 1")
     shortlist: int = Field(8, ge=2, description="candidates verified per image; scores are best minus the rest")
-    calibration_quantile: float = Field(1.0, gt=0, le=1, description="of held-out real scores")
+    calibration_quantile: float = Field(0.99, gt=0, le=1, description="of held-out real scores (duplicates left "
+                                       "out); a robust quantile, so one odd real pair cannot blind the audit")
     calibration_margin: float = Field(0.05, ge=0, description="added to that quantile")
+    duplicate_similarity: float = Field(0.99, gt=0, le=1, description="a held-out real image this close (pixel "
+                                        "similarity) to a training image is a real-vs-real duplicate pair: left "
+                                        "out of the calibration and reported in real_duplicates.csv")
+    exact_similarity: float = Field(0.99, gt=0, le=1, description="pixel similarity at which a synthetic image "
+                                    "is flagged whatever the calibration (exact and near-exact copies)")
     min_similarity_quantile: float = Field(0.5, ge=0, le=1, description="a flag also needs a best similarity at "
                                            "least this quantile of the held-out real images' best similarities")
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="real rows held out when the card has no split")
@@ -87,19 +96,70 @@ class MetadataConfig(StrictModel):
     max_train: int = Field(20_000, ge=10, description="real rows used to fit the age / sex predictors")
 
 
-class GateConfig(StrictModel):
-    """Thresholds: a metric name (or a family such as 'FD', matching FD_<space>) -> bound."""
+class DomainConfig(StrictModel):
+    """The default feature space: an encoder fine-tuned on the real card's task by the adaptation trainer.
 
-    at_most: dict[str, float] = Field(default_factory=lambda: {"near_copies": 0.0})
-    at_least: dict[str, float] = Field(default_factory=dict)
+    The gate trains it when a space names `encoder: domain` and caches it under `cache_dir/domain/<key>`, the
+    key hashing the real card (its card file and manifest) and these settings, so a second call reuses it.
+    """
+
+    start: str = Field("random:vit_tiny_p8_64", description="encoder fine-tuned: 'random:<backbone>' or a "
+                       "save_pretrained dir (e.g. an encoder pretrained on the real training split)")
+    backbone_overrides: dict[str, Any] = Field(default_factory=dict, description="timm kwargs for random:")
+    image_size: int | None = Field(None, ge=8, description="default: the encoder's image size")
+    task: str | None = Field(None, description="real task it learns; default: the card's first single-label task")
+    epochs: int = Field(30, ge=1)
+    warmup_epochs: float = Field(3, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+    cache_dir: str | None = Field(None, description="default: $SYNTHFM_CACHE, else ~/.cache/synthfm")
+
+
+class BaselineConfig(StrictModel):
+    """The real-vs-real pair every synthetic metric is judged against: reference vs a held-out real split."""
+
+    min_heldout: int = Field(10, ge=2, description="fewest held-out real images the baseline accepts")
+    min_reference: int = Field(10, ge=2, description="fewest real reference images")
+
+
+DEFAULT_AT_MOST: dict[str, float] = {"near_copies": 0.0, "FD_ratio": 3.0, "sharpness_ratio": 2.0}
+DEFAULT_AT_LEAST: dict[str, float] = {"precision_rel": 0.5, "coverage_rel": 0.5, "label_agreement_rel": 0.8,
+                                      "sharpness_ratio": 0.5}
+
+
+class GateConfig(StrictModel):
+    """Thresholds: a metric name (or a family such as 'FD', matching FD_<space>) -> bound.
+
+    With `defaults` the bounds of DEFAULT_AT_MOST / DEFAULT_AT_LEAST (metrics relative to the real held-out
+    pair) apply to every family that was computed; `at_most` / `at_least` add bounds or override them, and a
+    null bound removes a default.
+    """
+
+    defaults: bool = True
+    at_most: dict[str, float | None] = Field(default_factory=dict)
+    at_least: dict[str, float | None] = Field(default_factory=dict)
     stop_on_fail: bool = True
+
+    def bounds(self) -> dict[str, tuple[dict[str, float], set[str]]]:
+        """Per bound ('at_most', 'at_least'): {key: threshold}, and the keys that are defaults (may name nothing)."""
+        out = {}
+        for bound, given, default in (("at_most", self.at_most, DEFAULT_AT_MOST),
+                                      ("at_least", self.at_least, DEFAULT_AT_LEAST)):
+            merged = {**(default if self.defaults else {}), **given}
+            table = {k: v for k, v in merged.items() if v is not None}
+            out[bound] = (table, {k for k in table if k not in given})
+        return out
 
 
 class QualityConfig(StrictModel):
     """Everything `synthfm quality` does; YAML holds only what differs."""
 
     spaces: list[SpaceConfig] = Field(default_factory=lambda: [SpaceConfig()], min_length=1)
-    reference_split: str | None = Field(None, description="real rows for fidelity; default all")
+    reference_split: str | None = Field(None, description="real rows for fidelity; default: every row not held "
+                                        "out (the card's train split)")
+    domain: DomainConfig = Field(default_factory=DomainConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
     seed: int = 0

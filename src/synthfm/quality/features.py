@@ -30,7 +30,7 @@ from synthfm.errors import SynthfmError
 from synthfm.models.backbones import create_backbone
 from synthfm.models.checkpoint import from_pretrained, import_checkpoint
 from synthfm.progress import progress_bar
-from synthfm.quality.config import SpaceConfig
+from synthfm.quality.config import DOMAIN, SpaceConfig
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 INCEPTION_SIZE = 299
@@ -144,13 +144,21 @@ def build_space(cfg: SpaceConfig, modality: str) -> nn.Module:
     if cfg.kind == "dinov2":
         model = import_checkpoint(cfg.weights or "", cfg.backbone, **cfg.backbone_overrides)
         return TimmSpace(model, name, *IMAGENET, cfg.image_size)
+    p = preset(modality)
+    if cfg.encoder == DOMAIN:
+        raise SynthfmError("the domain space is resolved by the quality run before features are built",
+                           "call run_quality, or give the encoder's save_pretrained dir")
     if cfg.encoder.startswith("random:"):
         torch.manual_seed(cfg.seed)
-        model = create_backbone(cfg.encoder.removeprefix("random:"), preset(modality).channels,
-                                **cfg.backbone_overrides)
+        model = create_backbone(cfg.encoder.removeprefix("random:"), p.channels, **cfg.backbone_overrides)
     else:
         model = from_pretrained(cfg.encoder)
-    p = preset(modality)
+        chans = int(model.patch_embed.proj.in_channels)
+        if chans != p.channels:
+            raise SynthfmError(f"feature space encoder {cfg.encoder} takes {chans}-channel images but the cards are "
+                               f"{modality} ({p.channels} channel(s))",
+                               f"use an encoder trained on {modality} images, or leave 'spaces' out so the gate "
+                               "fine-tunes a domain encoder on the real card")
     return TimmSpace(model, name, p.mean, p.std, cfg.image_size)
 
 

@@ -92,6 +92,15 @@ def fidelity_metrics(fake: np.ndarray, real: np.ndarray, cfg: FidelityConfig, se
     return {"FD": frechet_distance(fake, real), "KID": kid_mean, "KIDstd": kid_sd, **prdc(pf, pr, cfg.prdc_k)}
 
 
+def sharpness(maps: np.ndarray) -> float:
+    """Median over images of var(Laplacian) / var(image) of uint8 grey maps (n, S, S): fine detail relative to
+    contrast, unchanged by brightness and contrast, lowered by blur and raised by noise."""
+    g = torch.from_numpy(np.asarray(maps, np.float32))[:, None]
+    lap = torch.nn.functional.conv2d(g, torch.tensor([[[[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]]]))
+    ratio = lap.flatten(1).var(1) / g[..., 1:-1, 1:-1].flatten(1).var(1).clamp_min(1e-6)
+    return float(ratio.median())
+
+
 def label_groups(labels: np.ndarray, classes: list[str]) -> dict[str, np.ndarray]:
     """Row positions per class: class index for single-label tasks, positives per column for multilabel."""
     if labels.ndim == 2:

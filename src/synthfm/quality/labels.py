@@ -7,11 +7,13 @@ Because the classifier errs on real images too, the share of *wrong labels* is a
 real held-out confusion matrix C (true -> predicted): for each given class g, the predicted-class
 distribution q_g of its synthetic images is explained as q_g = pi_g C with pi_g a probability vector
 (non-negative least squares), and 1 - pi_g[g] is the estimated mislabelled fraction. Images whose
-prediction agrees (or whose P(given) reaches `min_prob`) form a filtered card.
+prediction agrees (or whose P(given) reaches `min_prob`) form a filtered card, for folder and shard cards alike.
 """
 
 from __future__ import annotations
 
+import json
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from synthfm.adapt.trainer import BEST_FILE, Trainer, read_predictions, task_sco
 from synthfm.data.card import TaskSpec, resolve_path, write_card
 from synthfm.data.manifest import ID, SPLIT, CardData, write_table
 from synthfm.data.readers import open_dataset
+from synthfm.data.shards import shard_urls
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path
 from synthfm.models.checkpoint import load_state
@@ -45,6 +48,7 @@ class LabelResult:
     confusion: pd.DataFrame
     keep: np.ndarray
     metrics: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def checked_tasks(real: CardData, synth: CardData, cfg: LabelCheckConfig) -> list[tuple[TaskSpec, TaskSpec]]:
@@ -190,27 +194,61 @@ def verify_labels(real: CardData, real_card: str, synth: CardData, cfg: LabelChe
     parts: list[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] = []
     keep = np.ones(len(synth), bool)
     metrics: dict[str, float] = {}
+    baselines: dict[str, tuple[float, float]] = {}
     for rt, st in checked_tasks(real, synth, cfg):
         trainer = train_verifier(adapt_config(real, real_card, rt.name, cfg, seed, encoder), out / rt.name)
         preds, agreement, conf, ok = check_task(trainer, rt, st, synth, cfg, batch_size)
         parts.append((preds, agreement, conf))
         keep &= ok
         n = agreement["n"].to_numpy()
-        metrics[f"label_agreement_{rt.name}"] = float(preds["agree"].mean())
+        agree = float(preds["agree"].mean())
+        real_conf = real_heldout_confusion(trainer, rt.type, len(rt.classes))
+        accuracy = float(np.trace(real_conf) / max(real_conf.sum(), 1))
+        metrics[f"label_agreement_{rt.name}"] = agree
+        metrics[f"label_real_accuracy_{rt.name}"] = accuracy
+        metrics[f"label_agreement_rel_{rt.name}"] = agree / accuracy if accuracy > 0 else float("nan")
+        baselines[f"label_agreement_rel_{rt.name}"] = (agree, accuracy)
         metrics[f"label_mislabelled_{rt.name}"] = float(np.nansum(agreement["estimated_mislabelled"] * n) / n.sum())
     if parts:
-        metrics["label_disagreement"] = float(1 - np.mean([m for k, m in metrics.items() if "agreement" in k]))
+        metrics["label_disagreement"] = float(1 - np.mean([m for k, m in metrics.items()
+                                                            if k.startswith("label_agreement_") and "_rel_" not in k]))
         metrics["label_mislabelled"] = float(np.mean([m for k, m in metrics.items() if "mislabelled_" in k]))
         metrics["label_kept_fraction"] = float(keep.mean())
     tables = [pd.concat([p[i] for p in parts], ignore_index=True) if parts else pd.DataFrame() for i in range(3)]
-    return LabelResult(*tables, keep=keep, metrics=metrics)
+    return LabelResult(*tables, keep=keep, metrics=metrics, baselines=baselines)
 
 
-def write_filtered_card(synth: CardData, keep: np.ndarray, out: Path) -> Path | None:
-    """A card of the kept synthetic rows (same images, filtered manifest); None for shard cards."""
+def shard_refs(synth: CardData) -> list[str]:
+    """`<shard file>#<sample key>` of every manifest row of a shard card: the manifest's own references when its
+    path column holds them, else read from the shards' JSON records (their `row`), without decoding images."""
+    col = synth.card.source.path_column
+    if col in synth.df.columns and all("#" in str(p) for p in synth.df[col]):
+        return [str(p) for p in synth.df[col]]
+    refs: list[str | None] = [None] * len(synth)
+    for url in shard_urls(synth.source_root):
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    row = json.loads(tar.extractfile(member).read()).get("row", -1)  # type: ignore[union-attr]
+                    if 0 <= row < len(refs):
+                        refs[row] = f"{Path(url).name}#{member.name.removesuffix('.json')}"
+    missing = [i for i, r in enumerate(refs) if r is None]
+    if missing:
+        raise SynthfmError(f"shards of card '{synth.card.name}' hold no sample for {len(missing)} manifest row(s), "
+                           f"e.g. row {missing[0]}", "regenerate the shards, or write the card from its shards again")
+    return [str(r) for r in refs]
+
+
+def write_filtered_card(synth: CardData, keep: np.ndarray, out: Path) -> Path:
+    """A card of the kept synthetic rows (same images, filtered manifest), for folder and shard cards.
+
+    A shard card's filtered manifest names each kept sample as `<shard file>#<key>` in its path column, so
+    readers stream only those samples from the original shards (nothing is copied).
+    """
+    df = synth.df.drop(columns=[ID, SPLIT])
     if synth.card.source.format == "shards":
-        return None
-    df = synth.df.loc[keep].drop(columns=[ID, SPLIT])
+        df[synth.card.source.path_column] = shard_refs(synth)
+    df = df.loc[keep]
     with atomic_path(out / "manifest.parquet", ".parquet") as tmp:
         write_table(df, tmp)
     source = synth.card.source.model_copy(update={"root": str(resolve_path(synth.card_dir, synth.card.source.root)

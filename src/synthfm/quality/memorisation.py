@@ -13,11 +13,16 @@ Two views, each a shortlist search followed by a score:
 A raw best similarity says little on its own: two featureless images (heavy haze) correlate well without
 being copies. The score is therefore the best similarity minus the mean of the other shortlisted ones (the
 "score normalisation" of copy detection). The flag threshold is calibrated on real held-out images searched
-against the same training index - real images that are *not* copies - at `calibration_quantile` plus
-`calibration_margin`. A flag also needs the best similarity itself to reach `min_similarity_quantile` of the
-held-out real images' best similarities: a copy is at least as close to its source as a typical real image is
-to its nearest neighbour, whereas an image unlike anything real (a broken generator's noise) can stand out
-from its shortlist while being close to nothing.
+against the same training index - real images that are *not* copies - at `calibration_quantile` (a robust
+quantile, not the maximum) plus `calibration_margin`. Real data holds duplicates of its own (the same eye
+photographed twice, one image filed under two patients): a held-out image whose pixel similarity to a training
+image reaches `duplicate_similarity` is a real-vs-real duplicate pair. Such pairs are left out of the
+calibration of both views, so they cannot lift the threshold above verbatim copies, and are reported as a data
+finding. A flag also needs the best similarity itself to reach `min_similarity_quantile` of the held-out real
+images' best similarities: a copy is at least as close to its source as a typical real image is to its nearest
+neighbour, whereas an image unlike anything real (a broken generator's noise) can stand out from its shortlist
+while being close to nothing. An exact or near-exact match (pixel similarity >= `exact_similarity`) is flagged
+whatever the calibration says.
 """
 
 from __future__ import annotations
@@ -235,12 +240,19 @@ def threshold(scores: np.ndarray, cfg: MemorisationConfig) -> float:
     return float(np.quantile(scores, cfg.calibration_quantile) + cfg.calibration_margin)
 
 
-def flag(syn: Nearest, held: Nearest, cfg: MemorisationConfig) -> tuple[np.ndarray, float, float]:
-    """(flags, score threshold, similarity floor): a score above the held-out calibration and a best similarity
-    at least the held-out images' `min_similarity_quantile`."""
-    thr = threshold(held.score, cfg)
-    floor = float(np.quantile(held.similarity, cfg.min_similarity_quantile))
-    return (syn.score > thr) & (syn.similarity >= floor), thr, floor
+def flag(syn: Nearest, held: Nearest, cfg: MemorisationConfig, exact: np.ndarray | None = None,
+         calibrate: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+    """(flags, score threshold, similarity floor).
+
+    A flag is a score above the held-out calibration together with a best similarity of at least the held-out
+    images' `min_similarity_quantile`, or an exact / near-exact pixel match (`exact`, always flagged).
+    `calibrate` selects the held-out rows that calibrate (real-vs-real duplicates left out); all by default.
+    """
+    keep = np.ones(len(held.score), bool) if calibrate is None or not calibrate.any() else calibrate
+    thr = threshold(held.score[keep], cfg)
+    floor = float(np.quantile(held.similarity[keep], cfg.min_similarity_quantile))
+    flags = (syn.score > thr) & (syn.similarity >= floor)
+    return (flags | exact if exact is not None else flags), thr, floor
 
 
 @dataclass
@@ -257,39 +269,55 @@ class AuditInputs:
     real_ids: np.ndarray
 
 
-def audit(inp: AuditInputs, cfg: MemorisationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per synthetic image, calibration table) of the memorisation audit."""
+def audit(inp: AuditInputs, cfg: MemorisationConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(one row per synthetic image, calibration table, one row per held-out real image) of the audit.
+
+    The held-out table gives each held-out real image's nearest training image by pixels, its similarity and
+    score, and whether the pair is a real-vs-real duplicate (`duplicate`).
+
+    The pixel view runs first: its exact matches are flagged in every view, and its held-out duplicates of
+    training images are left out of every view's calibration.
+    """
     table = pd.DataFrame({"synthetic_id": inp.synth_ids, "synthetic_row": np.arange(len(inp.synth_ids))})
     calib, flags = [], []
     all_synth = np.arange(len(inp.synth_ids))
     mean = Centred(inp.real_maps, inp.train_rows, cfg, True).fit_mean()
-    for view in ("pixel", "feature") if inp.synth_features is not None else ("pixel",):
-        if view == "pixel":
-            held = pixel_nearest(inp.real_maps, inp.heldout_rows, inp.real_maps, inp.train_rows, cfg, mean)
-            syn = pixel_nearest(inp.synth_maps, all_synth, inp.real_maps, inp.train_rows, cfg, mean)
-        else:
-            held = feature_nearest(inp.real_features, inp.heldout_rows, inp.real_features, inp.train_rows, cfg)
-            syn = feature_nearest(inp.synth_features, all_synth, inp.real_features, inp.train_rows, cfg)
-        flags_view, thr, floor = flag(syn, held, cfg)
-        table[f"{view}_real_id"] = inp.real_ids[syn.index]
-        table[f"{view}_real_row"] = syn.index
-        table[f"{view}_similarity"] = syn.similarity
-        table[f"{view}_score"] = syn.score
+    held = pixel_nearest(inp.real_maps, inp.heldout_rows, inp.real_maps, inp.train_rows, cfg, mean)
+    syn = pixel_nearest(inp.synth_maps, all_synth, inp.real_maps, inp.train_rows, cfg, mean)
+    duplicate = held.similarity >= cfg.duplicate_similarity
+    exact = syn.similarity >= cfg.exact_similarity
+    heldout = pd.DataFrame({"heldout_id": inp.real_ids[inp.heldout_rows], "train_id": inp.real_ids[held.index],
+                            "pixel_similarity": held.similarity, "pixel_score": held.score, "duplicate": duplicate})
+    views = [("pixel", held, syn)]
+    if inp.synth_features is not None:
+        views.append(("feature",
+                      feature_nearest(inp.real_features, inp.heldout_rows, inp.real_features, inp.train_rows, cfg),
+                      feature_nearest(inp.synth_features, all_synth, inp.real_features, inp.train_rows, cfg)))
+    for view, h, s in views:
+        flags_view, thr, floor = flag(s, h, cfg, exact, ~duplicate)
+        table[f"{view}_real_id"] = inp.real_ids[s.index]
+        table[f"{view}_real_row"] = s.index
+        table[f"{view}_similarity"] = s.similarity
+        table[f"{view}_score"] = s.score
         table[f"{view}_flag"] = flags_view
         if view in cfg.flag_on:
-            flags.append(table[f"{view}_flag"].to_numpy())
-        calib.append({"view": view, "n_heldout": len(held.score), "quantile": cfg.calibration_quantile,
-                      "heldout_quantile": float(np.quantile(held.score, cfg.calibration_quantile)),
+            flags.append(flags_view)
+        used = h.score[~duplicate] if (~duplicate).any() else h.score
+        calib.append({"view": view, "n_heldout": len(h.score), "n_real_duplicates": int(duplicate.sum()),
+                      "n_calibration": len(used), "quantile": cfg.calibration_quantile,
+                      "heldout_quantile": float(np.quantile(used, cfg.calibration_quantile)),
                       "margin": cfg.calibration_margin, "threshold": thr, "similarity_floor": floor,
-                      "heldout_median": float(np.median(held.score)), "heldout_max": float(held.score.max()),
-                      "heldout_flagged": int((held.score > thr).sum())})
+                      "exact_similarity": cfg.exact_similarity, "heldout_median": float(np.median(used)),
+                      "heldout_max": float(used.max()), "heldout_flagged": int((used > thr).sum())})
+    table["exact_match"] = exact
     table["flagged"] = np.logical_or.reduce(flags) if flags else False
-    return table, pd.DataFrame(calib)
+    return table, pd.DataFrame(calib), heldout
 
 
 def memorisation_metrics(table: pd.DataFrame) -> dict[str, float]:
     """Summary figures: flagged count and fraction, and the largest scores."""
-    out = {"near_copies": float(table["flagged"].sum()), "near_copy_fraction": float(table["flagged"].mean())}
+    out = {"near_copies": float(table["flagged"].sum()), "near_copy_fraction": float(table["flagged"].mean()),
+           "exact_copies": float(table["exact_match"].sum()) if "exact_match" in table else 0.0}
     for view in ("pixel", "feature"):
         if f"{view}_score" in table:
             out[f"{view}_score_max"] = float(table[f"{view}_score"].max())

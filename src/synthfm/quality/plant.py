@@ -1,8 +1,9 @@
 """Planted near-copies: real images disguised the ways a copy might be, to measure the audit's recall.
 
 Each transform takes a uint8 HxWx3 image and a generator: `exact`, `hflip`, `vflip`, `crop90` (a random
-crop of 90% of each side, resized back), `jpeg70` (JPEG at quality 70) and `jitter` (torchvision
-ColorJitter(0.4, 0.4, 0.2, 0.1): brightness, contrast, saturation, hue - the project's DINOv2 setting).
+crop of 90% of each side, resized back), `jpeg70` (JPEG at quality 70), `brighten` (every channel times 1.3,
+clipped) and `jitter` (torchvision ColorJitter(0.4, 0.4, 0.2, 0.1): brightness, contrast, saturation, hue - the
+project's DINOv2 setting).
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def jpeg(image: np.ndarray, quality: int = 70) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
+def brighten(image: np.ndarray, gain: float = 1.3) -> np.ndarray:
+    """Every channel times `gain`, clipped to 255 (an over-exposed copy)."""
+    return np.clip(image.astype(np.float32) * gain, 0, 255).round().astype(np.uint8)
+
+
 def jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """torchvision ColorJitter(0.4, 0.4, 0.2, 0.1), seeded from rng."""
     torch.manual_seed(int(rng.integers(2**31)))
@@ -44,6 +50,7 @@ TRANSFORMS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] =
     "vflip": lambda a, rng: a[::-1].copy(),
     "crop90": crop,
     "jpeg70": lambda a, rng: jpeg(a),
+    "brighten": lambda a, rng: brighten(a),
     "jitter": jitter,
 }
 

@@ -1,12 +1,20 @@
 """`run_quality`: fidelity, memorisation, label and metadata checks of a synthetic card, then the gate.
 
+Every synthetic metric is judged against real data: the real card is split into a reference (its training
+rows) and a held-out part, the same metrics are computed for the held-out real images against the reference at
+the same sample size as the synthetic ones, and the gate bounds the ratios (`FD_ratio_<space>`,
+`<metric>_rel_<space>`, `label_agreement_rel_<task>`). The default feature space is a domain encoder fine-tuned
+on the real card (`synthfm.quality.domain`, cached).
+
 Outputs in the run directory (the HTML report reads them):
 
-- `quality.json` - verdict, gate checks, every summary metric, spaces, counts, file names;
-- `gate.csv` - metric, value, bound, threshold, passed;
+- `quality.json` - verdict, gate checks, every summary metric, spaces (with what each one is), counts, files;
+- `gate.csv` - metric, value, bound, threshold, passed, family, synthetic, real_baseline;
+- `baseline.csv` - space, metric, synthetic, real_pair, relative, n (synthetic vs held-out real, same n);
 - `fidelity.csv` - space, task, class, metric, value, n_synthetic, n_real (task/class 'all' = overall);
 - `memorisation.csv` - one row per synthetic image (nearest real by pixels and by features, scores, flags);
 - `memorisation_calibration.csv`, `near_copies.csv`, `near_copies.png`;
+- `real_duplicates.csv` - held-out real images that duplicate a training image (a finding about the data);
 - `label_predictions.csv`, `label_agreement.csv`, `label_confusion.csv`, `filtered/dataset.yaml`;
 - `metadata_distributions.csv`, `metadata_predictions.csv`;
 - `cache/` - features and grey maps (memory-mapped .npy), `label_check/<task>/` - the verifier's runs.
@@ -24,9 +32,10 @@ import pandas as pd
 from synthfm.data.manifest import ID, CardData, load_card
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path, atomic_write_json
-from synthfm.quality.config import QualityConfig, SpaceConfig
-from synthfm.quality.features import build_space, extract
-from synthfm.quality.fidelity import fidelity_table, label_groups
+from synthfm.quality.config import DOMAIN, QualityConfig, SpaceConfig
+from synthfm.quality.domain import domain_encoder
+from synthfm.quality.features import build_space, extract, space_name
+from synthfm.quality.fidelity import fidelity_metrics, fidelity_table, label_groups, sharpness
 from synthfm.quality.gate import evaluate_gate, gate_error, verdict
 from synthfm.quality.labels import verify_labels, write_filtered_card
 from synthfm.quality.memorisation import AuditInputs, audit, memorisation_metrics, thumbnail_grid
@@ -55,6 +64,58 @@ def real_partition(real: CardData, fraction: float, seed: int) -> tuple[np.ndarr
     return np.sort(rows[n_held:]), np.sort(rows[:n_held])
 
 
+def baseline_rows(real: CardData, cfg: QualityConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(reference rows, held-out rows) of the real-vs-real baseline; an error when the card is too small."""
+    train, held = real_partition(real, cfg.memorisation.heldout_fraction, cfg.seed)
+    ref = real.indices(cfg.reference_split) if cfg.reference_split else train
+    held = np.setdiff1d(held, ref)
+    b = cfg.baseline
+    if len(held) < b.min_heldout or len(ref) < b.min_reference:
+        raise SynthfmError(f"real card '{real.card.name}' ({len(real)} images) is too small for a held-out split: "
+                           f"{len(ref)} reference and {len(held)} held-out images, the baseline needs at least "
+                           f"{b.min_reference} and {b.min_heldout}",
+                           "use a larger real card (or give it val/test rows with synthfm data split), or lower "
+                           "baseline.min_reference / baseline.min_heldout")
+    return ref, held
+
+
+def check_labels(real: CardData, synth: CardData, task_map: dict[str, str]) -> None:
+    """A synthetic task that shares a name with a real task must use only the real task's classes, in order."""
+    real_tasks = {t.name: t for t in real.card.tasks}
+    inverse = {v: k for k, v in task_map.items()}
+    for st in synth.card.tasks:
+        rt = real_tasks.get(inverse.get(st.name, st.name))
+        if rt is None or st.classes == rt.classes:
+            continue
+        if st.type == "multilabel":
+            used = [c for k, c in enumerate(st.classes) if (synth.labels[st.name][:, k] == 1).any()]
+        else:
+            used = [st.classes[k] for k in sorted(set(synth.labels[st.name].tolist()))]
+        lacking = [c for c in used if c not in rt.classes]
+        where = f"synthetic card '{synth.card.name}' task '{st.name}'"
+        if lacking:
+            raise SynthfmError(f"{where} has labels the real card '{real.card.name}' lacks: {lacking} (real task "
+                               f"'{rt.name}' has {rt.classes})",
+                               "generate only classes the real card has, drop those rows, or compare against a "
+                               "real card that has them")
+        raise SynthfmError(f"{where} lists classes {st.classes} but the real task '{rt.name}' lists {rt.classes}",
+                           "write the synthetic card with the real task's classes in the same order")
+
+
+def relative_metrics(synthetic: dict[str, float], real: dict[str, float]) -> dict[str, float]:
+    """Synthetic metrics relative to the real held-out pair's: FD ratio and <metric>_rel (synthetic / real)."""
+    out = {}
+    for name, key in (("FD", "FD_ratio"), ("precision", "precision_rel"), ("recall", "recall_rel"),
+                      ("density", "density_rel"), ("coverage", "coverage_rel")):
+        s, r = synthetic[name], real[name]
+        out[key] = s / r if r > 0 else (float("inf") if s > 0 else 1.0)
+    return out
+
+
+RELATIVE_OF = {"FD_ratio": "FD", "precision_rel": "precision", "recall_rel": "recall", "density_rel": "density",
+               "coverage_rel": "coverage"}
+
+
 def shared_tasks(real: CardData, synth: CardData, task_map: dict[str, str]) -> list[tuple[str, str, list[str]]]:
     """(real task, synthetic task, classes) for single-label tasks both cards have with the same class count."""
     names = {t.name: t for t in synth.card.tasks}
@@ -66,11 +127,11 @@ def shared_tasks(real: CardData, synth: CardData, task_map: dict[str, str]) -> l
     return out
 
 
-def verifier_encoder(cfg: QualityConfig) -> dict[str, Any]:
+def verifier_encoder(cfg: QualityConfig, spaces: list[SpaceConfig]) -> dict[str, Any]:
     """The encoder the label verifier adapts: the first synthfm space's, unless labels.adapt names one."""
     if "encoder" in cfg.labels.adapt:
         return {}
-    space: SpaceConfig | None = next((s for s in cfg.spaces if s.kind == "synthfm"), None)
+    space: SpaceConfig | None = next((s for s in spaces if s.kind == "synthfm"), None)
     if space is None:
         raise SynthfmError("label verification needs an encoder to adapt and no synthfm feature space is configured",
                            "set labels.adapt.encoder (a save_pretrained dir) or add a synthfm space")
@@ -85,8 +146,10 @@ class QualityRun:
         self.run = RunDir(out, STAGE, self.cfg)
         self.out = Path(out)
         self.metrics: dict[str, float] = {}
+        self.baselines: dict[str, tuple[float, float]] = {}
         self.files: dict[str, str] = {}
         self.notes: list[str] = []
+        self.space_info: list[dict[str, Any]] = []
 
     def execute(self) -> dict[str, Any]:
         """Run every enabled check and the gate; return the summary written to quality.json."""
@@ -95,8 +158,11 @@ class QualityRun:
         if self.synth.card.modality != self.real.card.modality:
             raise SynthfmError(f"synthetic card is {self.synth.card.modality} but the real card is "
                                f"{self.real.card.modality}", "compare cards of the same modality")
+        check_labels(self.real, self.synth, cfg.labels.task_map)
         self.train, self.heldout = real_partition(self.real, cfg.memorisation.heldout_fraction, cfg.seed)
+        self.reference, self.base_heldout = baseline_rows(self.real, cfg)
         self.tasks = shared_tasks(self.real, self.synth, cfg.labels.task_map)
+        self.spaces = self.resolve_spaces()
         self.extract_all()
         if cfg.fidelity.enabled:
             self.fidelity()
@@ -108,25 +174,63 @@ class QualityRun:
             self.metadata()
         return self.finish()
 
+    def resolve_spaces(self) -> list[SpaceConfig]:
+        """The configured spaces with the domain encoder trained (or found in the cache); what each one is."""
+        out = []
+        for s in self.cfg.spaces:
+            if s.kind == "synthfm" and s.encoder == DOMAIN:
+                path, info = domain_encoder(self.real, self.cfg.real, self.cfg.domain)
+                s = s.model_copy(update={"encoder": str(path), "name": s.name or f"synthfm-domain-{info['task']}"})
+            elif s.kind == "synthfm" and s.encoder.startswith("random:"):
+                info = {"kind": "random", "description": f"untrained random-init {s.encoder.removeprefix('random:')}"
+                        " (asked for explicitly): not a domain space, it follows colour and layout more than "
+                        "anatomy"}
+            elif s.kind == "synthfm":
+                info = {"kind": "encoder", "description": f"encoder {s.encoder}"}
+            else:
+                info = {"kind": s.kind, "description": f"{s.kind} weights {s.weights}"}
+            out.append(s)
+            self.space_info.append({"name": space_name(s), **info})
+        return out
+
     def extract_all(self) -> None:
         """Features of every space and grey maps, for both cards, cached in the run directory."""
-        spaces = [build_space(s, self.synth.card.modality) for s in self.cfg.spaces]
+        spaces = [build_space(s, self.synth.card.modality) for s in self.spaces]
         self.space_names = [s.name for s in spaces]
         if len(set(self.space_names)) != len(spaces):
             raise SynthfmError(f"feature spaces share a name: {self.space_names}", "give each space a distinct 'name'")
-        pix = self.cfg.memorisation.pixel_size if self.cfg.memorisation.enabled else None
+        pix = self.cfg.memorisation.pixel_size  # grey maps: the audit and the sharpness ratio
         args = (self.cfg.batch_size, self.cfg.num_workers)
         self.sf = extract(self.synth, np.arange(len(self.synth)), spaces, pix, self.out / "cache", "synthetic", *args)
         self.rf = extract(self.real, np.arange(len(self.real)), spaces, pix, self.out / "cache", "real", *args)
 
     def fidelity(self) -> None:
-        """fidelity.csv and the overall metrics of each space."""
-        ref = self.real.indices(self.cfg.reference_split) if self.cfg.reference_split else np.arange(len(self.real))
+        """fidelity.csv, the overall metrics of each space, and baseline.csv: each relative to the real pair."""
+        ref = self.reference
+        rng = np.random.default_rng(self.cfg.seed)
+        n = min(len(self.synth), len(self.base_heldout))
+        syn_rows = np.sort(rng.choice(len(self.synth), n, replace=False))
+        held_rows = np.sort(rng.choice(self.base_heldout, n, replace=False))
         rows: list[dict[str, Any]] = []
+        base: list[dict[str, Any]] = []
         for name in self.space_names:
             groups = self._groups(ref)
-            real_ref = self.rf[name] if len(ref) == len(self.real) else np.asarray(self.rf[name][ref])
+            real_ref = np.asarray(self.rf[name][ref])
             rows += fidelity_table(name, self.sf[name], real_ref, self.cfg.fidelity, self.cfg.seed, groups)
+            syn = fidelity_metrics(np.asarray(self.sf[name][syn_rows]), real_ref, self.cfg.fidelity, self.cfg.seed)
+            real = fidelity_metrics(np.asarray(self.rf[name][held_rows]), real_ref, self.cfg.fidelity, self.cfg.seed)
+            for key, value in relative_metrics(syn, real).items():
+                metric = RELATIVE_OF[key]
+                self.metrics[f"{key}_{name}"] = value
+                self.baselines[f"{key}_{name}"] = (syn[metric], real[metric])
+                base.append({"space": name, "metric": metric, "synthetic": syn[metric], "real_pair": real[metric],
+                             "relative": value, "relative_name": key, "n": n})
+        syn_s, real_s = sharpness(self.sf["pixels"][syn_rows]), sharpness(self.rf["pixels"][held_rows])
+        self.metrics["sharpness_ratio"] = syn_s / real_s
+        self.baselines["sharpness_ratio"] = (syn_s, real_s)
+        base.append({"space": "pixels", "metric": "sharpness", "synthetic": syn_s, "real_pair": real_s,
+                     "relative": syn_s / real_s, "relative_name": "sharpness_ratio", "n": n})
+        self.files["baseline"] = write_csv(pd.DataFrame(base), self.out / "baseline.csv")
         table = pd.DataFrame(rows)
         self.files["fidelity"] = write_csv(table, self.out / "fidelity.csv")
         overall = table[table["task"] == "all"]
@@ -150,8 +254,15 @@ class QualityRun:
         first = self.space_names[0]
         inp = AuditInputs(self.sf["pixels"], self.rf["pixels"], self.sf[first], self.rf[first], self.train,
                           self.heldout, self.synth.df[ID].to_numpy(), self.real.df[ID].to_numpy())
-        table, calib = audit(inp, m)
+        table, calib, heldout = audit(inp, m)
+        dups = heldout[heldout["duplicate"]].drop(columns="duplicate")
         self.metrics.update(memorisation_metrics(table))
+        self.metrics["real_duplicate_pairs"] = float(len(dups))
+        self.files["real_duplicates"] = write_csv(dups, self.out / "real_duplicates.csv")
+        if len(dups):
+            self.notes.append(f"data finding: {len(dups)} held-out real image(s) duplicate a real training image "
+                              f"(pixel similarity >= {m.duplicate_similarity}); left out of the audit's calibration, "
+                              "listed in real_duplicates.csv")
         self.files["memorisation"] = write_csv(table, self.out / "memorisation.csv")
         self.files["memorisation_calibration"] = write_csv(calib, self.out / "memorisation_calibration.csv")
         drawn = thumbnail_grid(table, self.sf["pixels"], self.rf["pixels"], self.out / "near_copies.png", m.thumbnails)
@@ -163,21 +274,18 @@ class QualityRun:
     def labels(self) -> None:
         """Label verification tables and the filtered card."""
         res = verify_labels(self.real, self.cfg.real, self.synth, self.cfg.labels, self.out / "label_check",
-                            self.cfg.seed, self.cfg.batch_size, verifier_encoder(self.cfg))
+                            self.cfg.seed, self.cfg.batch_size, verifier_encoder(self.cfg, self.spaces))
         if not len(res.predictions):
             self.notes.append("label verification: no task shared by both cards")
             return
         self.metrics.update(res.metrics)
+        self.baselines.update(res.baselines)
         for name, df in (("label_predictions", res.predictions), ("label_agreement", res.agreement),
                          ("label_confusion", res.confusion)):
             self.files[name] = write_csv(df, self.out / f"{name}.csv")
         if self.cfg.labels.filtered_card:
-            card = write_filtered_card(self.synth, res.keep, self.out / "filtered")
-            if card is None:
-                self.notes.append("filtered card not written: shard cards stream every sample; use "
-                                  "label_predictions.csv 'keep' to re-shard")
-            else:
-                self.files["filtered_card"] = "filtered/dataset.yaml"
+            write_filtered_card(self.synth, res.keep, self.out / "filtered")
+            self.files["filtered_card"] = "filtered/dataset.yaml"
 
     def metadata(self) -> None:
         """Metadata distribution tests and predicted-metadata tables."""
@@ -191,13 +299,17 @@ class QualityRun:
 
     def finish(self) -> dict[str, Any]:
         """Gate, gate.csv and quality.json."""
-        checks = evaluate_gate(self.metrics, self.cfg.gate)
-        self.files["gate"] = write_csv(pd.DataFrame(checks, columns=["metric", "value", "bound", "threshold",
-                                                                     "passed"]), self.out / "gate.csv")
+        suffixes = self.space_names + [t[0] for t in self.tasks]
+        checks = evaluate_gate(self.metrics, self.cfg.gate, suffixes, self.baselines)
+        columns = ["metric", "value", "bound", "threshold", "passed", "family", "synthetic", "real_baseline"]
+        self.files["gate"] = write_csv(pd.DataFrame(checks, columns=columns), self.out / "gate.csv")
         summary = {"verdict": verdict(checks), "checks": checks, "metrics": self.metrics,
-                   "spaces": self.space_names, "synthetic": self.cfg.synthetic, "real": self.cfg.real,
-                   "n_synthetic": len(self.synth), "n_real": len(self.real), "n_real_train": len(self.train),
-                   "n_real_heldout": len(self.heldout), "files": self.files, "notes": self.notes}
+                   "spaces": self.space_names, "space_info": self.space_info, "synthetic": self.cfg.synthetic,
+                   "real": self.cfg.real, "n_synthetic": len(self.synth), "n_real": len(self.real),
+                   "n_real_train": len(self.train), "n_real_heldout": len(self.heldout),
+                   "baseline": {"reference": len(self.reference), "heldout": len(self.base_heldout),
+                                "sample_size": min(len(self.synth), len(self.base_heldout))},
+                   "files": self.files, "notes": self.notes}
         atomic_write_json(self.out / SUMMARY, summary)
         return summary
 

@@ -1,0 +1,84 @@
+"""The gate's default feature space: an encoder fine-tuned on the real card, trained once and cached.
+
+The adaptation trainer (`synthfm.adapt.trainer.Trainer`, policy finetune, `export_encoder`) fine-tunes
+`domain.start` on the real card's task (train split, best epoch on val) and exports the encoder. The run
+lives under `<cache_dir>/domain/<key>`, where the key hashes the real card file, its manifest (every row,
+labels and split) and the domain settings, so any later call on the same card reuses it, and an interrupted
+training resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from synthfm.data.manifest import CardData
+from synthfm.errors import SynthfmError
+from synthfm.quality.config import DomainConfig
+from synthfm.runs import RunDir, config_hash
+
+RUN = "run"
+
+
+def cache_root(cfg: DomainConfig) -> Path:
+    """Where domain encoders are cached: `cache_dir`, else $SYNTHFM_CACHE, else ~/.cache/synthfm."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    return Path(os.environ.get("SYNTHFM_CACHE", Path.home() / ".cache" / "synthfm"))
+
+
+def domain_task(real: CardData, cfg: DomainConfig) -> str:
+    """The real task the encoder learns: configured, or the card's first single-label task."""
+    if cfg.task:
+        real.card.task(cfg.task)  # names the choices when missing
+        return cfg.task
+    single = [t.name for t in real.card.tasks if t.type != "multilabel"]
+    if not single:
+        raise SynthfmError(f"real card '{real.card.name}' has no single-label task to fine-tune the gate's domain "
+                           "encoder on", "give a feature space explicitly: spaces: [{encoder: DIR}] (a "
+                           "save_pretrained encoder of this modality)")
+    return single[0]
+
+
+def card_key(real: CardData, cfg: DomainConfig, task: str) -> str:
+    """A content key of the real card (card file, manifest rows, labels, splits) and the domain settings."""
+    digest = hashlib.sha256(real.card.model_dump_json().encode())
+    digest.update(pd.util.hash_pandas_object(real.df.astype(str), index=False).to_numpy().tobytes())
+    digest.update(config_hash(cfg.model_copy(update={"cache_dir": None})).encode())
+    digest.update(task.encode())
+    return digest.hexdigest()[:16]
+
+
+def adapt_settings(real_card: str, task: str, cfg: DomainConfig) -> dict[str, Any]:
+    """AdaptConfig keys of the domain encoder's fine-tuning run."""
+    return {"card": str(Path(real_card).resolve()), "task": task, "encoder": cfg.start,
+            "backbone_overrides": cfg.backbone_overrides, "image_size": cfg.image_size, "policy": "finetune",
+            "epochs": cfg.epochs, "warmup_epochs": cfg.warmup_epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "seeds": [cfg.seed], "label_fractions": [1.0], "test_splits": [], "export_encoder": True}
+
+
+def domain_encoder(real: CardData, real_card: str, cfg: DomainConfig) -> tuple[Path, dict[str, Any]]:
+    """(save_pretrained dir, description) of the real card's domain encoder, trained now unless cached."""
+    from synthfm.adapt.config import AdaptConfig
+    from synthfm.adapt.trainer import ENCODER_DIR, Trainer
+
+    task = domain_task(real, cfg)
+    for split in ("train", "val"):
+        if not len(real.indices(split)):
+            raise SynthfmError(f"real card '{real.card.name}' has no '{split}' rows to fine-tune the gate's domain "
+                               "encoder", "split the real card (synthfm data split) or give a feature space "
+                               "explicitly: spaces: [{encoder: DIR}]")
+    root = cache_root(cfg) / "domain" / card_key(real, cfg, task)
+    acfg = AdaptConfig(**adapt_settings(real_card, task, cfg))
+    run = root / RUN
+    encoder = run / ENCODER_DIR
+    reused = RunDir(run, "adapt", acfg).is_complete and encoder.is_dir()
+    if not reused:
+        Trainer(acfg, run).fit()
+    info = {"kind": "domain", "description": f"encoder fine-tuned on real card '{real.card.name}' task '{task}' "
+            f"(from {cfg.start}, {cfg.epochs} epochs)", "encoder": str(encoder), "task": task, "reused": reused}
+    return encoder, info
