@@ -192,3 +192,24 @@ def test_raw_real_card_is_refused(site_card: Path, keys: dict, tmp_path: Path) -
     cfg = ComposeConfig(keys=str(keys["hub"]), real=[{"card": str(site_card.parent), "site": "site_x"}])
     with pytest.raises(SynthfmError, match=r"not accepted.*not written by 'synthfm site deidentify'"):
         compose(cfg, tmp_path / "c")
+
+
+def test_compose_keeps_a_ledger_and_refuses_a_later_replay(site_run: Path, site_b: Path, keys: dict,
+                                                           tmp_path: Path) -> None:
+    from .conftest import resign
+
+    ledger = tmp_path / "ledger.jsonl"
+    cfg = config(site_run, site_b, keys, n_total=8, ledger=str(ledger))
+    compose(cfg, tmp_path / "c")
+    assert [json.loads(line)["site"] for line in ledger.read_text().splitlines()] == ["site_a", "site_b"]
+    compose(cfg.model_copy(update={"seed": 1}), tmp_path / "again")  # the same sites again: no replay
+    assert len(ledger.read_text().splitlines()) == 2
+    copy = Path(shutil.copytree(site_run / "bundle", tmp_path / "copy"))
+    info = json.loads((copy / "bundle.json").read_text())
+    (copy / "bundle.json").write_text(json.dumps({**info, "site": "site_b"}))
+    resign(copy, keys["site_b"])  # later, site b sends site a's bundle as its own
+    later = ComposeConfig(keys=str(keys["hub"]), bundles=[{"path": str(copy), "n": 4}], verify=HUB,
+                          ledger=str(ledger))
+    with pytest.raises(BundleRejected, match=r"\[replay\].*same content hash as the bundle site_a sent"):
+        compose(later, tmp_path / "later")
+    assert not (tmp_path / "later" / "dataset.yaml").exists() and not (tmp_path / "later" / "bundles").exists()
