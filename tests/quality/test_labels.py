@@ -60,3 +60,20 @@ def test_label_verification_finds_planted_wrong_fraction(tmp_path: Path) -> None
     kept = load_card(card)
     assert len(kept) == int(res.keep.sum())
     assert set(kept.df["image_id"]) == set(synth.df["image_id"][res.keep])
+
+
+def test_filtered_card_from_shards_streams_only_kept_samples(tmp_path: Path) -> None:
+    from synthfm.data.readers import open_dataset
+
+    card = render_phantom(tmp_path / "shards", PhantomConfig(n=12, size=32, seed=3, format="shards", shard_size=5))
+    synth = load_card(card)
+    keep = np.zeros(len(synth), bool)
+    keep[[0, 4, 5, 11]] = True
+    filtered = load_card(write_filtered_card(synth, keep, tmp_path / "filtered"))
+    assert filtered.card.source.format == "shards" and len(filtered) == 4
+    assert list(filtered.df["image_id"]) == list(synth.df["image_id"][keep])
+    streamed = {int(s["index"]): s["image"] for s in open_dataset(filtered)}
+    assert sorted(streamed) == [0, 1, 2, 3]
+    originals = {int(s["index"]): s["image"] for s in open_dataset(synth)}
+    for pos, row in enumerate(np.flatnonzero(keep)):
+        assert (streamed[pos] == originals[row]).all()

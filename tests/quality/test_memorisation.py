@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -10,6 +12,8 @@ from synthfm.quality.features import grey_maps
 from synthfm.quality.memorisation import AuditInputs, Nearest, audit, flag, memorisation_metrics
 from synthfm.quality.plant import TRANSFORMS, plant
 from synthfm.quality.search import rows_block, topk_search
+
+from .conftest import render
 
 
 def _maps(images: np.ndarray) -> np.ndarray:
@@ -58,3 +62,32 @@ def test_a_flag_needs_a_high_score_and_a_real_images_closeness() -> None:
     flags, thr, floor = flag(syn, held, MemorisationConfig(calibration_quantile=1.0))
     assert (thr, floor) == (np.float64(0.1) + 0.05, 0.75)
     assert flags.tolist() == [True, False, False, False]
+
+
+def test_audit_on_real_images_is_not_blinded_by_a_real_duplicate(shared_data: Path) -> None:
+    """CHASE_DB1 fundus photos: disguised copies of training images are flagged, phantoms are not, and an exact
+    duplicate of a training image inside the held-out real images (as CSDI has) is reported as a data finding
+    instead of lifting the flag threshold above the copies."""
+    from PIL import Image
+
+    paths = sorted((shared_data / "chase_db1" / "images").glob("*.jpg"))
+    real = np.stack([np.asarray(Image.open(p).convert("RGB").resize((128, 128), Image.BICUBIC)) for p in paths])
+    train, held = real[:20], np.concatenate([real[20:], real[3:4]])  # held-out row 8 duplicates training row 3
+    copies, src, kinds = plant(train, per_kind=4, seed=0, kinds=("exact", "hflip", "crop90", "jpeg70", "brighten"))
+    genuine = render(8, 128, 5)
+    synth = np.concatenate([genuine, copies])
+    pool = np.concatenate([train, held])
+    inp = AuditInputs(_maps(synth), _maps(pool), None, None, np.arange(20), np.arange(20, len(pool)),
+                      np.array([f"s{i}" for i in range(len(synth))]), np.array([f"r{i}" for i in range(len(pool))]))
+    table, calib, heldout = audit(inp, MemorisationConfig())
+    flagged = table["flagged"].to_numpy()
+    assert flagged[8:].all(), {k: flagged[8:][np.array(kinds) == k].mean() for k in set(kinds)}
+    assert not flagged[:8].any()
+    verbatim = np.isin(kinds, ["exact", "hflip"])
+    assert table["exact_match"].to_numpy()[8:][verbatim].all()
+    assert (table["pixel_real_row"].to_numpy()[8:][verbatim] == src[verbatim]).all()
+    assert heldout["duplicate"].tolist() == [False] * 8 + [True]
+    assert heldout["train_id"].iat[8] == "r3"
+    assert calib["n_calibration"].tolist() == [8] and calib["n_real_duplicates"].tolist() == [1]
+    blind = audit(inp, MemorisationConfig(duplicate_similarity=1.0, exact_similarity=1.0))[0]["flagged"].to_numpy()
+    assert blind[8:].mean() < 0.5  # what happened before: the duplicate's score set the threshold
