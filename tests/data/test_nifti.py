@@ -91,3 +91,11 @@ def test_volume_card_reads_inspects_and_prepares(tmp_path: Path, nifti_file) -> 
     assert s["image"].shape == (1, 16, 16, 16) and int(s["labels"]["lesion"]) == 1
     with pytest.raises(SynthfmError, match="not shards"):
         prepare_card(card, tmp_path / "sh", PrepareConfig(size=16, format="shards"))
+
+
+def test_nifti_card_must_be_a_volume_card(tmp_path: Path, nifti_file) -> None:
+    card = _volume_card(tmp_path, nifti_file, n=2)
+    spec = yaml.safe_load((card / "dataset.yaml").read_text()) | {"modality": "cxr"}
+    (card / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SynthfmError, match="set modality: volume"):
+        load_card(card)

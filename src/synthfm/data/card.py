@@ -160,6 +160,13 @@ class DatasetCard(StrictModel):
         return v
 
     @model_validator(mode="after")
+    def _nifti_holds_volumes(self) -> DatasetCard:
+        """NIfTI files are read as 3D volumes, so a nifti card's modality is 'volume'."""
+        if self.source.format == "nifti" and self.modality != "volume":
+            raise ValueError(f"source.format 'nifti' reads 3D volumes; set modality: volume (not '{self.modality}')")
+        return self
+
+    @model_validator(mode="after")
     def _tags_need_dicom(self) -> DatasetCard:
         """`tags` reads DICOM headers, so it needs `source.format: dicom` and keywords pydicom knows."""
         if not self.tags:
