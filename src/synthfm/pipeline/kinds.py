@@ -207,11 +207,15 @@ class QualityJob(StrictModel):
 
 
 def _quality_run(cfg: QualityJob, out: Path) -> dict[str, Any]:
-    """Run every check, write the tables, then apply the gate."""
+    """Run every check, write the tables, then apply the gate (the domain encoder cached in the pipeline's root)."""
     from synthfm.quality.config import QualityConfig
     from synthfm.quality.run import run_quality
 
-    summary = run_quality(cfg.synthetic, cfg.real, validate_config(QualityConfig, cfg.config, "quality.config"), out)
+    qcfg = validate_config(QualityConfig, cfg.config, "quality.config")
+    if qcfg.domain.cache_dir is None:
+        qcfg = qcfg.model_copy(update={"domain": qcfg.domain.model_copy(update={"cache_dir": str(out.parent.parent
+                                                                                                / "cache")})})
+    summary = run_quality(cfg.synthetic, cfg.real, qcfg, out)
     return {"verdict": summary.get("verdict")}
 
 
