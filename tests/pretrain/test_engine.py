@@ -311,3 +311,12 @@ def test_explicit_bf16_without_native_support_warns(cache: Path, tmp_path: Path,
             assert Engine(cfg, tmp_path).acc.mixed_precision == "bf16"
     finally:
         AcceleratorState._reset_state(True)
+
+
+def test_planned_steps_count_epoch_stages(cache: Path, tmp_path: Path) -> None:
+    """`compile: auto` looks at the whole curriculum: 3 steps + 2 epochs of 48 RaSD samples at batch 8 = 15."""
+    cfg = pretrain_config(tiny(cache, [{"name": "a", "sources": [RASD], "steps": 3},
+                                       {"name": "b", "sources": [RASD], "epochs": 2}]))
+    engine = Engine(cfg, tmp_path)
+    assert engine.planned_steps() == 3 + 12
+    assert engine.setup_compile() is False and engine.compiled is False  # a CPU, and far below the threshold

@@ -247,7 +247,9 @@ class Engine:
     def setup_compile(self) -> bool:
         """Resolve `compile: auto` by the rule of synthfm.hardware (run length, device) and compile if it says so."""
         if self.compiled is None:
-            steps = self.planned_steps() if self.cfg.compile == "auto" else 0
+            device = self.acc.device.type  # counting steps may open sources: only where auto could compile
+            steps = self.planned_steps() if self.cfg.compile == "auto" and hardware.resolve_compile(
+                "auto", hardware.COMPILE_MIN_STEPS, device) else 0
             self.compiled = hardware.resolve_compile(self.cfg.compile, steps, self.acc.device.type)
             if self.compiled:
                 self._compile(self.unwrapped())
