@@ -235,6 +235,11 @@ verify_case("summary-free-text", summary_edit(lambda s: s.update(comment="Jane D
             "summary.json: comment: Extra inputs are not permitted")
 verify_case("summary-count-float", summary_edit(lambda s: s["tables"][0]["cells"][0].update(count=12.5)),
             "summary.json: tables.0.cells.0.count")
+verify_case("bundle-notes-long", lambda b: edit_json(b / "bundle.json", lambda i: {**i, "notes": "Jane Doe " * 200}),
+            "bundle.json: notes: String should have at most 256 characters")
+verify_case("schema-extra-values", lambda b: edit_json(b / "schema.json", lambda sc: {
+    **sc, "variables": [{**v, "values": [*v["values"], "Jane Doe MRN-0003"]} if v["name"] == "device" else v
+                        for v in sc["variables"]]}), "schema.json is not the public vocabulary of fundus_phantom")
 verify_case("audit-free-text", lambda b: edit_json(b / "audit.json", lambda a: {**a, "note": "Jane Doe"}),
             "audit.json: note: Extra inputs are not permitted")
 

@@ -50,14 +50,14 @@ class BundleInfo(StrictModel):
     """bundle.json."""
 
     format: Literal["synthfm.consortium.bundle/1"] = "synthfm.consortium.bundle/1"
-    site: str
-    created: str
-    synthfm_version: str
+    site: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    created: str = Field(max_length=64)
+    synthfm_version: str = Field(max_length=64)
     generator: GeneratorRef
     summary: Literal["summary.json"] = SUMMARY_FILE
     audit: Literal["audit.json"] = AUDIT_FILE
     schema_file: Literal["schema.json"] = SCHEMA_FILE
-    notes: str = ""
+    notes: str = Field("", max_length=256, description="short free text; the hub shows it, nothing reads it")
 
 
 class ManifestEntry(StrictModel):

@@ -60,11 +60,13 @@ from synthfm.consortium.conditions import CardSchema
 from synthfm.consortium.generators import (
     GENERATOR_FILE,
     KINDS,
+    GeneratorConfig,
     GeneratorKind,
     file_sha256,
     generator_files,
     generator_hash,
     generator_kind,
+    phantom_schema,
     read_generator_config,
 )
 from synthfm.consortium.keys import KnownKey, load_keyring, signature_valid
@@ -543,6 +545,9 @@ def check_schema(files: dict[str, Path], known: KnownKey, gen: dict[str, Any],
     if audit["passed"] is not True:
         raise BundleRejected("audit-failed", f"{AUDIT_FILE} does not record a passed memorisation audit")
     schema = _model(CardSchema, read_json(files[SCHEMA_FILE], SCHEMA_FILE, cfg), SCHEMA_FILE)
+    if gen["kind"] == "phantom" and schema != phantom_schema(GeneratorConfig(name=gen["name"], size=gen["size"])):
+        raise BundleRejected("schema", f"{SCHEMA_FILE} is not the public vocabulary of {gen['name']} (a phantom "
+                                       "bundle's schema is fixed by its generator; extra values could carry data)")
     if gen["kind"] not in KINDS or gen["kind"] != info.generator.kind:
         raise BundleRejected("schema", f"generator kind {gen['kind']!r} is unknown or differs from bundle.json")
     size = gen.get("size", gen.get("image_size"))
