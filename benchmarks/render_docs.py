@@ -32,8 +32,8 @@ COMMANDS = {
     "pipeline": "python benchmarks/bench_pipeline.py --out docs/bench/pipeline.json",
 }
 NOTES = {
-    "loader": "Images/s of one pass through a DataLoader (batch 64) over 512 images: a folder of PNGs read with "
-              "PIL vs WebDataset shards with raw, npy or PNG images; ratios are within one run. The ViT-tiny "
+    "loader": "Images/s of one pass through a DataLoader (batch 64) over n images (column n): a folder of PNGs read "
+              "with PIL vs WebDataset shards with raw, npy or PNG images; ratios are within one run. The ViT-tiny "
               "column is a forward+backward+AdamW step at the same size, to show the loader keeps up with training. "
               "`pretrain_data`: the pretraining data path per sample (PNG decode, torchvision crop + flip under a "
               "reseeded torch RNG) vs batched (training-size raw-shard cache, counter-based seeds, one batched "
