@@ -240,3 +240,16 @@ def test_colour_dicom_to_card_channels(tmp_path: Path) -> None:
 
     # ITU-R 601 luma as Pillow computes it: 255 * 299 / 1000 = 76.2 -> 76
     assert from_pixels(arr, 1)[0, 0] == 76 and from_pixels(arr, 3) is arr
+
+
+def test_multi_frame_dicom_uses_the_first_frame(tmp_path: Path, dicom_file) -> None:
+    frames = np.stack([PIXELS, 4095 - PIXELS])
+    path = dicom_file(tmp_path / "mf.dcm", PIXELS, WindowCenter=2048, WindowWidth=4096)
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    ds.NumberOfFrames, ds.PixelData = 2, frames.astype("<u2").tobytes()
+    ds.save_as(path)
+    arr, notes = read_dicom(path)
+    np.testing.assert_array_equal(arr, [[0, 62, 125], [187, 249, 255]])
+    assert notes[0] == "multi-frame DICOM (2 frames): first frame used"
