@@ -89,3 +89,19 @@ def test_diffusion_weights_must_match_the_declared_unet(diffusion_bundle: Path, 
     rehash_and_sign(wider)
     with pytest.raises(BundleRejected, match=r"\[tensor-shape\]"):
         verify_bundle(wider, keys["hub"], HUB)
+
+
+def test_diffusion_generator_json_is_a_closed_schema(diffusion_bundle: Path, keys: dict, tmp_path: Path) -> None:
+    from synthfm.consortium.generators import generator_hash
+
+    for key, value, where in (("patient_notes", "Jane Doe, MRN 3", "patient_notes: Extra inputs"),
+                              ("image_size", 4096, "image_size: Input should be less than or equal to 2048")):
+        bad = Path(shutil.copytree(diffusion_bundle, tmp_path / key))
+        gen_json = bad / "generator" / "generator.json"
+        gen_json.write_text(json.dumps({**json.loads(gen_json.read_text()), key: value}))
+        info = json.loads((bad / "bundle.json").read_text())
+        info["generator"]["hash"] = generator_hash(bad / "generator")
+        (bad / "bundle.json").write_text(json.dumps(info))
+        resign(bad, keys["site_b"])
+        with pytest.raises(BundleRejected, match=rf"\[schema\].*{where}"):
+            verify_bundle(bad, keys["hub"], HUB)

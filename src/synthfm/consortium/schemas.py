@@ -213,6 +213,26 @@ class AuditFile(Closed):
     real_reference_ratio_quantiles: dict[Literal["0.0", "0.01", "0.05", "0.5"], float]
 
 
+class DiffusionFile(BaseModel):
+    """generator.json of a diffusion export (synthfm.synth.diffusion's keys plus the site kit's sampler): no
+    other key is allowed, so the file cannot carry free-form content."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["synthfm.generator/1"]
+    kind: Literal["pixel", "latent", "stable_diffusion"]
+    image_size: StrictInt = Field(ge=16, le=2048)
+    channels: Literal[1, 3]
+    modality: Literal["fundus", "cxr", "volume"]
+    schema_: dict[str, Any] = Field(alias="schema")
+    prompt_template: str | None = Field(None, max_length=1024)
+    training: str | dict[str, Any]
+    hash: str = Field(pattern=r"^[0-9a-f]{16}$")
+    global_step: StrictInt | None = Field(None, ge=0)
+    stage: str | None = Field(None, max_length=64)
+    source_run: str | None = Field(None, max_length=256)
+    consortium_sampler: dict[str, Any] = Field(default_factory=dict)
+
+
 def validate_file(model: type[BaseModel], data: Any, name: str) -> Any:
     """Validate parsed JSON against a bundle file's model (reason 'schema', naming the key)."""
     try:

@@ -72,6 +72,7 @@ from synthfm.consortium.generators import (
 from synthfm.consortium.keys import KnownKey, load_keyring, signature_valid
 from synthfm.consortium.schemas import (
     AuditFile,
+    DiffusionFile,
     FileError,
     SummaryFile,
     TensorEntry,
@@ -545,6 +546,9 @@ def check_schema(files: dict[str, Path], known: KnownKey, gen: dict[str, Any],
     if audit["passed"] is not True:
         raise BundleRejected("audit-failed", f"{AUDIT_FILE} does not record a passed memorisation audit")
     schema = _model(CardSchema, read_json(files[SCHEMA_FILE], SCHEMA_FILE, cfg), SCHEMA_FILE)
+    if gen["kind"] == "diffusion":
+        raw = read_json(files[f"{GENERATOR_DIR}/{GENERATOR_FILE}"], f"{GENERATOR_DIR}/{GENERATOR_FILE}", cfg)
+        _model(DiffusionFile, raw, f"{GENERATOR_DIR}/{GENERATOR_FILE}")
     if gen["kind"] == "phantom" and schema != phantom_schema(GeneratorConfig(name=gen["name"], size=gen["size"])):
         raise BundleRejected("schema", f"{SCHEMA_FILE} is not the public vocabulary of {gen['name']} (a phantom "
                                        "bundle's schema is fixed by its generator; extra values could carry data)")
