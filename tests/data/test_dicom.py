@@ -253,3 +253,12 @@ def test_multi_frame_dicom_uses_the_first_frame(tmp_path: Path, dicom_file) -> N
     arr, notes = read_dicom(path)
     np.testing.assert_array_equal(arr, [[0, 62, 125], [187, 249, 255]])
     assert notes[0] == "multi-frame DICOM (2 frames): first frame used"
+
+
+def test_manifest_values_win_over_tags(tmp_path: Path, dicom_file) -> None:
+    root = _xray_folder(tmp_path, dicom_file, n=4)
+    labels = pd.read_csv(root / "labels.csv")
+    labels["sex"] = ["O", None, None, "F"]
+    labels.to_csv(root / "labels.csv", index=False)
+    data = load_card(_card(root))
+    assert data.df["sex"].tolist() == ["O", "M", "F", "F"]  # headers say F, M, F, M: they fill only the gaps
