@@ -88,6 +88,8 @@ def test_cli_sub_app(tiny_cards: dict[str, Path], tmp_path: Path) -> None:
                                    "--out", str(tmp_path / "q")])
     assert res.exit_code == 0, res.output
     assert "verdict: pass" in res.output
+    assert "space synthfm-random-vit_tiny_p8_64: untrained random-init" in " ".join(res.output.split())
+    assert "real held-out pair" in res.output  # each relative check shows its real baseline
     bad = CliRunner().invoke(app, [str(tiny_cards["synth"]), "--real", str(tiny_cards["real"]), "--out",
                                    str(tmp_path / "q2"), "--config", str(tmp_path / "missing.yaml")])
     assert isinstance(bad.exception, SynthfmError)

@@ -28,11 +28,13 @@ def quality(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="QualityConfig YAML")] = None,  # noqa: UP045
 ) -> None:
     """Check a synthetic card against a real one and apply the gate (exit 2 with the failed metrics)."""
+    from synthfm.quality.gate import describe
     from synthfm.quality.run import run_quality
 
     cfg = load_config(QualityConfig, config) if config else QualityConfig()
     summary = run_quality(synth_card, real, cfg, out)
+    for space in summary.get("space_info", []):
+        console.print(f"space {space['name']}: {space['description']}", highlight=False)
     for check in summary["checks"]:
-        console.print(f"{'ok  ' if check['passed'] else 'FAIL'} {check['metric']} = {check['value']:.4g} "
-                      f"({check['bound']} {check['threshold']:g})")
+        console.print(f"{'ok  ' if check['passed'] else 'FAIL'} {describe(check)}", highlight=False)
     console.print(f"verdict: [bold]{summary['verdict']}[/]; tables in {out}")
