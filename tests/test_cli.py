@@ -120,3 +120,22 @@ def test_adapt_evaluate_compare(tmp_path: Path, capsys) -> None:
     assert code == 0 and "test" in out
     code, out, _ = run(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c.csv")], capsys)
     assert code == 0 and (tmp_path / "c.csv").is_file()
+
+
+def test_disk_full_exits_2_naming_the_file(make_card, tmp_path: Path, capsys, monkeypatch) -> None:
+    import errno
+
+    import synthfm.data.splits as splits
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "manifest.parquet"))
+
+    monkeypatch.setattr(splits, "_write", full)
+    code, out, err = run(["data", "split", str(make_card(n=12)), "-o", str(tmp_path / "out")], capsys)
+    assert code == 2 and "Traceback" not in out + err
+    assert f"{tmp_path / 'out' / 'manifest.parquet'}: No space left on device" in " ".join(err.split())
+
+
+def test_usage_mistakes_exit_2_without_a_traceback(make_card, capsys) -> None:
+    code, out, err = run(["data", "inspect", str(make_card(n=4)), "--sampel", "3"], capsys)
+    assert code == 2 and "--sampel" in err and "Traceback" not in out + err
