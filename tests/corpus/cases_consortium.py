@@ -240,6 +240,14 @@ verify_case("bundle-notes-long", lambda b: edit_json(b / "bundle.json", lambda i
 verify_case("schema-extra-values", lambda b: edit_json(b / "schema.json", lambda sc: {
     **sc, "variables": [{**v, "values": [*v["values"], "Jane Doe MRN-0003"]} if v["name"] == "device" else v
                         for v in sc["variables"]]}), "schema.json is not the public vocabulary of fundus_phantom")
+verify_case("summary-cell-short-values", summary_edit(lambda s: s["tables"][0]["cells"][0].update(values=["0"])),
+            "summary.json: (top level): Value error, tables.0.cells.0 values ['0'] are not one value of each")
+verify_case("summary-unknown-class", summary_edit(lambda s: s["tables"][0]["cells"][0]["values"].__setitem__(
+    0, "Jane Doe")), "tables.0.cells.0 values ['Jane Doe'")
+verify_case("summary-domain-not-schema", summary_edit(lambda s: s["domains"]["dr_grade"].append("Jane Doe MRN 3")),
+            "summary.json: domains.dr_grade differs from schema.json's values (not in both: ['Jane Doe MRN 3'])")
+verify_case("summary-age-band-garbage", summary_edit(lambda s: s["domains"]["age_band"].append("Jane Doe")),
+            "domains.age_band holds ['Jane Doe'], not bands like")
 verify_case("audit-free-text", lambda b: edit_json(b / "audit.json", lambda a: {**a, "note": "Jane Doe"}),
             "audit.json: note: Extra inputs are not permitted")
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
 from synthfm.errors import SynthfmError
 
+AGE_BAND_NAME = re.compile(r"^\[-?\d+(\.\d+)?,-?\d+(\.\d+)?\)$")
 STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 OPEN = np.frombuffer(b"[{", np.uint8)
 CLOSE = np.frombuffer(b"]}", np.uint8)
@@ -196,6 +197,24 @@ class SummaryFile(Closed):
     tables: list[Table]
     marginals: dict[str, dict[str, StrictInt]]
     age_histogram: AgeHistogram | None = None
+
+    @model_validator(mode="after")
+    def _cells_in_domains(self) -> SummaryFile:
+        """Every table names variables of `domains`, and every cell one value of each, in order."""
+        for i, t in enumerate(self.tables):
+            unknown = [v for v in t.variables if v not in self.domains]
+            if unknown:
+                raise ValueError(f"tables.{i} names variables {unknown} that domains does not list")
+            for j, c in enumerate(t.cells):
+                if len(c.values) != len(t.variables) or any(
+                        v not in self.domains[var] for var, v in zip(t.variables, c.values, strict=False)):
+                    raise ValueError(f"tables.{i}.cells.{j} values {c.values[:4]} are not one value of each of "
+                                     f"{t.variables} from domains")
+        bands = self.domains.get("age_band", [])
+        bad = [b for b in bands if not AGE_BAND_NAME.match(b)]
+        if bad:
+            raise ValueError(f"domains.age_band holds {bad[:3]}, not bands like '[40,70)'")
+        return self
 
 
 class AuditFile(Closed):

@@ -163,7 +163,8 @@ def rejecting(name: str = "") -> Iterator[None]:
 
 def check_name(name: str, where: str, cfg: VerifyConfig | None = None) -> str:
     """A member path: relative, '/'-separated, no '..', '.', empty, control or backslash characters, not too deep."""
-    bad_chars = any(ord(ch) < 32 or ch in "\\:" for ch in name)
+    # control characters, separators of other systems, and surrogates (bytes of a name that is not UTF-8)
+    bad_chars = any(ord(ch) < 32 or ch in "\\:" or 0xD800 <= ord(ch) <= 0xDFFF for ch in name)
     parts = (name[:-1] if name.endswith("/") else name).split("/")
     if name.startswith("/") or bad_chars or any(p in ("", ".", "..") for p in parts):
         raise BundleRejected("path-traversal", f"{where}: unsafe path {name!r} (absolute, '..', or odd characters)")
@@ -546,12 +547,18 @@ def check_schema(files: dict[str, Path], known: KnownKey, gen: dict[str, Any],
     if audit["passed"] is not True:
         raise BundleRejected("audit-failed", f"{AUDIT_FILE} does not record a passed memorisation audit")
     schema = _model(CardSchema, read_json(files[SCHEMA_FILE], SCHEMA_FILE, cfg), SCHEMA_FILE)
-    if gen["kind"] == "diffusion":
-        raw = read_json(files[f"{GENERATOR_DIR}/{GENERATOR_FILE}"], f"{GENERATOR_DIR}/{GENERATOR_FILE}", cfg)
-        _model(DiffusionFile, raw, f"{GENERATOR_DIR}/{GENERATOR_FILE}")
     if gen["kind"] == "phantom" and schema != phantom_schema(GeneratorConfig(name=gen["name"], size=gen["size"])):
         raise BundleRejected("schema", f"{SCHEMA_FILE} is not the public vocabulary of {gen['name']} (a phantom "
                                        "bundle's schema is fixed by its generator; extra values could carry data)")
+    labels = {v.name: v.values for v in schema.variables if v.values}
+    for var, values in summary["domains"].items():
+        if var in labels and values != labels[var]:
+            odd = sorted(set(values) ^ set(labels[var]))[:5] or "same values, another order"
+            raise BundleRejected("schema", f"{SUMMARY_FILE}: domains.{var} differs from {SCHEMA_FILE}'s values "
+                                           f"(not in both: {odd})")
+    if gen["kind"] == "diffusion":
+        raw = read_json(files[f"{GENERATOR_DIR}/{GENERATOR_FILE}"], f"{GENERATOR_DIR}/{GENERATOR_FILE}", cfg)
+        _model(DiffusionFile, raw, f"{GENERATOR_DIR}/{GENERATOR_FILE}")
     if gen["kind"] not in KINDS or gen["kind"] != info.generator.kind:
         raise BundleRejected("schema", f"generator kind {gen['kind']!r} is unknown or differs from bundle.json")
     size = gen.get("size", gen.get("image_size"))
