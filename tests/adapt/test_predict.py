@@ -155,11 +155,16 @@ def test_export_loads_in_plain_timm_and_onnx(cxr_card: Path, trained: Any, tmp_p
     snippet = card.split("```python\n")[1].split("```")[0].replace("path/to/this/folder", str(out))
     scope: dict[str, Any] = {}
     exec(snippet, scope)  # the card's own loading code, as a user would paste it
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in readme.split("```python\n")[1:] if "pretrained_cfg_overlay=overlay" in b)
+    readme_scope: dict[str, Any] = {}
+    exec(block.split("```")[0].replace('"export/', f'"{out}/'), readme_scope)  # the README's snippet
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
         want = model(x)
         torch.testing.assert_close(plain(x), want)
         torch.testing.assert_close(scope["model"].eval()(x), want)
+        torch.testing.assert_close(readme_scope["model"].eval()(x), want)
     onnx = info["onnx"]
     assert onnx["max_abs_diff"] <= onnx["atol"] == 1e-4 and "onnxruntime" in onnx["checked_with"]
     got = ort.InferenceSession(str(out / "model.onnx")).run(None, {"image": x.numpy()})[0]
