@@ -1,6 +1,7 @@
 """Quality gate benchmark: planted-copy recall / false positives, FD ranking, and 100k-scale memory.
 
-Usage: python benchmarks/bench_quality.py [--quick] [--fd-encoder DIR] [--real-only NAME...] > docs/bench/quality.json
+Usage: python benchmarks/bench_quality.py [--quick] [--audit-only] [--fd-encoder DIR] [--real-only NAME...]
+       > docs/bench/quality.json
 
 0. Planted copies in real data (`real_planted`): for each real set in ../shared/data (RetinaMNIST, CSDI, pneumonia
    CXR, CHASE_DB1), disguised copies of its training images among held-out real images and phantoms of its
@@ -309,6 +310,9 @@ def main() -> None:
         print(json.dumps(doc, indent=2))
         return
     doc["planted_copies"] = planted(*((80, 60, 80, 10) if quick else (300, 200, 300, 50)))
+    if "--audit-only" in sys.argv:  # the audit's parts alone (FD ranking and the 100k scale runs are left out)
+        print(json.dumps(doc, indent=2))
+        return
     encoder = sys.argv[sys.argv.index("--fd-encoder") + 1] if "--fd-encoder" in sys.argv else None
     sizes = (48, 200) if quick else (128, 1000)
     doc["fd_ranking"] = {f"n{n}": fd_ranking(n, 2 if quick else 3, encoder) for n in sizes}
