@@ -61,7 +61,7 @@ class MemorisationConfig(StrictModel):
     calibration_quantile: float = Field(0.99, gt=0, le=1, description="of held-out real scores (duplicates left "
                                        "out); a robust quantile, so one odd real pair cannot blind the audit")
     calibration_margin: float = Field(0.05, ge=0, description="added to that quantile")
-    duplicate_similarity: float = Field(0.99, gt=0, le=1, description="a held-out real image this close (pixel "
+    duplicate_similarity: float = Field(0.98, gt=0, le=1, description="a held-out real image this close (pixel "
                                         "similarity) to a training image is a real-vs-real duplicate pair: left "
                                         "out of the calibration and reported in real_duplicates.csv")
     exact_similarity: float = Field(0.99, gt=0, le=1, description="pixel similarity at which a synthetic image "
