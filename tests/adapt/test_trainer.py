@@ -159,12 +159,13 @@ def test_in_chans_override_and_rgb_checkpoint_on_grey_card(tmp_path: Path) -> No
         tr.load_encoder(bad, 1)
 
 
-def test_encoder_takes_another_image_size_or_names_the_patch_size() -> None:
+def test_encoder_takes_another_image_size_or_names_the_patch_size(tmp_path: Path) -> None:
     import torch
 
     from synthfm.adapt.trainer import fit_image_size
     from synthfm.errors import SynthfmError
     from synthfm.models.backbones import create_backbone
+    from synthfm.models.checkpoint import from_pretrained, save_pretrained
 
     enc = create_backbone("vit_tiny_p8_64", 3, img_size=32)
     fit_image_size(enc, 48, "enc")
@@ -172,3 +173,5 @@ def test_encoder_takes_another_image_size_or_names_the_patch_size() -> None:
     assert enc(torch.zeros(1, 3, 48, 48)).shape == (1, enc.num_features)
     with pytest.raises(SynthfmError, match="not a multiple of encoder enc's patch size 8"):
         fit_image_size(enc, 50, "enc")
+    save_pretrained(enc, tmp_path / "enc")  # an exported encoder is rebuilt at the size it was adapted to
+    assert from_pretrained(tmp_path / "enc").pos_embed.shape == enc.pos_embed.shape

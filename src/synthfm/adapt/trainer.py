@@ -89,6 +89,9 @@ def fit_image_size(encoder: nn.Module, size: int, name: str) -> None:
                            f"set image_size to a multiple of {patch}, e.g. {max(patch, size // patch * patch)}, "
                            f"or leave it out to use {embed.img_size[0]}")
     encoder.set_input_size(img_size=size)
+    saved = getattr(encoder, "synthfm_backbone", None)  # what save_pretrained records: rebuilt at this size
+    if saved is not None:
+        encoder.synthfm_backbone = {**saved, "overrides": {**saved.get("overrides", {}), "img_size": size}}
 
 
 def set_drop_path(encoder: nn.Module, rate: float) -> None:
