@@ -28,7 +28,8 @@ COMMANDS = {
     "generator_step": "python benchmarks/bench_generator.py --recipe edm --only step "
                       "--out docs/bench/generator_step.json",
     "vessels_chase": "python benchmarks/eval_vessels.py",
-    "quality": "python benchmarks/bench_quality.py --fd-encoder runs/bench/probe_gain_mae > docs/bench/quality.json",
+    "quality": "python benchmarks/bench_quality.py --quick --real-only NAME, once per real set (see "
+               "planted_copies_real_run; the other parts are carried over from a full run, see carried_over)",
     "pipeline": "python benchmarks/bench_pipeline.py --out docs/bench/pipeline.json",
 }
 NOTES = {
@@ -62,7 +63,10 @@ NOTES = {
                       "and precision, EMA in both), alternating rounds, medians; and the engine's data loading + "
                       "per-sample seeding + condition handling as a share of its step.",
     "vessels_chase": "Vessel segmentation on CHASE_DB1 against the first observer (see docs/results.md).",
-    "quality": "Planted-copy recall and false positives of the memorisation audit; FD ranking of phantom sets "
+    "quality": "Planted-copy recall and false positives of the memorisation audit at default settings, on every "
+               "real set of ../shared/data (`planted_copies_real`: exact, mirrored, cropped, JPEG-70 and "
+               "brightened copies of training images among held-out real images and phantoms; goal recall >= 99% "
+               "and <= 1% false positives) and on phantoms; FD ranking of phantom sets "
                "(three draws each of a same-distribution, a colour-shifted and a lesion-free set against a DR "
                "grade 3-4 reference) in a random-init ViT and in the probe_gain MAE encoder; peak RSS of FD and "
                "the nearest-neighbour audit at 100k.",
