@@ -24,7 +24,7 @@ COMMANDS = {
     "probe_gain": "python benchmarks/bench_probe_gain.py --seeds 0,1,2 --n 3000 --steps 1000 --balanced "
                   "--save-encoder runs/bench/probe_gain_mae --out docs/bench/probe_gain.json",
     "sampling": "python benchmarks/bench_sampling.py > docs/bench/sampling.json",
-    "generator": "python benchmarks/bench_generator.py --recipe edm --steps 300 --out docs/bench/generator.json",
+    "generator": "python benchmarks/bench_generator.py --recipe edm --steps 550 --out docs/bench/generator.json",
     "generator_step": "python benchmarks/bench_generator.py --recipe edm --only step "
                       "--out docs/bench/generator_step.json",
     "vessels_chase": "python benchmarks/eval_vessels.py",
@@ -59,6 +59,8 @@ NOTES = {
                  "scored relative to the real pair (held-out real vs training split) in a domain space fine-tuned "
                  "on the card, at each guidance scale of the sweep (rows); the top-level keys are the best scale's. "
                  "Targets and the ablation: docs/generator.md.",
+    "generator_ablation": "One row per generator recipe and guidance scale (bench_generator.py --only quality), "
+                          "relative to the real pair in the domain space; see docs/generator.md.",
     "generator_step": "Engine diffusion training step against a bare diffusers loop (same ConditionalUNet, batch "
                       "and precision, EMA in both), alternating rounds, medians; and the engine's data loading + "
                       "per-sample seeding + condition handling as a share of its step.",

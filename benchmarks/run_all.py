@@ -49,7 +49,7 @@ BENCHES: dict[str, Bench] = {
                                                 "--save-encoder", "runs/bench/probe_gain_mae"),
                         ("--n", "120", "--steps", "4"), out=True),
     "sampling": Bench("bench_sampling.py", quick=None),
-    "generator": Bench("bench_generator.py", ("--recipe", "edm", "--steps", "300"), quick=("--quick",), out=True),
+    "generator": Bench("bench_generator.py", ("--recipe", "edm", "--steps", "550"), quick=("--quick",), out=True),
     "generator_step": Bench("bench_generator.py", ("--recipe", "edm", "--only", "step"),
                             quick=("--quick", "--only", "step"), out=True),
     "vessels_chase": Bench("eval_vessels.py", quick=("--steps", "4", "--phantoms", "4"), out=True),
