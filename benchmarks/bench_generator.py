@@ -435,7 +435,8 @@ def result_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                   "s_per_step": st[f"{loop}_s_per_step"]} for loop in ("engine", "bare")]
     rows += [{"case": r.get("case", "cost"), **{k: v for k, v in r.items() if k != "case"}}
              for r in doc.get("sampling", {}).get("cost", [])]
-    return rows
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return [{k: r.get(k, "") for k in keys} for r in rows]  # one set of columns for the rendered table
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
