@@ -245,6 +245,8 @@ def test_readme_workflow_folder_of_dicom_cxr(tmp_path: Path, capsys: pytest.Capt
         "backbone_overrides": SMALL, "policy": "linear_probe", "epochs": 2, "warmup_epochs": 0, "batch_size": 8,
         "seeds": [0, 1]}))
     _cli(["adapt", str(tmp_path / "adapt.yaml"), "-o", str(tmp_path / "exp")], capsys)
+    adapted_card = (tmp_path / "exp" / "README.md").read_text()  # the adapted model carries its card
+    assert "## Downstream results" in adapted_card and "synthfm export" in adapted_card
     images = tmp_path / "my_cxr" / "images"
     _cli(["predict", str(tmp_path / "exp"), str(images), "-o", str(tmp_path / "pred"), "--gradcam"], capsys)
     table = pd.read_csv(tmp_path / "pred" / "predictions.csv")

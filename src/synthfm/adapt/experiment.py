@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from synthfm.adapt.config import AdaptConfig
+from synthfm.adapt.export import write_model_card
 from synthfm.adapt.external import resolve_externals
 from synthfm.adapt.trainer import STAGE, adapt_one
 from synthfm.data.card import read_card
@@ -32,6 +33,7 @@ def run_experiment(cfg: AdaptConfig, out_dir: str | Path) -> pd.DataFrame:
                 adapt_one(single, run_path(out_dir, fraction, seed))
     results = collect_results(cfg, out_dir)
     write_tables(results, out_dir)
+    write_model_card(out_dir)  # README.md: the adapted model's card (export writes the loadable folder)
     top.complete(runs=len(cfg.label_fractions) * len(cfg.seeds), results=f"{RESULTS}.parquet")
     return results
 

@@ -229,3 +229,15 @@ def export_model(model_dir: str | Path, out: str | Path | None = None, onnx: boo
                                                     _card_fields(info["card"])))
     atomic_write_json(out / CONFIG_FILE, info)
     return out
+
+
+def write_model_card(exp_dir: str | Path) -> Path:
+    """README.md model card of a finished experiment's selected run (`find_run`), in the experiment folder."""
+    model_dir = Path(exp_dir)
+    _, info = classifier_from_run(find_run(model_dir))
+    run_dir = Path(info["source_run"])
+    text = classifier_card(info, run_dir, _encoder_config(info["encoder"]), _card_fields(info["card"]))
+    note = (f"\n\nThe weights are `{run_dir / 'best.safetensors'}` in the adaptation run's layout; "
+            f"`synthfm export {model_dir}` writes them as the plain-timm folder the snippet above loads.\n")
+    atomic_write_text(model_dir / README, text + note)
+    return model_dir / README
