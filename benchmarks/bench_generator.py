@@ -122,21 +122,17 @@ def load_avg() -> float:
 def phantom_card(root: Path, n: int, size: int) -> Path:
     """A fundus phantom card split 60/20/20 into train/val/test (the 64 px target's 'real' data)."""
     import pandas as pd
-    import yaml
 
     path = render_phantom(root / f"phantom_n{n}_s{size}", PhantomConfig(n=n, size=size, seed=3))
-    data = load_card(path)
-    manifest = path / data.card.manifest
-    df = pd.read_parquet(manifest) if manifest.suffix == ".parquet" else pd.read_csv(manifest)
-    if "split" not in df.columns:
+    folder = path if path.is_dir() else path.parent
+    manifest = folder / load_card(path, check_files=False).card.manifest
+    df = pd.read_parquet(manifest)
+    if not (df["split"] == "val").any():
         cut = np.random.default_rng(0).permutation(len(df))
         split = np.array(["train"] * len(df), dtype=object)
         split[cut[: len(df) // 5]], split[cut[len(df) // 5: 2 * len(df) // 5]] = "val", "test"
         df["split"] = split
-        (df.to_parquet(manifest) if manifest.suffix == ".parquet" else df.to_csv(manifest, index=False))
-        card = yaml.safe_load((path / "dataset.yaml").read_text())
-        card["split"] = {"column": "split"}
-        (path / "dataset.yaml").write_text(yaml.safe_dump(card))
+        df.to_parquet(manifest)
     return path
 
 
