@@ -54,6 +54,7 @@ from synthfm.adapt.trainer import BEST_FILE, Trainer
 from synthfm.data.manifest import CardData, load_card
 from synthfm.data.readers import open_dataset
 from synthfm.data.transforms import build_transform
+from synthfm.hardware import cpu_bf16_flags
 from synthfm.models.checkpoint import load_state
 from synthfm.pretrain.config import pretrain_config
 from synthfm.pretrain.engine import Engine, pretrain
@@ -63,7 +64,7 @@ from synthfm.synth.diffusion.conditions import card_conditions
 from synthfm.synth.diffusion.config import SamplerConfig
 from synthfm.synth.diffusion.generator import Generator, load_generator, to_uint8
 from synthfm.synth.diffusion.objective import drop_conditions, noise_like, sample_draws
-from synthfm.synth.diffusion.sampling import sample
+from synthfm.synth.diffusion.sampling import sample, sampling_dtype
 from synthfm.synth.writer import PhantomConfig, render_phantom
 
 REPO = Path(__file__).resolve().parents[1]
@@ -374,22 +375,14 @@ def images_per_s(gen: Generator, n: int, steps: int, guidance: float) -> float:
     return n / (time.perf_counter() - start)
 
 
-def cpu_bf16() -> list[str]:
-    """The native bf16 instruction sets this CPU reports (bf16 sampling only pays with them)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return sorted(flags & {"avx512_bf16", "amx_bf16"})
-
-
 def sampling_bench(args: argparse.Namespace, gen: Generator | None) -> dict[str, Any]:
     """Measured images/s of the trained generator; 64 px pixel and 256 px latent cost extrapolated to 1M."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_sampling import cost  # the 64 px / 256 px seconds-per-image measurement
 
-    out: dict[str, Any] = {"sampler": "dpmpp", "evaluations": 20, "guidance_scale": 2.0, "native_bf16": cpu_bf16(),
-                           "dtype": "bfloat16" if cpu_bf16() else "float32"}
+    out: dict[str, Any] = {"sampler": "dpmpp", "evaluations": 20, "guidance_scale": 2.0,
+                           "native_bf16": cpu_bf16_flags(),
+                           "dtype": str(sampling_dtype("auto", torch.device("cpu"))).removeprefix("torch.")}
     if gen is not None:
         out["trained_images_per_s"] = round(images_per_s(gen, 8 if args.quick else 64, 2 if args.quick else 20,
                                                          2.0), 2)
