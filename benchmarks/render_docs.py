@@ -28,9 +28,10 @@ COMMANDS = {
     "generator_step": "python benchmarks/bench_generator.py --recipe edm --only step "
                       "--out docs/bench/generator_step.json",
     "vessels_chase": "python benchmarks/eval_vessels.py",
-    "quality": "python benchmarks/bench_quality.py --quick --real-only NAME, once per real set (see "
-               "planted_copies_real_run; the other parts are carried over from a full run, see carried_over)",
+    "quality": "python benchmarks/bench_quality.py --audit-only > docs/bench/quality.json (fd_ranking and the "
+               "100k scale figures carried over from a full run, see carried_over)",
     "pipeline": "python benchmarks/bench_pipeline.py --out docs/bench/pipeline.json",
+    "resume": "python benchmarks/bench_resume.py --json docs/bench/resume.json",
 }
 NOTES = {
     "loader": "Images/s of one pass through a DataLoader (batch 64) over n images (column n): a folder of PNGs read "
@@ -75,6 +76,11 @@ NOTES = {
     "pipeline": "Wall time of the README's commands in a fresh clone of the committed HEAD: install, the CI run "
                 "(`bash .ci/run`, with the test count and pytest's own time), `make demo` from cold (with "
                 "seconds per job) and again with every job reused. A clean-clone `make demo` costs install + demo.",
+    "resume": "Kill -9 at a random moment inside each long command's uninterrupted wall time, then the same command "
+              "again: `identical` counts trials whose finished output matches an uninterrupted run byte for byte "
+              "(the files that differ between two uninterrupted runs, timestamps, are listed as volatile and left "
+              "out); `with_stray_files` counts finished outputs holding a hidden `.tmp` file or a lock. Smoke sizes; "
+              "`trials` per command is 20 for the full run, 3 with `--quick`.",
 }
 
 
