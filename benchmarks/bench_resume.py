@@ -161,6 +161,24 @@ def bench(name: str, cmd: Any, work: Path, trials: int, rng: random.Random) -> d
             "failures": [r for r in results if not r["identical"] or r["stray"]][:5]}
 
 
+def to_doc(result: dict[str, Any], trials: int, wall: float, load: list[float]) -> dict[str, Any]:
+    """The JSON of a run: one row per command (docs/benchmarks.md renders `results`), then the details."""
+    import platform
+
+    import torch
+
+    rows = [{"case": name, **{k: r[k] for k in ("trials", "killed_mid_run", "identical", "with_stray_files",
+                                                 "reference_wall_s", "files_compared")}}
+            for name, r in result.items()]
+    return {"benchmark": "bench_resume", "results": rows, "trials_per_command": trials,
+            "all_identical": sum(r["identical"] for r in rows), "all_trials": sum(r["trials"] for r in rows),
+            "stray_outputs": sum(r["with_stray_files"] for r in rows),
+            "volatile_files": {name: r["volatile_files"] for name, r in result.items()},
+            "failures": {name: r["failures"] for name, r in result.items() if r["failures"]},
+            "wall_s": wall, "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+            "load_average_1m_start_end": load}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20, help="kill-and-resume trials per command")
@@ -183,12 +201,7 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    total = sum(r["trials"] for r in result.values())
-    doc = {"benchmark": "bench_resume", "trials_per_command": trials, "commands": result,
-           "all_identical": sum(r["identical"] for r in result.values()), "all_trials": total,
-           "stray_outputs": sum(r["with_stray_files"] for r in result.values()),
-           "wall_s": round(time.perf_counter() - t0, 1), "cpu_count": os.cpu_count(),
-           "load_average_1m_start_end": [load_start, round(os.getloadavg()[0], 2)]}
+    doc = to_doc(result, trials, round(time.perf_counter() - t0, 1), [load_start, round(os.getloadavg()[0], 2)])
     text = json.dumps(doc, indent=2)
     print(text)
     if args.json:
