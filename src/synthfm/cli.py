@@ -157,6 +157,18 @@ def run_cmd(
         console.print(f"report: [bold]{report}[/]")
 
 
+@app.command("plan")
+def plan_cmd(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (e.g. configs/experiments/retinamnist.yaml)")],
+    device: Annotated[str, typer.Option(help="cpu (measured rates), h100 or a100 (assumed until device.json)")] = "cpu",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON")] = False,
+) -> None:
+    """Estimate FLOPs, peak memory and wall time of every job of a pipeline on a device; warn when one won't fit."""
+    from synthfm.plan import plan_cli
+
+    plan_cli(pipeline, device, json_out)
+
+
 @app.command("report")
 def report_cmd(
     root: Annotated[Path, typer.Argument(help="Pipeline run root (the folder holding pipeline.json)")],
