@@ -39,6 +39,11 @@ def ci(mean: float, low: float) -> str:
     return f"{mean:.3f} ± {mean - low:.3f}"
 
 
+def num(value: float | None, fmt: str) -> str:
+    """A number for a table; 'n/a' where no test ran (None or NaN)."""
+    return "n/a" if value is None or value != value else format(value, fmt)
+
+
 def arms_tables(doc: dict) -> str:
     """One arms job as markdown: mean ± CI per arm and fraction, tests, labels to match."""
     summ = pd.DataFrame(doc["summary"])
@@ -53,8 +58,12 @@ def arms_tables(doc: dict) -> str:
                      f"labels:\n\n{markdown_table(rows)}\n")
     tests = pd.DataFrame(doc["tests"])
     rows = [{"metric": r.metric, "arm": r.arm, "vs": r.baseline, "labels": f"{100 * r.fraction:g}%",
-             "difference": f"{r.mean_diff:+.3f}", "t": f"{r.t:.2f}", "p": f"{r.p:.3g}", "Holm p": f"{r.p_holm:.3g}",
-             "significant": "yes" if r.significant else "no"} for r in tests.itertuples()]
+             "difference": f"{r.mean_diff:+.3f}", "t": num(r.t, ".2f"), "p": num(r.p, ".3g"),
+             "Holm p": num(r.p_holm, ".3g"), "significant": "yes" if r.significant else "no",
+             "note": r.note if "note" in tests and isinstance(r.note, str) else ""}
+            for r in tests.itertuples()]
+    if not any(r["note"] for r in rows):
+        rows = [{k: v for k, v in r.items() if k != "note"} for r in rows]
     parts.append("Paired t-tests over seeds against each baseline arm; Holm's correction over every test of a "
                  f"metric ({len(tests) // len(doc['metrics'])} per metric):\n\n{markdown_table(rows)}\n")
     match = pd.DataFrame(doc["match"])
