@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
 from synthfm.errors import SynthfmError
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in y (a class only predicted, absent from y, is not averaged)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        return float(skm.balanced_accuracy_score(y, pred))
 
 
 def _check(y: np.ndarray, p: np.ndarray) -> None:
@@ -28,7 +37,7 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
         "auroc": float(skm.roc_auc_score(y, p)) if both else float("nan"),
         "auprc": float(skm.average_precision_score(y, p)) if both else float("nan"),
         "accuracy": float((pred == y).mean()),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
+        "balanced_accuracy": balanced_accuracy(y, pred),
         "f1": float(skm.f1_score(y, pred, zero_division=0)),
         "sensitivity": float(tp / (tp + fn)) if tp + fn else float("nan"),
         "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
@@ -48,7 +57,7 @@ def multiclass_metrics(y: np.ndarray, p: np.ndarray, ordinal: bool = False) -> d
                                 if onehot[:, c].min() == 0])),
         "auprc": float(np.mean([skm.average_precision_score(onehot[:, c], p[:, c]) for c in np.flatnonzero(present)])),
         "accuracy": float((pred == y).mean()),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
+        "balanced_accuracy": balanced_accuracy(y, pred),
         "f1": float(skm.f1_score(y, pred, average="macro", labels=np.arange(k), zero_division=0)),
     }
     if ordinal:
