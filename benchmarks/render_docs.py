@@ -45,7 +45,9 @@ NOTES = {
            "a plain eager fp32 loop of the same model (the MAE recipe's 8 x 512 decoder on a ViT-Ti encoder, 64 px "
            "/ patch 8 and 224 px / patch 16), both fed by the engine's data path; alternating rounds, medians; "
            "the engine's step split by phase; FLOP/s as fractions of measured fp32 and bf16 matmul peaks. "
-           "Method: benchmarks/step_bench.py.",
+           "Method: benchmarks/step_bench.py. On this CPU (no native bf16) auto means fp32 and eager: the step is "
+           "matmul-bound, and a compiled engine step measured 0.98x eager at 64 px after 352 s of compiling "
+           "(1 thread, load ~10); the fp32 matmul peak itself varied 13-34 GFLOP/s between rounds of this run.",
     "dino": "The same comparison for DINOv2 (student + EMA teacher, multi-crop in the data path): the "
             "dinov2_vit_tiny_demo recipe at 64 px, the DINOv2 defaults (8 local crops of 96 px, 65536 prototypes) "
             "on a ViT-Ti at 224 px.",
