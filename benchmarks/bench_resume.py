@@ -55,7 +55,9 @@ def run(cmd: list[str], cwd: Path) -> float:
 def setup(work: Path, wanted: list[str]) -> None:
     """Inputs the wanted commands share: a phantom card, a trained tiny generator, a site key."""
     run(synthfm("synth", "phantom", "-o", work / "card", "--n", "48", "--size", "32"), work)
-    if "generate" not in wanted and "site run" not in wanted:
+    if "site run" in wanted:
+        run(synthfm("site", "keygen", "--site", "site_a", "-o", work / "keys"), work)
+    if "generate" not in wanted:
         return
     gen_cfg = {"objective": "diffusion", "image_size": 32, "batch_size": 8, "log_every": 2, "checkpoint_every": 4,
                "diffusion": {"conditions": ["dr_grade"], "prediction_type": "sample",
@@ -64,7 +66,6 @@ def setup(work: Path, wanted: list[str]) -> None:
                "stages": [{"name": "main", "steps": 8, "sources": [{"source": str(work / "card"), "split": "train"}]}]}
     (work / "generator.yaml").write_text(yaml.safe_dump(gen_cfg))
     run(synthfm("pretrain", "run", work / "generator.yaml", "-o", work / "gen"), work)
-    run(synthfm("site", "keygen", "--site", "site_a", "-o", work / "keys"), work)
 
 
 def commands(work: Path) -> dict[str, Any]:
