@@ -92,7 +92,7 @@ def commands(work: Path) -> dict[str, Any]:
             "report": {"title": "resume"}}
     (work / "pipeline.yaml").write_text(yaml.safe_dump(pipe, sort_keys=False))
     site = {"site": "site_a", "card": str(work / "card"), "generator": {"size": 32},
-            "audit": {"n_samples": 16}, "summary": {"k": 2}}
+            "audit": {"n_samples": 16}, "summary": {"k": 10}}
     (work / "site.yaml").write_text(yaml.safe_dump(site))
     return {
         "pretrain": lambda out: synthfm("pretrain", "run", work / "pretrain.yaml", "-o", out),
