@@ -318,6 +318,14 @@ def _mount() -> None:
 _mount()
 
 
+def _fail(message: str, fix: str = "", code: int = 2) -> None:
+    """Print one error (never wrapped inside a path) and its fix, then exit."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    if fix:
+        err_console.print(f"[bold]fix:[/] {fix}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; bad input exits 2 with one clear message (traceback only with --debug)."""
     args = sys.argv[1:] if argv is None else argv
