@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from typer.testing import CliRunner
 
 from synthfm.analyze.commands import app
@@ -36,16 +35,17 @@ def test_latent_maps_and_keymeta_from_them(planted_card: Path, tmp_path: Path) -
     assert ranked["knn_balanced_accuracy"].between(0, 1).all() and ranked["silhouette"].notna().all()
 
 
-def test_latent_refuses_wrong_channels(planted_card: Path, tmp_path: Path) -> None:
-    """A 1-channel encoder on an RGB card is one clear error naming the card and the fix."""
-    from synthfm.errors import SynthfmError
+def test_latent_adapts_an_encoder_of_another_channel_count(planted_card: Path, tmp_path: Path) -> None:
+    """A 1-channel encoder on an RGB card has its patch embedding adapted (timm's adapt_input_conv), not refused."""
+    from synthfm.analyze.latent import encoder_from
     from synthfm.models.backbones import create_backbone
     from synthfm.models.checkpoint import save_pretrained
 
     encoder = save_pretrained(create_backbone("vit_tiny_p8_64", in_chans=1, **TINY), tmp_path / "gray_encoder")
-    gray = LatentConfig(cards=[str(planted_card)], encoder=str(encoder), n=8)
-    with pytest.raises(SynthfmError, match="takes 1-channel images but card 'planted'"):
-        run_latent(gray, tmp_path / "gray")
+    gray = LatentConfig(cards=[str(planted_card)], encoder=str(encoder), n=8, perplexity=2, methods=["tsne"],
+                        threads=1)
+    assert encoder_from(gray, 3).patch_embed.proj.in_channels == 3
+    assert len(pd.read_csv(run_latent(gray, tmp_path / "gray"))) == 8
 
 
 def test_latent_maps_shard_cards_like_folder_cards(planted_card: Path, tmp_path: Path) -> None:
