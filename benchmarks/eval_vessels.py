@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from synthfm.analyze.morphology import _resize, read_mask
 from synthfm.analyze.unet import UNetConfig, make_example, predict_unet, train_unet
+from synthfm.analyze.vessel_study import native_image, upsample
 from synthfm.analyze.vessels import field_of_view, segment_classical, segmentation_metrics
 from synthfm.data.manifest import ID, load_card
 from synthfm.synth.fundus import FundusPhantom
@@ -41,11 +41,6 @@ PUBLISHED = ("Badawi & Fraz 2018 (optimised B-COSFIRE filter, PeerJ 6:e5855, doi
              "accuracy 0.9530 on CHASE-DB1, as stated in its abstract. Other published classical figures "
              "(Fraz et al. 2012, IEEE TBME; Azzopardi et al. 2015, B-COSFIRE, Med. Image Anal.) are not quoted "
              "here because their figures have not been checked against the papers.")
-
-
-def upsample(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A probability map resized (bilinear) to the native image shape."""
-    return np.asarray(Image.fromarray(prob.astype(np.float32)).resize((shape[1], shape[0]), Image.BILINEAR))
 
 
 def train(examples: list, steps: int, seed: int) -> torch.nn.Module:
@@ -77,7 +72,7 @@ def main() -> None:
     data = load_card(REPO / "configs" / "cards" / "chase_db1.yaml")
     rows = list(range(len(data)))
     train_rows, test_rows = rows[:20], rows[20:]
-    native = {r: data_image(data, r) for r in rows}
+    native = {r: native_image(data, r) for r in rows}
     ref = {r: read_mask(data, r, "vessel", native[r].shape[:2]) > 0 for r in test_rows}
     ref2 = {r: read_mask(data, r, "vessel_2nd_observer", native[r].shape[:2]) > 0 for r in test_rows}
     fov = {r: field_of_view(native[r]) for r in test_rows}
@@ -125,13 +120,6 @@ def main() -> None:
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(doc))
     print(json.dumps(doc, indent=1))
-
-
-def data_image(data: object, r: int) -> np.ndarray:
-    """The native RGB image of row r of a folder card."""
-    from synthfm.data.images import load_image
-
-    return load_image(data.image_path(r), 3)  # type: ignore[attr-defined]
 
 
 def markdown(doc: dict) -> str:

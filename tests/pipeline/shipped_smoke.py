@@ -16,8 +16,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CAPS = {"n": 40, "size": 32, "batch_size": 8, "shard_size": 16, "image_size": 64, "limit": 16, "kid_subsets": 2,
-        "n_boot": 20, "n_samples": 8, "synthesize": 20}
-SET = {"steps": 2, "epochs": 1, "warmup_epochs": 0, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1}
+        "n_boot": 20, "n_samples": 8, "synthesize": 20, "work_size": 64, "phantom_images": 2, "test_last": 2}
+SET = {"steps": 2, "epochs": 1, "warmup_epochs": 0, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1,
+       "pretrain_steps": 2, "finetune_steps": 2}
 SMALL_UNET = {"block_out_channels": [16, 32], "attention": [False, False], "layers_per_block": 1, "norm_num_groups": 8}
 
 
@@ -39,7 +40,7 @@ def _value(key: str, value: Any) -> Any:
         return "no"
     if key == "dtype" and value == "bfloat16":
         return "float32"
-    if key == "unet" and isinstance(value, dict):
+    if key == "unet" and isinstance(value, dict) and "width" not in value:  # a diffusion UNet (not the vessel one)
         return {**value, **SMALL_UNET}
     return shrink(value)
 

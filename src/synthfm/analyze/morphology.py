@@ -26,7 +26,15 @@ from pydantic import Field
 
 from synthfm.analyze import indices as ix
 from synthfm.analyze.plots import image_grid
-from synthfm.analyze.unet import UNetConfig, load_unet, make_example, predict_unet, save_unet, train_unet
+from synthfm.analyze.unet import (
+    UNetConfig,
+    load_unet,
+    make_example,
+    phantom_examples,
+    predict_unet,
+    save_unet,
+    train_unet,
+)
 from synthfm.analyze.vessels import field_of_view, segment_classical, segmentation_metrics
 from synthfm.config import StrictModel
 from synthfm.data.images import load_image
@@ -113,14 +121,7 @@ def iter_images(data: CardData, rows: list[int], size: int | None) -> Iterator[t
 # ---- segmenters ---------------------------------------------------------------------------------------
 def training_examples(cfg: MorphologyConfig, data: CardData, vessel: str | None) -> list:
     """U-Net training examples: rendered phantoms and the card's masked rows allowed by `train_masks`."""
-    from synthfm.synth.fundus import FundusPhantom
-
-    size = cfg.size or 512
-    gen = FundusPhantom()
-    out = []
-    for i in range(cfg.unet.phantom_images):
-        s = gen.generate({}, cfg.unet.phantom_seed + i, size)
-        out.append(make_example(s.image, s.masks["vessels"], s.masks["fov"] > 0))
+    out = phantom_examples(cfg.unet.phantom_images, cfg.unet.phantom_seed, cfg.size or 512)
     if vessel and cfg.train_masks != "none" and data.card.source.format != "shards":
         rows = data.indices("train") if cfg.train_masks == "train" else data.indices()
         for r, rgb in iter_images(data, [int(r) for r in rows], cfg.size):

@@ -124,8 +124,20 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target) + dice
 
 
-def train_unet(examples: list[Example], cfg: UNetConfig) -> TinyUNet:
-    """Train a TinyUNet on the examples' random patches."""
+def phantom_examples(count: int, seed: int, size: int) -> list[Example]:
+    """Training examples from `count` rendered fundus phantoms (seeds seed, seed+1, ...) with exact vessel masks."""
+    from synthfm.synth.fundus import FundusPhantom
+
+    gen = FundusPhantom()
+    out = []
+    for i in range(count):
+        s = gen.generate({}, seed + i, size)
+        out.append(make_example(s.image, s.masks["vessels"], s.masks["fov"] > 0))
+    return out
+
+
+def train_unet(examples: list[Example], cfg: UNetConfig, init: TinyUNet | None = None) -> TinyUNet:
+    """Train a TinyUNet on the examples' random patches (from `init`'s weights when given: fine-tuning)."""
     if not examples:
         raise SynthfmError("no training images for the vessel U-Net",
                            "render phantoms (unet.phantom_images > 0) or use a card with vessel masks")
@@ -133,16 +145,21 @@ def train_unet(examples: list[Example], cfg: UNetConfig) -> TinyUNet:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(examples, cfg)
+        return _train(examples, cfg, init)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(examples: list[Example], cfg: UNetConfig) -> TinyUNet:
+def _train(examples: list[Example], cfg: UNetConfig, init: TinyUNet | None) -> TinyUNet:
     """The training loop of `train_unet`."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     net = TinyUNet(cfg.width)
+    if init is not None:
+        if init.width != cfg.width:
+            raise SynthfmError(f"the U-Net to fine-tune has width {init.width}, the config asks for {cfg.width}",
+                               f"set unet.width to {init.width}")
+        net.load_state_dict(init.state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     net.train()

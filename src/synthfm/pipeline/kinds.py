@@ -382,6 +382,8 @@ ANALYZE_KINDS = {
                               "which metadata fields matter (stratified Kruskal-Wallis, separability)"),
     "gradcam": _analysis_kind("gradcam", "GradCAMConfig", "run_gradcam", lambda cfg: [cfg.adapt_run],
                               "Grad-CAM heat maps of an adapted classifier, pointing game"),
+    "vessel_study": _analysis_kind("vessel_study", "VesselStudyConfig", "run_vessel_study", lambda cfg: [cfg.card],
+                                   "vessel U-Net with vs without phantom pretraining, Sato, second observer"),
 }
 
 

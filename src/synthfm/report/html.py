@@ -290,6 +290,8 @@ def verdict_lines(run: Run) -> list[str]:
         comps.append(comp)
     lines = [line for j in run.stage("evaluate", "arms")
              for line in arms_verdict(json.loads((Path(j["dir"]) / "arms.json").read_text()))]
+    lines += [line for j in run.stage("analyze", "vessel_study")  # the study writes its own sentences
+              for line in json.loads((Path(j["dir"]) / "vessel_study.json").read_text())["verdict"]]
     lines = lines + verdict(comps) if comps or not lines else lines
     gates = [j for j in run.jobs if j["stage"] == "quality" and (Path(j["dir"]) / "quality.json").is_file()]
     return lines + [line for j in gates  # a gate that stopped the run still says why
