@@ -50,6 +50,22 @@ def test_interrupted_stage_resumes(tmp_path: Path) -> None:
     assert run.open() == "resume" and len(run.metrics()) == 1
 
 
+def test_resumed_stage_logs_each_step_once(tmp_path: Path) -> None:
+    """A stage's work starts over when resumed: the killed attempt's records are not kept beside the new ones."""
+    def crash(run: RunDir) -> dict:
+        run.log(step="summary")
+        raise RuntimeError("killed")
+
+    def work(run: RunDir) -> dict:
+        run.log(step="summary")
+        run.log(step="train")
+        return {}
+    with pytest.raises(RuntimeError):
+        run_stage(tmp_path / "r", "demo", Cfg(), crash)
+    run = run_stage(tmp_path / "r", "demo", Cfg(), work)
+    assert [r["step"] for r in run.metrics()] == ["summary", "train"]
+
+
 def test_other_config_in_same_dir_is_an_error(tmp_path: Path) -> None:
     RunDir(tmp_path / "r", "demo", Cfg()).open()
     with pytest.raises(SynthfmError, match="different config"):

@@ -140,6 +140,10 @@ class RunDir:
         """Append one metrics record (flushed and synced, so a kill loses at most this line)."""
         self.append(METRICS_FILE, [{"time": time.time(), **metrics}])
 
+    def restart_metrics(self) -> None:
+        """Forget a killed attempt's metrics records, for work that starts over when resumed (it logs them again)."""
+        (self.path / METRICS_FILE).unlink(missing_ok=True)
+
     def metrics(self) -> list[dict[str, Any]]:
         """Read back the metrics log, skipping a torn last line."""
         return self.records(METRICS_FILE)
@@ -181,10 +185,13 @@ class RunDir:
 
 
 def run_stage(path: str | Path, stage: str, config: BaseModel, work: Callable[[RunDir], dict[str, Any]]) -> RunDir:
-    """Run `work` in a run directory unless it already finished with this config."""
+    """Run `work` in a run directory unless it already finished with this config (a resumed `work` starts over)."""
     run = RunDir(path, stage, config)
-    if run.open() == "done":
+    status = run.open()
+    if status == "done":
         return run
+    if status == "resume":  # `work` starts over: its records would follow the killed attempt's
+        run.restart_metrics()
     summary = work(run)
     run.complete(**(summary or {}))
     return run

@@ -322,8 +322,11 @@ def _card(sources: list[SyntheticSource], labels: dict[str, list[str]], df: pd.D
 def compose(cfg: ComposeConfig, out_dir: str | Path) -> Path:
     """Verify, plan, render and merge into one card in `out_dir` (resumable); return its dataset.yaml."""
     run = RunDir(out_dir, STAGE, cfg)
-    if run.open() == "done":
+    status = run.open()
+    if status == "done":
         return run.path / "dataset.yaml"
+    if status == "resume":  # bundles are verified (and logged) again; rendered rows resume from progress
+        run.restart_metrics()
     synthetic = bundle_sources(cfg, run)
     site_counts(synthetic, [b.n for b in cfg.bundles], cfg)
     synthetic += real_sources(cfg, run)
