@@ -92,3 +92,18 @@ def test_cli_app_has_train_and_generate(tmp_path) -> None:
     (tmp_path / "mae.yaml").write_text("objective: mae\nstages: [{name: a, sources: [{source: rasd}], steps: 1}]\n")
     with pytest.raises(SynthfmError, match="not 'diffusion'"):
         train_command(tmp_path / "mae.yaml", tmp_path / "run")
+
+
+def test_a_task_name_selects_and_encodes_its_label_column_field() -> None:
+    """A card task 'pneumonia' stored in column 'label' is conditioned on as 'pneumonia' (its field is 'label')."""
+    from synthfm.synth.diffusion.conditions import CondField
+
+    task = {"name": "pneumonia", "type": "binary", "classes": ["normal", "pneumonia"], "columns": ["label"]}
+    schema = ConditionSchema([CondField("label", "task", ("normal", "pneumonia")),
+                              CondField("sex", "metadata", ("F", "M"))], [task], {"sex": "sex"})
+    chosen = schema.select(["pneumonia"])
+    assert chosen.names == ["label"] and chosen.tasks == [task]
+    assert schema.encode({"pneumonia": "pneumonia", "sex": "M"}).tolist() == [2, 2]
+    assert schema.get("pneumonia") is schema.get("label")
+    with pytest.raises(SynthfmError, match=r"condition 'grade' is not one .*tasks \['pneumonia'\]"):
+        schema.select(["grade"])

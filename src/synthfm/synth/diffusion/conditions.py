@@ -86,18 +86,25 @@ class ConditionSchema:
         """Number of values per field (embedding tables hold one more: the null token)."""
         return [len(f.values) for f in self.fields]
 
-    def get(self, name: str) -> CondField:
-        """A field by name; an unknown name is a SynthfmError listing the known ones."""
-        for f in self.fields:
-            if f.name == name:
-                return f
-        raise SynthfmError(f"condition '{name}' is not one this generator was trained on; it knows {self.names}",
+    def field_name(self, name: str) -> str:
+        """The field a name means: a field's own name, or a single-label task's name (the field of its column)."""
+        if name in self.names:
+            return name
+        for t in self.tasks:
+            if t["name"] == name and t["type"] != "multilabel" and t["columns"][0] in self.names:
+                return t["columns"][0]
+        raise SynthfmError(f"condition '{name}' is not one this generator was trained on; it knows {self.names}"
+                           + (f" (tasks {[t['name'] for t in self.tasks]})" if self.tasks else ""),
                            "drop the key, or train a generator whose cards declare it")
+
+    def get(self, name: str) -> CondField:
+        """A field by name (or task name); an unknown name is a SynthfmError listing the known ones."""
+        name = self.field_name(name)
+        return next(f for f in self.fields if f.name == name)
 
     def encode(self, condition: dict[str, Any]) -> np.ndarray:
         """A condition mapping -> index vector (missing fields 0); unknown keys or values raise."""
-        for key in condition:
-            self.get(key)
+        condition = {self.field_name(key): value for key, value in condition.items()}
         return np.array([f.index(condition.get(f.name)) for f in self.fields], dtype=np.int64)
 
     def decode(self, indices: np.ndarray) -> dict[str, str | None]:
@@ -109,6 +116,7 @@ class ConditionSchema:
         """Only the named fields, in the given order (None: all)."""
         if names is None:
             return self
+        names = [self.field_name(n) for n in names]
         chosen = [self.get(n) for n in names]
         keep = set(names)
         tasks = [t for t in self.tasks if set(t["columns"]) & keep]
