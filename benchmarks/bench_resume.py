@@ -1,21 +1,29 @@
 """Kill -9 at random points, then rerun the same command: is the output identical to an uninterrupted run?
 
-For each long command (pretrain, phantom, generate, adapt, pipeline, site run) at smoke size: two
-uninterrupted runs give the reference and tell which files differ from run to run anyway (timestamps,
-durations); then each trial starts the command, kills it with SIGKILL at a random moment inside the
-reference's wall time, reruns it to completion and compares every other file byte for byte (the run's own
-folder path masked). A finished output must also hold no hidden `.tmp` file and no lock.
+For each long command (pretrain, phantom, generate, adapt, pipeline, site run) at smoke size: uninterrupted
+reference runs give the expected output and tell which files or fields differ from run to run anyway
+(timestamps: two runs in the same folder are compared field by field for JSON / JSONL / YAML / CSV / parquet,
+byte for byte otherwise; a `git_commit` field and the `event: resume` record a resumed run logs are never
+compared). Each trial starts the command, waits until it has begun writing its output folder, kills
+it with SIGKILL at a point drawn from one of `trials` equal slices of the reference's working time (every third
+trial then waits for an atomic write in flight, a hidden `.tmp` file, and kills it there), reruns it to completion
+in the same folder and compares every file outside the volatile fields with a reference run in that folder (the
+folder's own path masked). A finished output must also hold no hidden `.tmp` file and no lock.
 
     python benchmarks/bench_resume.py [--quick] [--trials 20] [--only pretrain,phantom] [--json OUT]
 
-Prints one JSON object: per command the trials, how many resumed identical, the mismatching files, stray
-files, the reference wall time, and the 1-minute load average at start and end.
+Prints one JSON object: per command the trials, how many were killed mid-run and during a write, how many resumed
+identical, the mismatching files, stray files, the reference wall and working time, the 1-minute load average at
+the command's start and end, and the volatile files and fields.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import random
@@ -107,14 +115,115 @@ def commands(work: Path) -> dict[str, Any]:
 
 # ---- comparing outputs -------------------------------------------------------------------------------------------
 
-def digests(folder: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of the bytes with the folder's own path masked (it is written into some files)."""
-    out = {}
-    mask = str(folder).encode()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and not p.is_symlink():
-            out[p.relative_to(folder).as_posix()] = hashlib.sha256(p.read_bytes().replace(mask, b"<OUT>")).hexdigest()
-    return out
+STRUCTURED = (".json", ".jsonl", ".yaml", ".yml", ".csv", ".parquet")
+TEXT = (*STRUCTURED, ".md", ".html", ".txt")
+Path_ = tuple[str, ...]  # a field inside a structured file: keys, with "*" for any list item
+
+
+ALWAYS_VOLATILE = ("git_commit",)  # the shared checkout may gain commits while a trial runs
+
+
+def dropped(obj: Any) -> Any:
+    """`obj` without the fields that may differ for reasons outside the command, and (in a JSONL log) without
+    the `{"event": "resume", ...}` record a resumed run adds by design."""
+    if isinstance(obj, dict):
+        return {k: dropped(v) for k, v in obj.items() if k not in ALWAYS_VOLATILE}
+    if isinstance(obj, list):
+        return [dropped(v) for v in obj if not (isinstance(v, dict) and v.get("event") == "resume")]
+    return obj
+
+
+def content(path: Path, folder: Path) -> Any:
+    """A file's content with the run folder's own path and name masked (both are written into some files):
+    parsed for JSON / JSONL / YAML / CSV / parquet, so that single fields can be left out, bytes otherwise."""
+    def mask(text: str) -> str:
+        return text.replace(str(folder), "<OUT>").replace(folder.name, "<NAME>")
+
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+        return json.loads(mask(frame.to_json(orient="records", date_format="iso")))
+    raw = path.read_bytes()
+    if path.suffix not in TEXT:
+        return raw.replace(str(folder).encode(), b"<OUT>")
+    try:
+        text = mask(raw.decode())
+        if path.suffix == ".json":
+            return json.loads(text)
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        if path.suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+        if path.suffix == ".csv":
+            return list(csv.DictReader(io.StringIO(text)))
+        return text
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return raw
+
+
+def differing(a: Any, b: Any, at: Path_ = ()) -> set[Path_]:
+    """The fields whose values differ between two parsed contents (the whole content: `()`)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[Path_] = set()
+        for k in a.keys() | b.keys():
+            out |= differing(a[k], b[k], (*at, str(k))) if k in a and k in b else {(*at, str(k))}
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return set().union(*(differing(x, y, (*at, "*")) for x, y in zip(a, b, strict=True)))
+    same = a == b if isinstance(a, bytes) or isinstance(b, bytes) else json.dumps(a, default=repr) == json.dumps(
+        b, default=repr)
+    return set() if same else {at}
+
+
+def masked(obj: Any, volatile: set[Path_], at: Path_ = ()) -> Any:
+    """`obj` with every volatile field replaced by a placeholder."""
+    if at in volatile:
+        return "<VOLATILE>"
+    if isinstance(obj, dict):
+        return {k: masked(v, volatile, (*at, str(k))) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [masked(v, volatile, (*at, "*")) for v in obj]
+    return obj
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 of a (masked) content."""
+    data = obj if isinstance(obj, bytes) else json.dumps(obj, sort_keys=True, default=repr).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def contents(folder: Path) -> dict[str, Any]:
+    """Relative path -> content of every file in the folder."""
+    return {p.relative_to(folder).as_posix(): dropped(content(p, folder)) for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.is_symlink()}
+
+
+def volatile_fields(first: dict[str, Any], second: dict[str, Any]) -> dict[str, set[Path_]]:
+    """Files (`()`) and fields that differ between two uninterrupted runs in the same folder (timestamps)."""
+    found = {k: differing(first[k], second[k]) if k in first and k in second else {()}
+             for k in first.keys() | second.keys()}
+    return {k: v for k, v in found.items() if v}
+
+
+class Reference:
+    """An uninterrupted run's output: what a resumed run in the same folder must hold outside the volatile fields."""
+
+    def __init__(self, first: dict[str, Any], volatile: dict[str, set[Path_]]) -> None:
+        self.volatile = volatile
+        self.digests = {k: digest(masked(v, volatile.get(k, set()))) for k, v in first.items()
+                        if () not in volatile.get(k, set())}
+
+    def mismatch(self, folder: Path) -> list[str]:
+        """Files of `folder` that differ from the reference outside its volatile fields (or are missing/extra)."""
+        got = {k: v for k, v in contents(folder).items() if () not in self.volatile.get(k, set())}
+        return sorted(k for k in got.keys() | self.digests.keys() if k not in got or k not in self.digests
+                      or digest(masked(got[k], self.volatile.get(k, set()))) != self.digests[k])
+
+
+def described(volatile: dict[str, set[Path_]]) -> list[str]:
+    """The volatile files (`path`) and fields (`path: a.b`, `*` for every list item), for the report."""
+    return sorted(k if () in v else f"{k}: " + ", ".join(sorted(".".join(f) for f in v)) for k, v in volatile.items())
 
 
 def strays(folder: Path) -> list[str]:
@@ -122,43 +231,102 @@ def strays(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob(".*") if any(s in p.name for s in STRAY))
 
 
-def trial(cmd: Any, out: Path, cwd: Path, kill_after: float, reference: dict[str, str],
-          volatile: set[str]) -> dict[str, Any]:
-    """Start, SIGKILL after `kill_after` s, rerun to completion, compare."""
+def writing(folder: Path) -> bool:
+    """Whether an atomic write is in flight under `folder` (its hidden `.tmp` file exists)."""
+    return any(f.startswith(".") and ".tmp" in f for _, _, files in os.walk(folder) for f in files)
+
+
+def started(folder: Path) -> bool:
+    """Whether the command has begun writing its output (anything in the folder, its lock included)."""
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def reference_run(cmd: list[str], out: Path, cwd: Path) -> tuple[float, float]:
+    """Run to completion (raising on failure): (seconds until the output folder is first written, wall)."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
+        first = None
+        while proc.poll() is None:
+            if first is None and started(out):
+                first = time.perf_counter() - t0
+            time.sleep(0.005)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read()[-3000:]}")
+    return (wall if first is None else first), wall
+
+
+def trial(cmd: Any, out: Path, cwd: Path, into_work: float, at_write: bool, window: float,
+          reference: Reference, tag: str) -> dict[str, Any]:
+    """Start; SIGKILL `into_work` s after the output folder is first written (with `at_write`: at the first atomic
+    write in flight from then on, within `window` s); rerun to completion in the same folder; compare."""
+    shutil.rmtree(out, ignore_errors=True)
     proc = subprocess.Popen(cmd(out), cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    try:
-        proc.wait(timeout=kill_after)
-        finished_first = True
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    t0 = time.perf_counter()
+    while proc.poll() is None and not started(out):
+        time.sleep(0.005)
+    t_work = time.perf_counter()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=into_work)
+    during_write = False
+    while at_write and proc.poll() is None and time.perf_counter() < t_work + window \
+            and not (during_write := writing(out)):
+        time.sleep(0.002)
+    killed_at = time.perf_counter()
+    finished_first = proc.poll() is not None
+    if not finished_first:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        finished_first = False
     run(cmd(out), cwd)
-    got = digests(out)
-    diff = sorted(k for k in set(got) | set(reference) if k not in volatile and got.get(k) != reference.get(k))
-    return {"kill_after_s": round(kill_after, 2), "finished_before_kill": finished_first, "identical": not diff,
-            "mismatch": diff[:10], "stray": strays(out)}
+    diff = reference.mismatch(out)
+    stray = strays(out)
+    if diff or stray:  # kept for a look (with --keep)
+        out.rename(out.with_name(f"failed_{tag}"))
+    return {"kill_after_s": round(killed_at - t0, 2), "into_work_s": round(killed_at - t_work, 2),
+            "at_write": at_write, "killed_during_write": during_write and not finished_first,
+            "finished_before_kill": finished_first, "identical": not diff, "mismatch": diff[:10],
+            "stray": stray}
+
+
+def kill_points(trials: int, work: float, rng: random.Random) -> list[tuple[float, bool]]:
+    """Kill moments spread over the reference's working time (after its output folder is first written): one
+    uniform draw in each of `trials` equal slices of it, every third one then waiting for an atomic write."""
+    return [((i + rng.random()) / trials * work, i % 3 == 2) for i in range(trials)]
 
 
 def bench(name: str, cmd: Any, work: Path, trials: int, rng: random.Random) -> dict[str, Any]:
-    """Reference runs, then `trials` kill-and-resume trials (two at a time)."""
-    base = work / name.replace(" ", "_")
-    ref_a, ref_b = base / "ref_a", base / "ref_b"
-    wall = run(cmd(ref_a), work)
-    run(cmd(ref_b), work)
-    reference, again = digests(ref_a), digests(ref_b)
-    volatile = {k for k in set(reference) | set(again) if reference.get(k) != again.get(k)}
-    kills = [rng.uniform(0.15, 0.95) * wall for _ in range(trials)]
+    """Reference runs, then `trials` kill-and-resume trials, two at a time in two folders: each folder has its own
+    reference run (file names may hash the output path), the volatile fields come from two runs in the first."""
+    load_start = round(os.getloadavg()[0], 2)
+    slots = [work / name.replace(" ", "_") / f"out_{i}" for i in (0, 1)]
+    first, wall = reference_run(cmd(slots[0]), slots[0], work)
+    ref_stray = strays(slots[0])
+    run_a = contents(slots[0])
+    shutil.rmtree(slots[0])
+    run(cmd(slots[0]), work)
+    volatile = volatile_fields(run_a, contents(slots[0]))
+    run(cmd(slots[1]), work)
+    refs = [Reference(run_a, volatile), Reference(contents(slots[1]), volatile)]
+    kills = kill_points(trials, wall - first, rng)
+
+    def slot(i: int) -> list[dict[str, Any]]:
+        return [trial(cmd, slots[i], work, *kills[j], wall - first, refs[i], f"t{j:02d}") for j in range(i, trials, 2)]
+
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda ik: trial(cmd, base / f"t{ik[0]:02d}", work, ik[1], reference, volatile),
-                                enumerate(kills)))
+        results = [r for rs in pool.map(slot, (0, 1)) for r in rs]
     killed = [r for r in results if not r["finished_before_kill"]]
     return {"trials": trials, "killed_mid_run": len(killed),
+            "killed_during_write": sum(r["killed_during_write"] for r in killed),
             "identical": sum(r["identical"] for r in results),
             "with_stray_files": sum(bool(r["stray"]) for r in results),
-            "reference_wall_s": round(wall, 2), "files_compared": len(set(reference) - volatile),
-            "volatile_files": sorted(volatile), "reference_stray": strays(ref_a),
+            "reference_wall_s": round(wall, 2), "work_s": round(wall - first, 2),
+            "files_compared": len(refs[0].digests), "load_1m": f"{load_start} / {round(os.getloadavg()[0], 2)}",
+            "volatile": described(volatile), "reference_stray": ref_stray,
+            "into_work_s": sorted(r["into_work_s"] for r in killed),
             "failures": [r for r in results if not r["identical"] or r["stray"]][:5]}
 
 
@@ -168,13 +336,15 @@ def to_doc(result: dict[str, Any], trials: int, wall: float, load: list[float]) 
 
     import torch
 
-    rows = [{"case": name, **{k: r[k] for k in ("trials", "killed_mid_run", "identical", "with_stray_files",
-                                                 "reference_wall_s", "files_compared")}}
+    rows = [{"case": name, **{k: r[k] for k in ("trials", "killed_mid_run", "killed_during_write", "identical",
+                                                 "with_stray_files", "reference_wall_s", "work_s", "files_compared",
+                                                 "load_1m")}}
             for name, r in result.items()]
     return {"benchmark": "bench_resume", "results": rows, "trials_per_command": trials,
             "all_identical": sum(r["identical"] for r in rows), "all_trials": sum(r["trials"] for r in rows),
             "stray_outputs": sum(r["with_stray_files"] for r in rows),
-            "volatile_files": {name: r["volatile_files"] for name, r in result.items()},
+            "volatile": {name: r["volatile"] for name, r in result.items()},
+            "kills_into_work_s": {name: r["into_work_s"] for name, r in result.items()},
             "failures": {name: r["failures"] for name, r in result.items() if r["failures"]},
             "wall_s": wall, "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
             "load_average_1m_start_end": load}
@@ -194,19 +364,26 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_resume_"))
     load_start = round(os.getloadavg()[0], 2)
     t0 = time.perf_counter()
+
+    def write(result: dict[str, Any]) -> str:
+        doc = to_doc(result, trials, round(time.perf_counter() - t0, 1), [load_start, round(os.getloadavg()[0], 2)])
+        text = json.dumps(doc, indent=2)
+        if args.json:  # after every command, so that a run cut short keeps what it measured
+            args.json.write_text(text + "\n")
+        return text
+
+    result: dict[str, Any] = {}
     try:
         cmds = commands(work)
         wanted = [c for c in args.only.split(",") if c] or list(cmds)
         setup(work, wanted)
-        result = {name: bench(name, cmds[name], work, trials, rng) for name in wanted}
+        for name in wanted:
+            result[name] = bench(name, cmds[name], work, trials, rng)
+            write(result)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    doc = to_doc(result, trials, round(time.perf_counter() - t0, 1), [load_start, round(os.getloadavg()[0], 2)])
-    text = json.dumps(doc, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print(write(result))
 
 
 if __name__ == "__main__":
