@@ -79,7 +79,22 @@ def test_results_doc_section_comes_from_the_run(finished: Path) -> None:
 
     make = runpy.run_path(str(Path(__file__).resolve().parents[2] / "docs" / "make_results.py"))
     text = make["pipeline_section"](finished)
-    assert text.startswith("## Headline: tiny") and "- Verdict (tiny arms):" in text
+    assert text.startswith("## tiny") and "- Verdict (tiny arms):" in text
     assert "| arm | 50% | 100% |" in text and "| auroc | MAE | random | 50% |" in text
-    assert "| ResNet-18 (28 px) | 0.717 | 0.524 |" in text and "| ours: MAE, tiny arms |" in text
+    assert "| ours: MAE, tiny arms |" in text and "ResNet-18" not in text  # RetinaMNIST's figures only beside it
     assert "| adapt.mae_probe | adapt |" in text
+    assert make["PUBLISHED_ROWS"]["retinamnist"][3]["AUROC"] == "0.754"  # MedMNIST+ best at 28 px, as cited
+
+
+def test_results_doc_renders_a_vessel_study() -> None:
+    """A vessel study's summary becomes mean ± CI per method and metric, and its paired test a row."""
+    import runpy
+
+    make = runpy.run_path(str(Path(__file__).resolve().parents[2] / "docs" / "make_results.py"))
+    summary = [{"method": "unet_real_only", "metric": "dice", "mean": 0.7, "ci_low": 0.68},
+               {"method": "second_observer", "metric": "auc", "mean": float("nan"), "ci_low": float("nan")}]
+    tests = [{"metric": "dice", "difference": 0.02, "ci_low": -0.01, "ci_high": 0.05, "t": 1.5, "p": 0.2, "n": 5}]
+    text = make["vessel_tables"]({"summary": summary, "tests": tests, "test_images": ["a", "b"],
+                                  "train_images": 20, "seeds": [0, 1, 2, 3, 4]})
+    assert "| unet_real_only | 0.700 ± 0.020 | - |" in text and "| second_observer | - | - |" in text
+    assert "| dice | +0.020 | [-0.010, +0.050] | 1.50 | 0.2 | 5 |" in text
