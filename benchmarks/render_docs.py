@@ -31,7 +31,7 @@ COMMANDS = {
     "quality": "python benchmarks/bench_quality.py --audit-only > docs/bench/quality.json (fd_ranking and the "
                "100k scale figures carried over from a full run, see carried_over)",
     "pipeline": "python benchmarks/bench_pipeline.py --out docs/bench/pipeline.json",
-    "resume": "python benchmarks/bench_resume.py --json docs/bench/resume.json",
+    "resume": "python benchmarks/bench_resume.py --trials 20 --json docs/bench/resume.json --keep",
 }
 NOTES = {
     "loader": "Images/s of one pass through a DataLoader (batch 64) over n images (column n): a folder of PNGs read "
@@ -78,10 +78,17 @@ NOTES = {
     "pipeline": "Wall time of the README's commands in a fresh clone of the committed HEAD: install, the CI run "
                 "(`bash .ci/run`, with the test count and pytest's own time), `make demo` from cold (with "
                 "seconds per job) and again with every job reused. A clean-clone `make demo` costs install + demo.",
-    "resume": "Kill -9 at a random moment inside each long command's uninterrupted wall time, then the same command "
-              "again: `identical` counts trials whose finished output matches an uninterrupted run byte for byte "
-              "(the files that differ between two uninterrupted runs, timestamps, are listed as volatile and left "
-              "out); `with_stray_files` counts finished outputs holding a hidden `.tmp` file or a lock. Smoke sizes; "
+    "resume": "Kill -9 at a random moment of each long command's work, then the same command again in the same "
+              "folder. Each trial waits until the command has begun writing its output folder (imports take most "
+              "of a smoke run's wall time), then kills it at a point drawn from one of `trials` equal slices of "
+              "the reference's working time (`work_s`); every third trial then waits for an atomic write in flight "
+              "(a hidden `.tmp` file) and kills it there (`killed_during_write` counts the kills that caught one). "
+              "`identical` counts trials whose finished output matches an uninterrupted run in the same folder: "
+              "JSON / JSONL / YAML / CSV / parquet field by field, other files byte for byte, leaving out only "
+              "what differs between two uninterrupted runs (listed under `volatile`: timestamps, signatures over "
+              "them), a `git_commit` field and the `event: resume` record a resumed run logs; "
+              "`with_stray_files` counts finished outputs holding a hidden `.tmp` file or a lock. `load_1m` is the "
+              "1-minute load average at the command's start and end (the machine was shared). Smoke sizes; "
               "`trials` per command is 20 for the full run, 3 with `--quick`.",
 }
 
@@ -128,7 +135,20 @@ def readable(rows: list[dict], extra: dict) -> str:
             parts.append(f"{k}:\n\n" + markdown_table([_flat(r) for r in extra.pop(k)]))
     facts = _flat(extra)
     parts.append("\n".join(f"- {k}: {v}" for k, v in facts.items()))
-    return "\n\n".join(parts) + "\n"
+    parts.append(bf16_note(extra))
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def bf16_note(doc: dict) -> str:
+    """Why fraction_of_bf16_peak exceeds 1 on a machine without native bf16 (its bf16 'peak' is emulation)."""
+    peaks = doc.get("matmul_peak_gflop_s") or {}
+    if doc.get("native_bf16") is not False or not peaks.get("bf16"):
+        return ""
+    return (f"This machine has no native bf16, so its measured bf16 matmul 'peak' ({peaks['bf16']} GFLOP/s) is "
+            f"software emulation, {peaks['fp32'] / peaks['bf16']:.0f}x below fp32 ({peaks['fp32']} GFLOP/s). The "
+            "steps run in fp32 (auto never picks bf16 here), so their FLOP/s exceed that emulated 'peak' and "
+            "`fraction_of_bf16_peak` is above 1: it is recorded, but only `fraction_of_fp32_peak` is a goal in "
+            "this case.")
 
 
 def runs(combined: Path) -> dict[str, dict]:
