@@ -26,6 +26,15 @@ def test_written_files_follow_the_umask(tmp_path: Path, umask: object, mask: int
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
+def test_weights_follow_the_umask_though_safetensors_writes_a_private_file(tmp_path: Path, umask: object) -> None:
+    import torch
+
+    from synthfm.models.checkpoint import save_state
+
+    save_state({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
 def test_private_mode_holds_from_the_first_byte(tmp_path: Path, umask: object) -> None:
     with atomic_path(tmp_path / "key.pem", mode=0o600) as tmp:
         assert tmp.stat().st_mode & 0o777 == 0o600  # before anything is written into it

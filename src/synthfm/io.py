@@ -44,11 +44,13 @@ def atomic_path(target: str | Path, suffix: str = "", mode: int | None = None) -
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.fchmod(fd, umask_mode() if mode is None else mode)
+    perms = umask_mode() if mode is None else mode
+    os.fchmod(fd, perms)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, perms)  # a writer may have replaced the file (safetensors writes a fresh 0600 one)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

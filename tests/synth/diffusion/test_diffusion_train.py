@@ -19,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from synthfm.data.manifest import load_card
 from synthfm.data.readers import open_dataset
 from synthfm.errors import SynthfmError
+from synthfm.io import umask_mode
 from synthfm.models.checkpoint import load_state
 from synthfm.pretrain.config import pretrain_config
 from synthfm.pretrain.engine import checkpoint_dirs, pretrain
@@ -66,6 +67,7 @@ def test_export_is_diffusers_safetensors_with_hash(trained: Path) -> None:
     gen_dir = trained / "generator"
     info = json.loads((gen_dir / "generator.json").read_text())
     assert (gen_dir / "model" / "diffusion_pytorch_model.safetensors").is_file()
+    assert all(f.stat().st_mode & 0o777 == umask_mode() for f in gen_dir.rglob("*") if f.is_file())  # not 0600
     assert json.loads((gen_dir / "model" / "config.json").read_text())["condition_sizes"] == [2]
     assert info["hash"] == content_hash(gen_dir) and info["kind"] == "pixel" and info["global_step"] == 160
     assert info["training"]["joint"] == [[64, 1], [64, 2]]  # 64 'no' + 64 'yes' rows

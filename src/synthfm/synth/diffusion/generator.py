@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from diffusers import AutoencoderKL, DDPMScheduler
 from torch import nn
 
 from synthfm.errors import SynthfmError
-from synthfm.io import atomic_write_json
+from synthfm.io import atomic_write_json, umask_mode
 from synthfm.synth.diffusion.conditions import ConditionSchema
 from synthfm.synth.diffusion.model import ConditionalUNet, training_schedule
 from synthfm.synth.diffusion.noise import LATENT, normals
@@ -102,6 +103,9 @@ class Generator:
             scheduler.save_pretrained(str(directory / "scheduler"))
             if self.vae is not None:
                 self.vae.save_pretrained(str(directory / "vae"), safe_serialization=True)
+        for f in directory.rglob("*"):  # safetensors writes private (0600) files: give them the umask's mode
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, umask_mode())
         info = {"format": FORMAT, "kind": self.kind, "image_size": self.image_size, "channels": self.channels,
                 "modality": self.modality, "schema": self.schema.to_dict(),
                 "prompt_template": self.text.template_text if self.text else None, **self.info, **extra,
