@@ -33,6 +33,19 @@ METRICS_FILE = "metrics.jsonl"
 MARKER_FILE = "COMPLETE.json"
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log (none if it is missing; a torn line from a kill is skipped)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 @cache
 def git_commit() -> str:
     """The git commit of the synthfm source tree, or 'unknown' outside a checkout."""
@@ -157,16 +170,7 @@ class RunDir:
 
     def records(self, name: str) -> list[dict[str, Any]]:
         """Read a JSON-lines log of the run directory (a torn line from a kill is skipped)."""
-        path = self.path / name
-        if not path.is_file():
-            return []
-        out = []
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return read_jsonl(self.path / name)
 
     def done_rows(self, name: str = "progress.jsonl") -> dict[int, dict[str, Any]]:
         """Rows finished by an earlier attempt, from a progress log keyed by 'row'."""

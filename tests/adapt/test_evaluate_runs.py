@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -41,6 +42,12 @@ def test_predictions_carry_card_metadata(experiment: Path, phantom_card: Path) -
 
 def test_fairness_tables_match_hand_computation(experiment: Path) -> None:
     tables = evaluate_experiment(experiment, FCFG)
+    epochs = tables["finetune_curve"]  # one epoch per run: its logged validation AUROC, averaged over seeds
+    assert list(epochs["epoch"]) == [1, 1] and (epochs["n"] == 2).all() and (epochs["seconds"] > 0).all()
+    logged = [json.loads((run_path(experiment, 1.0, s) / "metrics.jsonl").read_text().splitlines()[0])["val_auroc"]
+              for s in SEEDS]
+    assert epochs.query("fraction == 1.0")["mean"].iloc[0] == pytest.approx(np.mean(logged))
+    assert (experiment / "finetune_curve.parquet").is_file()
     sub = tables["subgroups"].query("fraction == 1.0 and split == 'test' and eval_set == 'internal'")
     assert set(sub["attribute"]) == {"age", "sex"}  # the phantom card records no site
     values = {}

@@ -62,3 +62,31 @@ def test_fraction_to_match_unsorted_input_and_unknown_reference() -> None:
         labels_needed(results(CURVES), reference="nope")
     with pytest.raises(SynthfmError, match="no results for metric 'kappa'"):
         label_curve(results(CURVES), metric="kappa")
+
+
+def test_epoch_seconds_skip_the_gap_of_a_resume() -> None:
+    """Gaps between epoch records (the first from the start); after a resume the median of the others."""
+    from synthfm.evaluate.efficiency import epoch_seconds
+
+    records = [{"epoch": 0, "time": 10.0}, {"epoch": 1, "time": 13.0}, {"epoch": 2, "time": 17.0},
+               {"event": "resume", "time": 25.0}, {"epoch": 3, "time": 30.0}, {"epoch": 4, "time": 33.0}]
+    assert epoch_seconds(records, 8.0) == [2.0, 3.0, 4.0, 3.0, 3.0]  # median of 2, 3, 4, 3
+
+
+def test_finetune_curve_over_runs(tmp_path) -> None:
+    """Validation score per label fraction and epoch over the runs, with mean cumulative seconds."""
+    import json
+
+    from synthfm.evaluate.efficiency import finetune_curve
+
+    for seed, vals in ((0, [0.6, 0.7]), (1, [0.8, 0.9])):
+        run = tmp_path / "fraction_0.5" / f"seed_{seed}"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("created: '2026-01-01T00:00:00+0000'\n")
+        start = 1767225600.0  # 2026-01-01T00:00:00Z
+        lines = [{"time": start + 10 * (e + 1) * (seed + 1), "epoch": e, "val_auroc": v} for e, v in enumerate(vals)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    curve = finetune_curve(tmp_path)
+    assert list(curve["epoch"]) == [1, 2] and list(curve["n"]) == [2, 2]
+    assert list(curve["mean"]) == pytest.approx([0.7, 0.8])
+    assert list(curve["seconds"]) == pytest.approx([15.0, 30.0])  # seed 0: 10, 20 s; seed 1: 20, 40 s

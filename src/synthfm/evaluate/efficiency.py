@@ -9,14 +9,19 @@ reaches it, that smallest fraction is an upper bound (the curve says nothing bel
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.results import INTERNAL, load_results, summary_table
+from synthfm.runs import CONFIG_FILE, METRICS_FILE, read_jsonl
 
 MODEL = ("experiment",)
+FINETUNE_CURVE = "finetune_curve"
 CURVE_COLUMNS = ("fraction", "n", "mean", "ci_low", "ci_high", "boot_low", "boot_high")
 
 
@@ -73,3 +78,58 @@ def labels_needed(results: pd.DataFrame | str, reference: str, metric: str = "au
                      "target": float(top["mean"]), "fraction_needed": needed, "reached": not np.isnan(needed),
                      "note": note, "metric": metric, "split": split, "eval_set": eval_set})
     return pd.DataFrame(rows)
+
+
+# ---- training-time efficiency ------------------------------------------------------------------------------
+def _created(run: Path) -> float | None:
+    """When a run directory was created (its config header), as a Unix time."""
+    header = yaml.safe_load((run / CONFIG_FILE).read_text()) if (run / CONFIG_FILE).is_file() else {}
+    try:
+        return datetime.strptime(str(header.get("created")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return None
+
+
+def epoch_seconds(records: list[dict], start: float | None) -> list[float]:
+    """Seconds each epoch record took: the gap to the record before (the first: since `start`); an epoch logged
+    right after a resume (a kill and restart) gets the median of the others instead of the gap."""
+    gaps, resumed, last = [], set(), start
+    for r in records:
+        if "event" in r:
+            resumed.add(len(gaps))
+            continue
+        gaps.append(float(r["time"]) - last if last is not None else float("nan"))
+        last = float(r["time"])
+    clean = [g for i, g in enumerate(gaps) if i not in resumed and np.isfinite(g)]
+    fill = float(np.median(clean)) if clean else float("nan")
+    return [fill if (i in resumed or not np.isfinite(g)) else g for i, g in enumerate(gaps)]
+
+
+def epoch_records(exp: str | Path, metric: str = "auroc") -> pd.DataFrame:
+    """One row per run and epoch of an adaptation experiment: label fraction, run, epoch, the validation
+    `metric` logged after that epoch, and the training seconds up to it."""
+    rows = []
+    for log in sorted(Path(exp).rglob(METRICS_FILE)):
+        run = log.parent
+        fraction = next((float(p.removeprefix("fraction_")) for p in run.relative_to(exp).parts
+                         if p.startswith("fraction_")), None)
+        records = [r for r in read_jsonl(log) if "epoch" in r or "event" in r]
+        if fraction is None or not any(f"val_{metric}" in r for r in records):
+            continue
+        seconds = np.cumsum(epoch_seconds(records, _created(run)))
+        epochs = [r for r in records if "event" not in r]
+        rows += [{"fraction": fraction, "run": str(run.relative_to(exp)), "epoch": int(r["epoch"]) + 1,
+                  "value": float(r[f"val_{metric}"]), "seconds": float(s)}
+                 for r, s in zip(epochs, seconds, strict=True)]
+    return pd.DataFrame(rows, columns=["fraction", "run", "epoch", "value", "seconds"])
+
+
+def finetune_curve(exp: str | Path, metric: str = "auroc") -> pd.DataFrame:
+    """Training-time efficiency: per label fraction and epoch, the validation metric over runs (mean, 95% CI) and
+    the mean training seconds to that epoch."""
+    records = epoch_records(exp, metric)
+    if records.empty:
+        return pd.DataFrame(columns=["fraction", "epoch", *CURVE_COLUMNS[1:], "seconds", "metric"])
+    curve = summary_table(records, by=["fraction", "epoch"])
+    secs = records.groupby(["fraction", "epoch"])["seconds"].mean().rename("seconds").reset_index()
+    return curve.merge(secs, on=["fraction", "epoch"]).assign(metric=f"val_{metric}")

@@ -2,7 +2,8 @@
 
 Each run of an adaptation experiment saved its per-image predictions with the card's metadata columns
 (`predictions_<split>.parquet`, `external/<set>/predictions_<split>.parquet`); this reads them back, so no
-model is run again. Tables go to `EXP/fairness/` and `EXP/label_curve.*` (see `evaluate.results`).
+model is run again. Tables go to `EXP/fairness/`, `EXP/label_curve.*` and `EXP/finetune_curve.*` (the validation
+score after every training epoch, with the training seconds to it: see `evaluate.efficiency`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from synthfm.adapt.trainer import EXTERNAL_DIR, STAGE, read_predictions
 from synthfm.config import dump_config, validate_config
 from synthfm.data.card import read_card
 from synthfm.errors import SynthfmError
-from synthfm.evaluate.efficiency import label_curve
+from synthfm.evaluate.efficiency import FINETUNE_CURVE, finetune_curve, label_curve
 from synthfm.evaluate.fairness import FairnessConfig, fairness_frames
 from synthfm.evaluate.results import (
     FAIRNESS_DIR,
@@ -110,4 +111,6 @@ def evaluate_experiment(exp: str | Path, fcfg: FairnessConfig | None = None, met
         write_table(df, exp / FAIRNESS_DIR / name)
     atomic_write_text(exp / FAIRNESS_DIR / "config.yaml", dump_config(fcfg))
     write_table(curve, exp / LABEL_CURVE)
-    return {**tables, LABEL_CURVE: curve}
+    epochs = finetune_curve(exp, metric)  # training-time efficiency: the validation score after every epoch
+    write_table(epochs, exp / FINETUNE_CURVE)
+    return {**tables, LABEL_CURVE: curve, FINETUNE_CURVE: epochs}
