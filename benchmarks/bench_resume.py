@@ -134,10 +134,10 @@ def dropped(obj: Any) -> Any:
 
 
 def content(path: Path, folder: Path) -> Any:
-    """A file's content with the run folder's own path and name masked (both are written into some files):
-    parsed for JSON / JSONL / YAML / CSV / parquet, so that single fields can be left out, bytes otherwise."""
+    """A file's content with the run folder's own path masked (it is written into some files): parsed for JSON /
+    JSONL / YAML / CSV / parquet, so that single fields can be left out, bytes otherwise."""
     def mask(text: str) -> str:
-        return text.replace(str(folder), "<OUT>").replace(folder.name, "<NAME>")
+        return text.replace(str(folder), "<OUT>")
 
     if path.suffix == ".parquet":
         import pandas as pd
@@ -281,15 +281,19 @@ def trial(cmd: Any, out: Path, cwd: Path, into_work: float, at_write: bool, wind
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    run(cmd(out), cwd)
+    row = {"kill_after_s": round(killed_at - t0, 2), "into_work_s": round(killed_at - t_work, 2),
+           "at_write": at_write, "killed_during_write": during_write and not finished_first,
+           "finished_before_kill": finished_first}
+    try:
+        run(cmd(out), cwd)
+    except RuntimeError as e:  # the resumed run failed: a failed trial, not a failed benchmark
+        out.rename(out.with_name(f"failed_{tag}"))
+        return {**row, "identical": False, "error": str(e)[-1500:], "mismatch": [], "stray": []}
     diff = reference.mismatch(out)
     stray = strays(out)
     if diff or stray:  # kept for a look (with --keep)
         out.rename(out.with_name(f"failed_{tag}"))
-    return {"kill_after_s": round(killed_at - t0, 2), "into_work_s": round(killed_at - t_work, 2),
-            "at_write": at_write, "killed_during_write": during_write and not finished_first,
-            "finished_before_kill": finished_first, "identical": not diff, "mismatch": diff[:10],
-            "stray": stray}
+    return {**row, "identical": not diff, "mismatch": diff[:10], "stray": stray}
 
 
 def kill_points(trials: int, work: float, rng: random.Random) -> list[tuple[float, bool]]:
@@ -346,6 +350,7 @@ def to_doc(result: dict[str, Any], trials: int, wall: float, load: list[float]) 
             "volatile": {name: r["volatile"] for name, r in result.items()},
             "kills_into_work_s": {name: r["into_work_s"] for name, r in result.items()},
             "failures": {name: r["failures"] for name, r in result.items() if r["failures"]},
+            "command": " ".join(["python benchmarks/bench_resume.py", *sys.argv[1:]]),
             "wall_s": wall, "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
             "load_average_1m_start_end": load}
 

@@ -33,6 +33,32 @@ def test_pipeline_benchmark_reads_the_pytest_summary_line() -> None:
     assert pytest_summary("no tests ran") is None
 
 
+def test_resume_benchmark_compares_everything_but_what_two_uninterrupted_runs_disagree_on(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_resume import Reference, contents, described, volatile_fields
+
+    def output(name: str, created: str, times: list[float], losses: list[float], extra: str = "") -> Path:
+        out = tmp_path / name
+        out.mkdir()
+        (out / "config.yaml").write_text(f"git_commit: {name}\ncreated: {created}\nout: {out}\n")
+        (out / "metrics.jsonl").write_text(extra + "".join(json.dumps({"time": t, "loss": v}) + "\n"
+                                                           for t, v in zip(times, losses, strict=True)))
+        (out / "w.bin").write_bytes(b"\x00\x01")
+        return out
+
+    first = output("a", "10:00", [1.0, 2.0], [0.5, 0.25])
+    volatile = volatile_fields(contents(first), contents(output("b", "11:00", [3.0, 4.0], [0.5, 0.25])))
+    assert described(volatile) == ["config.yaml: created", "metrics.jsonl: *.time"]  # the path and commit masked
+    reference = Reference(contents(first), volatile)
+    resumed = '{"event": "resume", "global_step": 1}\n'  # what a resumed run logs by design
+    assert reference.mismatch(output("c", "12:00", [5.0, 6.0], [0.5, 0.25], extra=resumed)) == []
+    assert reference.mismatch(output("d", "12:00", [5.0, 6.0], [0.5, 0.3])) == ["metrics.jsonl"]
+    twice = '{"time": 0.5, "loss": 0.5}\n'  # a killed attempt's record kept beside the new ones
+    assert reference.mismatch(output("e", "12:00", [5.0, 6.0], [0.5, 0.25], extra=twice)) == ["metrics.jsonl"]
+    (output("f", "12:00", [5.0, 6.0], [0.5, 0.25]) / "w.bin").write_bytes(b"\x00\x02")
+    assert reference.mismatch(tmp_path / "f") == ["w.bin"]
+
+
 def test_generator_benchmark_quick_writes_every_key(tmp_path: Path) -> None:
     out = tmp_path / "generator.json"
     argv = [sys.executable, str(REPO / "benchmarks" / "bench_generator.py"), "--quick", "--out", str(out), "--work",
