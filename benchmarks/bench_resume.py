@@ -4,11 +4,12 @@ For each long command (pretrain, phantom, generate, adapt, pipeline, site run) a
 reference runs give the expected output and tell which files or fields differ from run to run anyway
 (timestamps: two runs in the same folder are compared field by field for JSON / JSONL / YAML / CSV / parquet,
 byte for byte otherwise; a `git_commit` field and the `event: resume` record a resumed run logs are never
-compared). Each trial starts the command, waits until it has begun writing its output folder, kills
-it with SIGKILL at a point drawn from one of `trials` equal slices of the reference's working time (every third
-trial then waits for an atomic write in flight, a hidden `.tmp` file, and kills it there), reruns it to completion
-in the same folder and compares every file outside the volatile fields with a reference run in that folder (the
-folder's own path masked). A finished output must also hold no hidden `.tmp` file and no lock.
+compared, and a pipeline job's `cached` status counts as `ran`). Each trial starts the command, waits until it
+has begun writing its output folder, kills it with SIGKILL at a point drawn from one of `trials` equal slices of
+the reference's working time (every third trial then waits for an atomic write in flight, a hidden `.tmp` file,
+and kills it there), reruns it to completion in the same folder and compares every file outside the volatile
+fields with a reference run in that folder (the folder's own path masked). A finished output must also hold no
+hidden `.tmp` file and no lock.
 
     python benchmarks/bench_resume.py [--quick] [--trials 20] [--only pretrain,phantom] [--json OUT]
 
@@ -124,10 +125,12 @@ ALWAYS_VOLATILE = ("git_commit",)  # the shared checkout may gain commits while 
 
 
 def dropped(obj: Any) -> Any:
-    """`obj` without the fields that may differ for reasons outside the command, and (in a JSONL log) without
-    the `{"event": "resume", ...}` record a resumed run adds by design."""
+    """`obj` without the fields that may differ for reasons outside the command, without the `{"event": "resume",
+    ...}` record a resumed run logs by design, and with a pipeline job's status `cached` (its work was done by the
+    killed invocation, pipeline.json records what this one did) read as `ran`."""
     if isinstance(obj, dict):
-        return {k: dropped(v) for k, v in obj.items() if k not in ALWAYS_VOLATILE}
+        return {k: "ran" if k == "status" and v == "cached" else dropped(v) for k, v in obj.items()
+                if k not in ALWAYS_VOLATILE}
     if isinstance(obj, list):
         return [dropped(v) for v in obj if not (isinstance(v, dict) and v.get("event") == "resume")]
     return obj

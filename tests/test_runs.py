@@ -50,6 +50,13 @@ def test_interrupted_stage_resumes(tmp_path: Path) -> None:
     assert run.open() == "resume" and len(run.metrics()) == 1
 
 
+def test_a_kill_during_the_first_config_write_leaves_no_temporary(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / ".config.yaml.k1ll3d.tmp").write_text("stage: demo\n")  # killed before the rename
+    run_stage(tmp_path / "r", "demo", Cfg(), lambda run: {})
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["COMPLETE.json", "config.yaml"]
+
+
 def test_resumed_stage_logs_each_step_once(tmp_path: Path) -> None:
     """A stage's work starts over when resumed: the killed attempt's records are not kept beside the new ones."""
     def crash(run: RunDir) -> dict:

@@ -138,6 +138,9 @@ class RunDir:
             if self.lock_name == LOCK_FILE and self._lock is not None:
                 sweep_temporaries(self.path)  # this process is the folder's only writer
             return "resume"
+        if self.lock_name == LOCK_FILE and self._lock is not None:  # a kill during the first config write left it
+            for tmp in self.path.glob(f".{CONFIG_FILE}.*.tmp*"):
+                tmp.unlink(missing_ok=True)
         header = {
             "stage": self.stage,
             "synthfm_version": __version__,
