@@ -66,6 +66,7 @@ def test_summary_and_test_equal_hand_computed_values() -> None:
     row = tests.iloc[0]
     assert row["difference"] == pytest.approx(np.mean([0.1, 0.2, 0.2]))
     assert row["t"] == pytest.approx(t) and row["p"] == pytest.approx(p)
+    assert row["p_holm"] == pytest.approx(p)  # a family of one metric
     half = stats.t.ppf(0.975, 2) * np.std([0.1, 0.2, 0.2], ddof=1) / np.sqrt(3)
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((row["difference"] - half, row["difference"] + half))
 
@@ -108,3 +109,20 @@ def test_bad_settings_are_clear_errors(vessel_card: Path, tmp_path: Path, change
     """Unknown test ids, a patient split across test and train, a missing mask, no training rows."""
     with pytest.raises(SynthfmError, match=fragment):
         vs.run_vessel_study(tiny(vessel_card, **change), tmp_path / "bad")
+
+
+def test_verdict_reads_dice_and_names_secondary_metrics_after_holm() -> None:
+    """Dice (primary) decides the verdict; a secondary metric is named only when it survives Holm's correction."""
+    summary = pd.DataFrame([{"method": m, "metric": k, "mean": v} for m, k, v in [
+        (vs.FINETUNED, "dice", 0.77), (vs.REAL_ONLY, "dice", 0.75), (vs.FINETUNED, "auc", 0.97),
+        (vs.REAL_ONLY, "auc", 0.96), ("sato", "dice", 0.63)]])
+    tests = pd.DataFrame([
+        {"metric": "dice", "n": 5, "difference": 0.02, "ci_low": -0.001, "ci_high": 0.04, "p": 0.06, "p_holm": 0.06,
+         "note": ""},
+        {"metric": "auc", "n": 5, "difference": 0.006, "ci_low": 0.004, "ci_high": 0.008, "p": 0.001,
+         "p_holm": 0.002, "note": ""}])
+    lines = vs.verdict_lines("chase", 8, summary, tests)
+    assert "test dice 0.770 vs 0.750, difference +0.020 (95% CI -0.001 to +0.040)" in lines[0]
+    assert "Dice of the other methods: sato 0.630" in lines[2]
+    assert lines[3].startswith("Verdict (vessels): phantom pretraining made no significant difference to Dice")
+    assert lines[4] == "Secondary metrics that differ after Holm's correction: auc +0.006 (Holm p=0.002)."

@@ -46,7 +46,7 @@ from synthfm.data.images import load_image
 from synthfm.data.manifest import ID, CardData, load_card
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.results import summary_table, write_table
-from synthfm.evaluate.stats import paired_test
+from synthfm.evaluate.stats import holm, paired_test
 from synthfm.io import atomic_write_json
 from synthfm.runs import RunDir
 
@@ -240,7 +240,10 @@ def summarise_study(per_image: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
             tests.append({"arm": FINETUNED, "baseline": REAL_ONLY, "metric": metric, "n": t.n,
                           "difference": float((pair[FINETUNED] - pair[REAL_ONLY]).mean()), "ci_low": low,
                           "ci_high": high, "t": t.t, "p": t.p, "note": t.note})
-    return summary, pd.DataFrame(tests)
+    tests = pd.DataFrame(tests)
+    if len(tests):  # one family over the metrics; Dice is the primary (pre-specified) one the verdict reads
+        tests["p_holm"] = holm(tests["p"].fillna(1.0).to_numpy())
+    return summary, tests
 
 
 def _mean(summary: pd.DataFrame, method: str, metric: str) -> float:
@@ -253,7 +256,7 @@ def verdict_lines(card: str, n_test: int, summary: pd.DataFrame, tests: pd.DataF
     """Plain sentences for the report: each paired test with its CI and p, the references, and the verdict."""
     lines = []
     for row in tests.to_dict("records"):
-        p = "n/a" if np.isnan(row["p"]) else f"{row['p']:.3g}"
+        p = "n/a" if np.isnan(row["p"]) else f"{row['p']:.3g}, Holm over the {len(tests)} metrics {row['p_holm']:.3g}"
         note = f" Caution: {row['note']}." if row["note"] else ""
         lines.append(f"Vessel segmentation on {card} ({n_test} test images, {row['n']} seeds), U-Net pretrained on "
                      f"phantoms then fine-tuned vs the same U-Net on real images only: test {row['metric']} "
@@ -266,13 +269,18 @@ def verdict_lines(card: str, n_test: int, summary: pd.DataFrame, tests: pd.DataF
     dice = tests[tests["metric"] == "dice"].to_dict("records")
     if not dice or np.isnan(dice[0]["p"]):
         lines.append("Verdict (vessels): no test could be made (fewer than 3 seeds or no spread).")
-    elif dice[0]["p"] < 0.05:
+    elif dice[0]["p"] < 0.05:  # Dice is the primary metric: its own p decides, the others are secondary
         word = "helped" if dice[0]["difference"] > 0 else "hurt"
         lines.append(f"Verdict (vessels): phantom pretraining {word} (Dice {dice[0]['difference']:+.3f}, "
                      f"p={dice[0]['p']:.3g}).")
     else:
-        lines.append("Verdict (vessels): phantom pretraining made no significant difference to Dice "
-                     f"({dice[0]['difference']:+.3f}, p={dice[0]['p']:.3g}).")
+        lines.append("Verdict (vessels): phantom pretraining made no significant difference to Dice, the primary "
+                     f"metric ({dice[0]['difference']:+.3f}, p={dice[0]['p']:.3g}).")
+    others = tests[(tests["metric"] != "dice") & (tests["p_holm"] < 0.05)]
+    if len(others):
+        lines.append("Secondary metrics that differ after Holm's correction: " + ", ".join(
+            f"{r['metric']} {r['difference']:+.3f} (Holm p={r['p_holm']:.3g})" for r in others.to_dict("records"))
+            + ".")
     return lines
 
 
