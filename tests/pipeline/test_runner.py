@@ -28,6 +28,7 @@ def test_second_run_reuses_every_job(finished: Path, spec: Any, write_spec: Any)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     plan = json.loads((finished / "pipeline.json").read_text())
     assert [j["status"] for j in plan["jobs"]] == ["cached"] * len(jobs)
+    assert all(len(j["load_1m"]) == 2 and min(j["load_1m"]) >= 0 for j in plan["jobs"])  # as the job first ran
     assert (finished / "report.html").is_file()
 
 
@@ -108,6 +109,16 @@ def test_kill_9_then_same_command_redoes_no_finished_job(tmp_path: Path, spec: A
     assert data_marker.stat().st_mtime_ns == stamp
     metrics = (next(root.glob("pretrain/mae-*")) / "metrics.jsonl").read_text()
     assert '"event": "resume"' in metrics  # the engine continued from its checkpoint, not from step 0
+
+
+def test_a_kill_while_pipeline_json_was_written_leaves_no_temporary(tmp_path: Path, spec: Any,
+                                                                   write_spec: Any) -> None:
+    cfg = {k: v for k, v in spec().items() if k in ("name", "data")}
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / ".pipeline.json.k1ll3d.tmp").write_text("{")  # killed before the rename
+    run_pipeline(write_spec(tmp_path / "p.yaml", {**cfg, "report": None}), root, **QUIET)
+    assert (root / "pipeline.json").is_file() and not list(root.rglob(".*.tmp*"))
 
 
 def test_edited_manifest_is_a_new_job_not_a_stale_reuse(tmp_path: Path, make_card: Any, write_spec: Any) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -65,7 +67,8 @@ class Job:
         done = json.loads((self.dir / JOB_FILE).read_text()) if self.finished else {}
         return {"stage": self.spec.stage, "name": self.spec.name, "kind": self.spec.kind, "key": self.key,
                 "dir": str(self.dir), "output": str(self.output), "deps": self.deps, "status": self.status,
-                "seconds": done.get("seconds", self.seconds), "summary": done.get("summary", {}),
+                "seconds": done.get("seconds", self.seconds), "load_1m": done.get("load_1m"),
+                "summary": done.get("summary", {}),
                 "config": self.config.model_dump(mode="json")}
 
 
@@ -154,7 +157,7 @@ def execute(job: Job) -> None:
     handler = logging.FileHandler(job.dir / LOG_FILE)
     log.addHandler(handler)
     log.info("running %s (%s) into %s", job.name, job.spec.kind, job.dir)
-    t0 = time.perf_counter()
+    t0, load = time.perf_counter(), os.getloadavg()[0]  # the machine may be shared: its load says how much
     try:
         summary = job.kind.run(job.config, job.dir)
     except Exception as err:
@@ -171,6 +174,7 @@ def execute(job: Job) -> None:
     job.seconds = round(time.perf_counter() - t0, 2)
     atomic_write_json(job.dir / JOB_FILE, {"name": job.name, "kind": job.spec.kind, "key": job.key,
                                            "output": str(job.output), "seconds": job.seconds,
+                                           "load_1m": [round(load, 2), round(os.getloadavg()[0], 2)],
                                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                            "summary": summary or {}})
     job.status = "ran"
@@ -193,6 +197,11 @@ def run_pipeline(path: str | Path, out: str | Path | None = None, only: list[str
         return root, jobs
     started = time.time()
     with folder_lock(root):
+        for tmp in root.glob(".*.tmp*"):  # a kill while pipeline.json or report.html was written left it
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink(missing_ok=True)
         for job in jobs:
             write_plan(spec, root, jobs, started)
             if job.status != "to run":
