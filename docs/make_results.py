@@ -1,6 +1,7 @@
 """Write docs/results.md from finished runs, with the commands that made them.
 
-Usage: python docs/make_results.py runs/retinamnist_headline runs/retinamnist_probe runs/retinamnist_finetune
+Usage: python docs/make_results.py runs/retinamnist_headline [runs/chase_vessels ...]
+(rewrites the sections of the runs given and keeps every other section of docs/results.md as it is)
 
 A pipeline root (it holds pipeline.json, written by `synthfm run`) becomes a headline section: the plain
 verdict, per many-arm comparison (`arms` evaluate jobs) the mean ± 95% CI of every arm at every label
@@ -137,7 +138,9 @@ def pipeline_section(root: Path) -> str:
                if j["kind"] == "vessel_study"]
     total = sum(j.get("seconds") or 0 for j in jobs) / 60
     timing = markdown_table([{"job": f"{j['stage']}.{j['name']}", "kind": j["kind"],
-                              "minutes": f"{(j.get('seconds') or 0) / 60:.1f}"} for j in jobs])
+                              "minutes": f"{(j.get('seconds') or 0) / 60:.1f}",
+                              "load (1 min, start / end)": " / ".join(map(str, j.get("load_1m") or ["?"]))}
+                             for j in jobs])
     verdict = "\n".join(f"- {line}" for line in [*(x for doc in arms for x in arms_verdict(doc)),
                                                  *(x for doc in vessels for x in doc["verdict"])])
     body = "\n".join([*(f"### {doc.get('title') or 'arms'}\n\n{arms_tables(doc)}" for doc in arms),
@@ -191,16 +194,41 @@ def experiment_section(exp: Path) -> str:
             f"Command: `synthfm adapt configs/experiments/{exp.name}.yaml -o {exp}`\n\n{table}\n")
 
 
+def split_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """The text before the first '## ' heading, and every (heading, whole section) in order."""
+    parts = ("\n" + text).split("\n## ")
+    return parts[0].lstrip("\n"), [(p.split("\n", 1)[0], "## " + p) for p in parts[1:]]
+
+
+def same_title(a: str, b: str) -> bool:
+    """Two section headings name the same run (an older headline section carried a 'Headline: ' prefix)."""
+    return a.removeprefix("Headline: ").strip() == b.removeprefix("Headline: ").strip()
+
+
+def merge_sections(old: list[tuple[str, str]], new: list[tuple[str, str]],
+                   snippets: list[tuple[str, str]]) -> list[str]:
+    """Run sections: each new one replaces its namesake in place (else is added after the last run section);
+    sections of runs not given are kept as they are; the benchmark snippets are refreshed and come last."""
+    snippet_titles = [t for t, _ in snippets]
+    runs = [(t, body) for t, body in old if not any(same_title(t, x) for x in snippet_titles)]
+    out = [next((body for t2, body in new if same_title(t, t2)), body) for t, body in runs]
+    out += [body for t, body in new if not any(same_title(t, t2) for t2, _ in runs)]
+    return [b.rstrip("\n") + "\n" for b in out + [body for _, body in snippets]]
+
+
 def main(paths: list[str]) -> None:
-    """Write docs/results.md."""
-    parts = ["# Results\n", "Written by `python docs/make_results.py " + " ".join(paths) + "` from the runs' "
-             "tables, plus the result snippets that benchmark scripts write to docs/bench/*.md (each names its "
-             "command); nothing here is typed in by hand except the cited published figures.\n",
-             PUBLISHED + "\n"]
-    parts += [pipeline_section(Path(p)) if (Path(p) / "pipeline.json").is_file() else experiment_section(Path(p))
-              for p in paths]
-    parts += [snippet.read_text() for snippet in sorted((DOCS / "bench").glob("*.md")) if snippet.name != "notes.md"]
-    (DOCS / "results.md").write_text("\n".join(parts))
+    """Rewrite the sections of the given runs in docs/results.md (others are kept) and refresh the snippets."""
+    target = DOCS / "results.md"
+    _, old = split_sections(target.read_text()) if target.is_file() else ("", [])
+    new = [split_sections(pipeline_section(Path(p)) if (Path(p) / "pipeline.json").is_file()
+                          else experiment_section(Path(p)))[1][0] for p in paths]
+    snippets = [split_sections(snippet.read_text())[1][0] for snippet in sorted((DOCS / "bench").glob("*.md"))
+                if snippet.name != "notes.md"]
+    head = ["# Results\n", "Each section is written by `python docs/make_results.py RUN...` from the run's tables "
+            "(the sections of runs not named are kept as they were), plus the result snippets that benchmark scripts "
+            "write to docs/bench/*.md (each names its command); nothing here is typed in by hand except the cited "
+            "published figures.\n", PUBLISHED + "\n"]
+    target.write_text("\n".join(head + merge_sections(old, new, snippets)))
 
 
 if __name__ == "__main__":
