@@ -139,3 +139,17 @@ def test_disk_full_exits_2_naming_the_file(make_card, tmp_path: Path, capsys, mo
 def test_usage_mistakes_exit_2_without_a_traceback(make_card, capsys) -> None:
     code, out, err = run(["data", "inspect", str(make_card(n=4)), "--sampel", "3"], capsys)
     assert code == 2 and "--sampel" in err and "Traceback" not in out + err
+
+
+def test_an_explicit_option_overrides_the_yaml_even_at_its_default(tmp_path: Path, capsys) -> None:
+    """`--n 200` (the option's default) still beats `n: 12` in the YAML; options not typed leave the YAML alone."""
+    import pandas as pd
+
+    cfg = tmp_path / "phantom.yaml"
+    cfg.write_text("n: 12\nsize: 16\nseed: 3\n")
+    code, _, err = run(["synth", "phantom", "-o", str(tmp_path / "a"), "--config", str(cfg), "--n", "200"], capsys)
+    assert code == 0, err
+    assert len(pd.read_parquet(tmp_path / "a" / "manifest.parquet")) == 200
+    code, _, err = run(["synth", "phantom", "-o", str(tmp_path / "b"), "--config", str(cfg), "--size", "24"], capsys)
+    assert code == 0, err
+    assert len(pd.read_parquet(tmp_path / "b" / "manifest.parquet")) == 12  # n from the YAML, size from the option

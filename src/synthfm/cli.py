@@ -267,8 +267,19 @@ def _parse_condition(items: list[str]) -> dict[str, object]:
     return out
 
 
+def given_options(ctx: typer.Context, **values: object) -> dict[str, object]:
+    """The options typed on the command line (not left at their defaults), under their config keys."""
+    sources = {key: ctx.get_parameter_source(OPTION_PARAMS.get(key, key)) for key in values}
+    return {key: value for key, value in values.items()  # by name: Typer's click may be its own copy
+            if getattr(sources[key], "name", None) == "COMMANDLINE"}
+
+
+OPTION_PARAMS = {"format": "fmt"}  # config key -> the command's parameter name, where they differ
+
+
 @synth_app.command("phantom")
 def phantom_cmd(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the new card")],
     generator: Annotated[str, typer.Option(help="fundus_phantom | cxr_phantom")] = "fundus_phantom",
     n: Annotated[int, typer.Option(help="Number of images")] = 200,
@@ -280,12 +291,12 @@ def phantom_cmd(
     config: Annotated[Optional[Path], typer.Option(help="YAML PhantomConfig (options above override it)")] = None,  # noqa: UP045
 ) -> None:
     """Render a procedural phantom into a dataset card with labels, metadata, masks and parameters."""
-    from synthfm.config import read_yaml, validate_config
+    from synthfm.config import layer_options, read_yaml, validate_config
     from synthfm.synth.writer import PhantomConfig, render_phantom
 
-    base = read_yaml(config) if config else {}
-    given = {"generator": generator, "n": n, "size": size, "seed": seed, "format": fmt}
-    base = {**base, **{k: v for k, v in given.items() if k not in base or v != PhantomConfig.model_fields[k].default}}
+    options = {"generator": generator, "n": n, "size": size, "seed": seed, "format": fmt}
+    base = read_yaml(config) if config else options  # without a YAML every option (given or default) applies
+    base = layer_options(base, given_options(ctx, **options))
     if condition:
         base["condition"] = {**base.get("condition", {}), **_parse_condition(condition)}
     if target:

@@ -167,6 +167,12 @@ def load_config(model: type[M], path: str | Path) -> M:
     return validate_config(model, read_yaml(path), str(path))
 
 
+def layer_options(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """A config's values in order: the YAML's (`base`, over the defaults in code), then the options actually given
+    on the command line (`given`: only those, so an explicit option equal to a default still wins)."""
+    return {**base, **given}
+
+
 def dump_config(config: BaseModel) -> str:
     """Serialise a config to YAML (all fields, resolved defaults included)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
