@@ -9,7 +9,16 @@ import torch
 
 from synthfm.quality.config import MemorisationConfig
 from synthfm.quality.features import grey_maps
-from synthfm.quality.memorisation import AuditInputs, Nearest, audit, flag, memorisation_metrics
+from synthfm.quality.memorisation import (
+    AuditInputs,
+    Nearest,
+    audit,
+    bandpass,
+    best_alignment,
+    flag,
+    memorisation_metrics,
+    pixel_flags,
+)
 from synthfm.quality.plant import TRANSFORMS, plant
 from synthfm.quality.search import rows_block, topk_search
 
@@ -34,9 +43,11 @@ def test_planted_copies_flagged_and_genuine_not(audit_images: dict[str, np.ndarr
     recall = flagged[g:].mean()
     false_pos = flagged[:g].mean()
     assert recall >= 0.99, {k: flagged[g:][np.array(kinds) == k].mean() for k in TRANSFORMS}
-    assert false_pos <= 0.01
+    # the threshold is each band's 99% quantile of 60 held-out phantoms (+ margin), so about 1% of genuine images
+    # may lie past it in one of the three bands: at most one of these 80
+    assert false_pos <= 1 / 80
     assert (table["pixel_real_row"].to_numpy()[g:] == src).all()  # each copy found its source
-    assert calib.loc[calib["view"] == "pixel", "heldout_flagged"].item() == 0
+    assert (calib.loc[calib["view"] == "pixel", "heldout_flagged"] == 0).all()
     assert memorisation_metrics(table)["near_copies"] == flagged.sum()
 
 
@@ -54,12 +65,12 @@ def test_blocked_search_equals_brute_force() -> None:
     assert np.array_equal(self_idx[:, 0], brute.argmax(1))
 
 
-def test_a_flag_needs_a_high_score_and_a_real_images_closeness() -> None:
-    """Held-out real: scores 0..0.1, best similarities 0.6..0.9 -> threshold 0.15, floor (median) 0.75. An image
-    unlike anything real that stands out from its shortlist (score 0.3, similarity 0.35) is not a copy."""
+def test_a_feature_flag_needs_a_high_score_and_a_real_images_closeness() -> None:
+    """Feature view. Held-out real: scores 0..0.1, best similarities 0.6..0.9 -> threshold 0.15, floor (median) 0.75.
+    An image unlike anything real that stands out from its shortlist (score 0.3, similarity 0.35) is not a copy."""
     held = Nearest(np.zeros(5, int), np.array([0.6, 0.7, 0.75, 0.8, 0.9]), np.array([0.0, 0.02, 0.05, 0.08, 0.1]))
     syn = Nearest(np.zeros(4, int), np.array([0.99, 0.35, 0.99, 0.74]), np.array([0.4, 0.3, 0.1, 0.3]))
-    flags, thr, floor = flag(syn, held, MemorisationConfig(calibration_quantile=1.0))
+    flags, thr, floor = flag(syn, held, MemorisationConfig(calibration_quantile=1.0, calibration_margin=0.05))
     assert (thr, floor) == (np.float64(0.1) + 0.05, 0.75)
     assert flags.tolist() == [True, False, False, False]
 
@@ -88,6 +99,48 @@ def test_audit_on_real_images_is_not_blinded_by_a_real_duplicate(shared_data: Pa
     assert (table["pixel_real_row"].to_numpy()[8:][verbatim] == src[verbatim]).all()
     assert heldout["duplicate"].tolist() == [False] * 8 + [True]
     assert heldout["train_id"].iat[8] == "r3"
-    assert calib["n_calibration"].tolist() == [8] and calib["n_real_duplicates"].tolist() == [1]
-    blind = audit(inp, MemorisationConfig(duplicate_similarity=1.0, exact_similarity=1.0))[0]["flagged"].to_numpy()
-    assert blind[8:].mean() < 0.5  # what happened before: the duplicate's score set the threshold
+    assert calib["n_calibration"].tolist() == [8] * 3 and calib["n_real_duplicates"].tolist() == [1] * 3
+    assert (calib["heldout_max"] < 0.98).all()  # the duplicate (similarity 1) sets no band's threshold
+
+
+def test_pixel_flags_calibrate_each_band_and_flag_on_any() -> None:
+    """Two bands; held-out similarities 0.2..0.4 (fine) and 0.7..0.9 (coarse), quantile 1 + margin 0.05 -> thresholds
+    0.45 and 0.95. A copy above the fine threshold only, one above the coarse threshold only, and an image below
+    both; the strongest match is taken from the band with the larger margin. Duplicates (keep False) are left out."""
+    def near(sim: list[float], idx: list[int]) -> Nearest:
+        return Nearest(np.array(idx), np.array(sim), np.zeros(len(sim)))
+
+    held = [near([0.2, 0.3, 0.4, 0.99], [0] * 4), near([0.7, 0.8, 0.9, 0.99], [0] * 4)]
+    syn = [near([0.6, 0.3, 0.44], [1, 2, 3]), near([0.9, 0.97, 0.94], [4, 5, 6])]
+    keep = np.array([True, True, True, False])
+    best, band, margins, thr = pixel_flags(syn, held, MemorisationConfig(calibration_quantile=1.0,
+                                                                         calibration_margin=0.05), keep)
+    assert np.allclose(thr, [0.45, 0.95])
+    assert np.allclose(margins, [[0.15, -0.05], [-0.15, 0.02], [-0.01, -0.01]], atol=1e-9)
+    assert (margins.max(1) > 0).tolist() == [True, True, False]
+    assert band.tolist()[:2] == [0, 1] and best.index.tolist()[:2] == [1, 5]
+
+
+def test_background_mask_is_kept_by_a_brightened_copy() -> None:
+    """A bright disc on black whose highlights clip when brightened x1.3: the band-pass keeps the same pixels. (A
+    mask set at a fraction of the brightest level moves when the highlights clip.)"""
+    from synthfm.quality.plant import brighten
+
+    y, x = np.mgrid[:48, :48]
+    r = np.hypot(y - 24, x - 24)
+    disc = np.where(r < 20, 40 + 190 * (1 - r / 20), 0).astype(np.uint8)
+    img = np.repeat(disc[..., None], 3, -1)
+    maps = _maps(np.stack([img, brighten(img)]))
+    h = bandpass(torch.from_numpy(maps).float()[:, None] / 255, (0.0, 1.0), 0.3)
+    assert torch.equal(h[0] != 0, h[1] != 0)
+
+
+def test_coarser_band_matches_a_cropped_copy_of_a_tiny_image(shared_data: Path) -> None:
+    """A 90% crop of a 28 px RetinaMNIST image, resized back: at the audit's working size its finest band is
+    mostly resampling noise, while a coarser band still matches it to its source."""
+    images = np.load(shared_data / "retinamnist" / "retinamnist.npz")["train_images"][:4]
+    copies, src, _ = plant(images, per_kind=4, seed=0, kinds=("crop90",))
+    cfg = MemorisationConfig()
+    q, r = (torch.from_numpy(_maps(x)).float()[:, None] / 255 for x in (copies, images))
+    sims = best_alignment(q, r, np.stack([np.arange(4), src], 1), cfg).numpy()
+    assert (sims[:, 1:].max(1) > 0.8).all() and (sims[:, 1:].max(1) - sims[:, 0] > 0.15).all(), sims

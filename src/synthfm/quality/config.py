@@ -53,21 +53,26 @@ class MemorisationConfig(StrictModel):
     pixel_size: int = Field(96, ge=16, description="working size of the pixel similarity")
     coarse_size: int = Field(16, ge=4, description="retrieval descriptor grid")
     crop_scales: list[float] = Field(default_factory=lambda: [0.9], description="crops (side fraction) searched")
-    crop_grid: int = Field(3, ge=1, description="crop offsets per axis in the retrieval index")
-    band: tuple[float, float] = Field((0.0, 1.0), description="band-pass (Gaussian sigmas in px at pixel_size)")
-    background: float = Field(0.3, ge=0, lt=1, description="near-black background level (fraction of range)")
+    crop_grid: int = Field(5, ge=1, description="crop offsets per axis in the retrieval index")
+    bands: list[tuple[float, float]] = Field(default_factory=lambda: [(0.0, 1.0), (1.0, 2.0), (1.0, 4.0)],
+                                             min_length=1, description="band-passes (Gaussian sigmas in px at "
+                                             "pixel_size); each is matched and calibrated on its own")
+    background: float = Field(0.3, ge=0, lt=1, description="near-black background: below this fraction of the "
+                              "way from the darkest to the mean level")
     margin: int = Field(4, ge=0, description="template border in px: shifts searched at scale 1")
-    shortlist: int = Field(8, ge=2, description="candidates verified per image; scores are best minus the rest")
-    calibration_quantile: float = Field(0.99, gt=0, le=1, description="of held-out real scores (duplicates left "
+    shortlist: int = Field(12, ge=2, description="candidates verified per image; scores are best minus the rest")
+    calibration_quantile: float = Field(0.99, gt=0, le=1, description="of held-out real similarities per band, "
+                                       "or scores in the feature view (duplicates left "
                                        "out); a robust quantile, so one odd real pair cannot blind the audit")
     calibration_margin: float = Field(0.05, ge=0, description="added to that quantile")
     duplicate_similarity: float = Field(0.98, gt=0, le=1, description="a held-out real image this close (pixel "
-                                        "similarity) to a training image is a real-vs-real duplicate pair: left "
-                                        "out of the calibration and reported in real_duplicates.csv")
-    exact_similarity: float = Field(0.99, gt=0, le=1, description="pixel similarity at which a synthetic image "
-                                    "is flagged whatever the calibration (exact and near-exact copies)")
-    min_similarity_quantile: float = Field(0.5, ge=0, le=1, description="a flag also needs a best similarity at "
-                                           "least this quantile of the held-out real images' best similarities")
+                                        "similarity, any band) to a training image is a real-vs-real duplicate "
+                                        "pair: left out of the calibration and reported in real_duplicates.csv")
+    exact_similarity: float = Field(0.99, gt=0, le=1, description="pixel similarity (any band) at which a "
+                                    "synthetic image is flagged whatever the calibration (exact, near-exact copies)")
+    min_similarity_quantile: float = Field(0.5, ge=0, le=1, description="feature view: a flag also needs a "
+                                           "best similarity at least this quantile of the held-out real images' "
+                                           "best similarities")
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="real rows held out when the card has no split")
     flag_on: list[Literal["pixel", "feature"]] = Field(default_factory=lambda: ["pixel", "feature"])
     chunk: int = Field(512, ge=1, description="rows per search block (memory bound)")

@@ -128,14 +128,22 @@ def gaussian_blur(g: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def bandpass(g: torch.Tensor, band: tuple[float, float], background: float) -> torch.Tensor:
-    """Band-pass grey maps with the near-black background (and a 3 px rim inside it) set to zero."""
+    """Band-pass (difference of Gaussians) grey maps with the near-black background masked out.
+
+    The background is what lies below `background` of the way from the darkest level to the mean level
+    (smoothed): a brightness gain scales both, and clipping a few highlights barely moves the mean, so a
+    brightened or re-encoded copy keeps its source's mask. The mask is eroded by the band's reach (3 x its upper
+    sigma, at least 6 px), so the field-of-view edge, which every fundus photograph shares, counts for nothing:
+    two featureless discs would otherwise correlate through their rims alone.
+    """
     lo, hi = band
     smooth = gaussian_blur(g, 2.0)
     h = (gaussian_blur(g, lo) if lo > 0 else g) - (smooth if hi == 2.0 else gaussian_blur(g, hi))
     flat = smooth.flatten(1)
-    floor, top = flat.amin(1), flat.amax(1)
-    mask = (smooth > (floor + background * (top - floor)).view(-1, 1, 1, 1)).float()
-    return h * -F.max_pool2d(-mask, 7, 1, 3)
+    floor, mid = flat.amin(1), flat.mean(1)
+    mask = (smooth > (floor + background * (mid - floor)).view(-1, 1, 1, 1)).float()
+    r = round(3 * max(hi, 2.0))
+    return h * -F.max_pool2d(-mask, 2 * r + 1, 1, r)
 
 
 def _templates(q: torch.Tensor, margin: int, size: int) -> list[torch.Tensor]:
@@ -150,42 +158,43 @@ def _templates(q: torch.Tensor, margin: int, size: int) -> list[torch.Tensor]:
 
 
 def best_alignment(q: torch.Tensor, r: torch.Tensor, pairs: np.ndarray, cfg: MemorisationConfig) -> torch.Tensor:
-    """Max normalised cross-correlation of query q[i] with index image r[j] for each pair (i, j): (P,).
+    """Max normalised cross-correlation of query q[i] with index image r[j] for each pair (i, j), per band: (P, B).
 
-    `q` holds grey maps, `r` band-passed maps. For each crop scale s the query is shrunk by s (a crop of
-    side s, resized back, covers s of the original) and band-passed; the inner part of each of its four
-    flips slides over r at every shift (FFT correlation, zero-padded so no shift wraps around).
+    `q` and `r` hold grey maps. In each band of `cfg.bands` both are band-passed; for each crop scale s the query
+    is shrunk by s (a crop of side s, resized back, covers s of the original) and the inner part of each of its
+    four flips slides over r at every shift (FFT correlation, zero-padded so no shift wraps around).
     """
     qi, rj = torch.from_numpy(pairs[:, 0]), torch.from_numpy(pairs[:, 1])
     s = r.shape[-1]
     fast = next_fast_len(s)
-    fr = torch.fft.rfft2(r[:, 0], s=(fast, fast))[rj]
-    best = torch.full((len(pairs),), -1.0)
-    for scale in sorted({1.0, *cfg.crop_scales}):
-        size = round(s * scale)
-        qs = q if size == s else F.interpolate(q, size=(size, size), mode="area")
-        qb = bandpass(qs, cfg.band, cfg.background)
-        n = size - 2 * cfg.margin
-        energy = (F.avg_pool2d(r * r, n, 1)[:, 0] * n * n).clamp_min(1e-12).sqrt()[rj]
-        for ft in _templates(qb, cfg.margin, fast):
-            corr = torch.fft.irfft2(fr * ft[qi], s=(fast, fast))[:, : s - n + 1, : s - n + 1]
-            best = torch.maximum(best, (corr / energy).flatten(1).amax(1))
+    best = torch.full((len(pairs), len(cfg.bands)), -1.0)
+    shrunk = {scale: q if round(s * scale) == s else F.interpolate(q, size=(round(s * scale),) * 2, mode="area")
+              for scale in sorted({1.0, *cfg.crop_scales})}
+    for b, band in enumerate(cfg.bands):
+        rb = bandpass(r, band, cfg.background)
+        fr = torch.fft.rfft2(rb[:, 0], s=(fast, fast))[rj]
+        for qs in shrunk.values():
+            n = qs.shape[-1] - 2 * cfg.margin
+            energy = (F.avg_pool2d(rb * rb, n, 1)[:, 0] * n * n).clamp_min(1e-12).sqrt()[rj]
+            for ft in _templates(bandpass(qs, band, cfg.background), cfg.margin, fast):
+                corr = torch.fft.irfft2(fr * ft[qi], s=(fast, fast))[:, : s - n + 1, : s - n + 1]
+                best[:, b] = torch.maximum(best[:, b], (corr / energy).flatten(1).amax(1))
     return best
 
 
 def verify(q_maps: np.ndarray, q_rows: np.ndarray, r_maps: np.ndarray, shortlist: np.ndarray,
            cfg: MemorisationConfig) -> np.ndarray:
-    """Pixel similarity (n, K) of every query to each of its shortlisted index rows, in blocks."""
+    """Pixel similarity (n, K, B) of every query to each of its shortlisted index rows in each band, in blocks."""
     k = shortlist.shape[1]
-    out = np.empty(shortlist.shape, np.float32)
+    out = np.empty((*shortlist.shape, len(cfg.bands)), np.float32)
     step = max(1, cfg.chunk // k)
     for i in range(0, len(q_rows), step):
         cand = shortlist[i:i + step]
         unique, inverse = np.unique(cand, return_inverse=True)
         q = as_float(read_rows(q_maps, q_rows[i:i + step]))
-        r = bandpass(as_float(read_rows(r_maps, unique)), cfg.band, cfg.background)
+        r = as_float(read_rows(r_maps, unique))
         pairs = np.stack([np.repeat(np.arange(len(cand)), k), inverse.reshape(-1)], 1)
-        out[i:i + len(cand)] = best_alignment(q, r, pairs, cfg).view(len(cand), k).numpy()
+        out[i:i + len(cand)] = best_alignment(q, r, pairs, cfg).view(len(cand), k, -1).numpy()
     return out
 
 
@@ -209,13 +218,15 @@ def normalised(sims: np.ndarray, idx: np.ndarray) -> Nearest:
 
 
 def pixel_nearest(q_maps: np.ndarray, q_rows: np.ndarray, r_maps: np.ndarray, index_rows: np.ndarray,
-                  cfg: MemorisationConfig, mean: torch.Tensor) -> Nearest:
-    """Shortlist by coarse descriptors, verify by band-pass NCC; rows are positions in the map arrays."""
+                  cfg: MemorisationConfig, mean: torch.Tensor) -> list[Nearest]:
+    """Shortlist by coarse descriptors, verify by band-pass NCC: one Nearest per band; rows are positions in the
+    map arrays."""
     queries, index = Centred(q_maps, q_rows, cfg, False), Centred(r_maps, index_rows, cfg, True)
     queries.mean = index.mean = mean
     _, pos = topk_search(queries, len(q_rows), index, len(index_rows), cfg.shortlist, cfg.chunk)
     shortlist = index_rows[pos]
-    return normalised(verify(q_maps, q_rows, r_maps, shortlist, cfg), shortlist)
+    sims = verify(q_maps, q_rows, r_maps, shortlist, cfg)
+    return [normalised(sims[..., b], shortlist) for b in range(sims.shape[-1])]
 
 
 def feature_nearest(q_feat: np.ndarray, q_rows: np.ndarray, r_feat: np.ndarray, index_rows: np.ndarray,
@@ -269,49 +280,92 @@ class AuditInputs:
     real_ids: np.ndarray
 
 
+def band_name(band: tuple[float, float]) -> str:
+    """'lo-hi' of a band's Gaussian sigmas."""
+    return f"{band[0]:g}-{band[1]:g}"
+
+
+def pixel_flags(syn: list[Nearest], held: list[Nearest], cfg: MemorisationConfig,
+                keep: np.ndarray) -> tuple[Nearest, np.ndarray, np.ndarray, np.ndarray]:
+    """(strongest match, its band, margins (n, B), thresholds (B,)) of the pixel view.
+
+    In each band the threshold is the held-out real images' similarity quantile (rows `keep`, duplicates left
+    out) plus the margin; a synthetic image's margin in a band is its best similarity minus that threshold, and
+    its strongest match is the nearest training image in the band where the margin is largest. A flag is a
+    positive margin in any band: the image is closer to a training image than (nearly) every real image is.
+    """
+    thr = np.array([threshold(h.similarity[keep], cfg) for h in held])
+    margins = np.stack([s.similarity for s in syn], 1) - thr
+    band = margins.argmax(1)
+    pick = np.arange(len(band))
+    best = Nearest(*(np.stack([getattr(s, f) for s in syn], 1)[pick, band] for f in ("index", "similarity", "score")))
+    return best, band, margins, thr
+
+
 def audit(inp: AuditInputs, cfg: MemorisationConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(one row per synthetic image, calibration table, one row per held-out real image) of the audit.
 
-    The held-out table gives each held-out real image's nearest training image by pixels, its similarity and
-    score, and whether the pair is a real-vs-real duplicate (`duplicate`).
+    The held-out table gives each held-out real image's nearest training image by pixels in the finest band,
+    its similarity (also per band) and score, and whether the pair is a real-vs-real duplicate (`duplicate`).
 
-    The pixel view runs first: its exact matches are flagged in every view, and its held-out duplicates of
-    training images are left out of every view's calibration.
+    The pixel view runs first: its exact matches (similarity >= `exact_similarity` in any band) are flagged in
+    every view, and its held-out duplicates of training images (>= `duplicate_similarity` in any band) are left
+    out of every view's calibration.
     """
     table = pd.DataFrame({"synthetic_id": inp.synth_ids, "synthetic_row": np.arange(len(inp.synth_ids))})
-    calib, flags = [], []
     all_synth = np.arange(len(inp.synth_ids))
     mean = Centred(inp.real_maps, inp.train_rows, cfg, True).fit_mean()
     held = pixel_nearest(inp.real_maps, inp.heldout_rows, inp.real_maps, inp.train_rows, cfg, mean)
     syn = pixel_nearest(inp.synth_maps, all_synth, inp.real_maps, inp.train_rows, cfg, mean)
-    duplicate = held.similarity >= cfg.duplicate_similarity
-    exact = syn.similarity >= cfg.exact_similarity
-    heldout = pd.DataFrame({"heldout_id": inp.real_ids[inp.heldout_rows], "train_id": inp.real_ids[held.index],
-                            "pixel_similarity": held.similarity, "pixel_score": held.score, "duplicate": duplicate})
-    views = [("pixel", held, syn)]
+    duplicate = np.stack([h.similarity for h in held], 1).max(1) >= cfg.duplicate_similarity
+    keep = ~duplicate if (~duplicate).any() else np.ones(len(duplicate), bool)
+    exact = np.stack([s.similarity for s in syn], 1).max(1) >= cfg.exact_similarity
+    heldout = pd.DataFrame({"heldout_id": inp.real_ids[inp.heldout_rows], "train_id": inp.real_ids[held[0].index],
+                            "pixel_similarity": held[0].similarity, "pixel_score": held[0].score,
+                            **{f"pixel_similarity_{band_name(b)}": h.similarity
+                               for b, h in zip(cfg.bands, held, strict=True)},
+                            "duplicate": duplicate})
+    best, band, margins, thr = pixel_flags(syn, held, cfg, keep)
+    _view_columns(table, "pixel", best, inp.real_ids, (margins.max(1) > 0) | exact)
+    table["pixel_band"] = [band_name(cfg.bands[b]) for b in band]
+    table["pixel_margin"] = margins.max(1)
+    for b, s in zip(cfg.bands, syn, strict=True):
+        table[f"pixel_similarity_{band_name(b)}"] = s.similarity
+    calib = [{"view": "pixel", "band": band_name(b), **_calibration(held[k].similarity[keep], duplicate, cfg),
+              "threshold": float(thr[k]), "exact_similarity": cfg.exact_similarity}
+             for k, b in enumerate(cfg.bands)]
+    flags = [table["pixel_flag"].to_numpy()] if "pixel" in cfg.flag_on else []
     if inp.synth_features is not None:
-        views.append(("feature",
-                      feature_nearest(inp.real_features, inp.heldout_rows, inp.real_features, inp.train_rows, cfg),
-                      feature_nearest(inp.synth_features, all_synth, inp.real_features, inp.train_rows, cfg)))
-    for view, h, s in views:
-        flags_view, thr, floor = flag(s, h, cfg, exact, ~duplicate)
-        table[f"{view}_real_id"] = inp.real_ids[s.index]
-        table[f"{view}_real_row"] = s.index
-        table[f"{view}_similarity"] = s.similarity
-        table[f"{view}_score"] = s.score
-        table[f"{view}_flag"] = flags_view
-        if view in cfg.flag_on:
+        h = feature_nearest(inp.real_features, inp.heldout_rows, inp.real_features, inp.train_rows, cfg)
+        s = feature_nearest(inp.synth_features, all_synth, inp.real_features, inp.train_rows, cfg)
+        flags_view, thr_f, floor = flag(s, h, cfg, exact, keep)
+        _view_columns(table, "feature", s, inp.real_ids, flags_view)
+        if "feature" in cfg.flag_on:
             flags.append(flags_view)
-        used = h.score[~duplicate] if (~duplicate).any() else h.score
-        calib.append({"view": view, "n_heldout": len(h.score), "n_real_duplicates": int(duplicate.sum()),
-                      "n_calibration": len(used), "quantile": cfg.calibration_quantile,
-                      "heldout_quantile": float(np.quantile(used, cfg.calibration_quantile)),
-                      "margin": cfg.calibration_margin, "threshold": thr, "similarity_floor": floor,
-                      "exact_similarity": cfg.exact_similarity, "heldout_median": float(np.median(used)),
-                      "heldout_max": float(used.max()), "heldout_flagged": int((used > thr).sum())})
+        calib.append({"view": "feature", "band": "", **_calibration(h.score[keep], duplicate, cfg),
+                      "threshold": thr_f, "similarity_floor": floor, "exact_similarity": cfg.exact_similarity})
     table["exact_match"] = exact
     table["flagged"] = np.logical_or.reduce(flags) if flags else False
     return table, pd.DataFrame(calib), heldout
+
+
+def _view_columns(table: pd.DataFrame, view: str, s: Nearest, real_ids: np.ndarray, flags: np.ndarray) -> None:
+    """A view's nearest real image, similarity, score and flag as table columns."""
+    table[f"{view}_real_id"] = real_ids[s.index]
+    table[f"{view}_real_row"] = s.index
+    table[f"{view}_similarity"] = s.similarity
+    table[f"{view}_score"] = s.score
+    table[f"{view}_flag"] = flags
+
+
+def _calibration(used: np.ndarray, duplicate: np.ndarray, cfg: MemorisationConfig) -> dict[str, float]:
+    """Calibration summary of the held-out statistic `used` (duplicates already left out)."""
+    thr = threshold(used, cfg)
+    return {"n_heldout": len(duplicate), "n_real_duplicates": int(duplicate.sum()), "n_calibration": len(used),
+            "quantile": cfg.calibration_quantile,
+            "heldout_quantile": float(np.quantile(used, cfg.calibration_quantile)),
+            "margin": cfg.calibration_margin, "heldout_median": float(np.median(used)),
+            "heldout_max": float(used.max()), "heldout_flagged": int((used > thr).sum())}
 
 
 def memorisation_metrics(table: pd.DataFrame) -> dict[str, float]:
