@@ -24,6 +24,20 @@ class ExternalEval(StrictModel):
     label_map: dict[str, str] = Field(default_factory=dict, description="{class in B: class in A}")
 
 
+class ProbesConfig(StrictModel):
+    """Extra readouts of a linear probe's cached frozen features (policy linear_probe without augmentation).
+
+    Besides the configured head, a linear probe (the same recipe) is trained on every pooling the encoder offers
+    (`cls`, `mean`, `cls+mean`) and a DINO k-NN (cosine, k, temperature-weighted votes) is scored on each, all
+    from the one feature pass of the run; results go to the experiment's `probes` table.
+    """
+
+    pools: bool = Field(True, description="also train a linear probe on every other pooling")
+    knn: bool = Field(True, description="score a weighted k-NN (train subset as memory bank) on every pooling")
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float = Field(0.07, gt=0)
+
+
 class AdaptConfig(StrictModel):
     """The paper's recipe (Zhou et al.): batch 16, 50 epochs, 10 warm-up to 5e-4, cosine to 1e-6, best-val AUROC.
 
@@ -61,7 +75,11 @@ class AdaptConfig(StrictModel):
     external: list[ExternalEval] = Field(default_factory=list, description="cards to test on besides this one")
     export_encoder: bool = Field(False, description="finetune: also save the best epoch's encoder as a "
                                                     "save_pretrained dir `encoder/` in each run directory")
-    omit_when_default: ClassVar[tuple[str, ...]] = ("external", "export_encoder")
+    pool: Literal["cls", "mean", "cls+mean"] | None = Field(
+        None, description="how tokens become the head's input (models/pooling.py); default: the encoder's own "
+                          "pooling (the CLS token for synthfm's ViTs)")
+    probes: ProbesConfig = Field(default_factory=ProbesConfig, description="linear_probe: every pooling + k-NN")
+    omit_when_default: ClassVar[tuple[str, ...]] = ("external", "export_encoder", "pool", "probes")
 
     @model_validator(mode="after")
     def _export_needs_finetune(self) -> AdaptConfig:

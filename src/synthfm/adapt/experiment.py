@@ -9,8 +9,10 @@ import pandas as pd
 from synthfm.adapt.config import AdaptConfig
 from synthfm.adapt.export import write_model_card
 from synthfm.adapt.external import resolve_externals
+from synthfm.adapt.probes import collect_probes
 from synthfm.adapt.trainer import STAGE, adapt_one
 from synthfm.data.card import read_card
+from synthfm.evaluate.probes import write_probe_tables
 from synthfm.evaluate.results import INTERNAL, RESULTS, load_results, tidy_rows, write_tables
 from synthfm.runs import RunDir
 
@@ -33,6 +35,7 @@ def run_experiment(cfg: AdaptConfig, out_dir: str | Path) -> pd.DataFrame:
                 adapt_one(single, run_path(out_dir, fraction, seed))
     results = collect_results(cfg, out_dir)
     write_tables(results, out_dir)
+    write_probe_tables(collect_probes(cfg, out_dir), out_dir, cfg.val_split)
     write_model_card(out_dir)  # README.md: the adapted model's card (export writes the loadable folder)
     top.complete(runs=len(cfg.label_fractions) * len(cfg.seeds), results=f"{RESULTS}.parquet")
     return results

@@ -42,6 +42,7 @@ from synthfm.models.checkpoint import (
     save_state,
 )
 from synthfm.models.modelcard import README, classifier_card, timm_args
+from synthfm.models.pooling import native_pool
 from synthfm.runs import MARKER_FILE
 
 CLASSIFIER_FORMAT = "synthfm.classifier/1"
@@ -101,6 +102,19 @@ def fold_head(head: nn.Module) -> nn.Linear:
     return folded
 
 
+def pool_overrides(encoder: nn.Module, pool: str | None, run_dir: Path) -> dict[str, Any]:
+    """timm arguments that pool as the run did (models/pooling.py): `mean` of the normed patch tokens is
+    global_pool='avg' with fc_norm=False; the encoder's own pooling needs none."""
+    if pool is None or pool == native_pool(encoder):
+        return {}
+    if pool == "cls":
+        return {"global_pool": "token"}
+    if pool == "mean":
+        return {"global_pool": "avg", "fc_norm": False}
+    raise SynthfmError(f"run {run_dir} pools '{pool}', which a plain timm classifier cannot express",
+                       "adapt with pool 'cls' or 'mean' to export it or predict with it")
+
+
 def classifier_from_run(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """A finished run's best classifier as a timm ViT with a head, and its config.json record."""
     from synthfm.analyze.gradcam import load_adapted
@@ -110,7 +124,8 @@ def classifier_from_run(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]
     card, _ = read_card(cfg.card)
     task = card.task(cfg.task)
     backbone = model.encoder.synthfm_backbone
-    overrides = {**backbone["overrides"], "num_classes": task.num_outputs}
+    pooled = {**backbone["overrides"], **pool_overrides(model.encoder, model.pool, run_dir)}
+    overrides = {**pooled, "num_classes": task.num_outputs}
     clf = create_backbone(backbone["name"], backbone["in_chans"], **overrides)
     head = fold_head(model.head)
     state = {**model.encoder.state_dict(), "head.weight": head.weight.detach(), "head.bias": head.bias.detach()}
@@ -118,7 +133,7 @@ def classifier_from_run(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]
     clf.load_state_dict(state)
     p = preset(card.modality)
     arch, model_args = timm_args({"name": backbone["name"], "in_chans": backbone["in_chans"],
-                                  "overrides": backbone["overrides"]}, task.num_outputs)
+                                  "overrides": pooled}, task.num_outputs)
     size = cfg.image_size or int(clf.patch_embed.img_size[0])
     info = {"format": CLASSIFIER_FORMAT, "name": backbone["name"], "in_chans": backbone["in_chans"],
             "overrides": overrides, "architecture": arch, "model_args": model_args,

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from synthfm.adapt.config import AdaptConfig
 from synthfm.adapt.external import ExternalSet, resolve_externals
+from synthfm.adapt.probes import probe_summary
 from synthfm.data.card import TaskSpec
 from synthfm.data.manifest import CardData, load_card
 from synthfm.data.readers import open_dataset
@@ -40,6 +41,7 @@ from synthfm.evaluate.metrics import task_metrics
 from synthfm.io import atomic_path, atomic_write_json, atomic_write_text
 from synthfm.models.backbones import create_backbone
 from synthfm.models.checkpoint import from_pretrained, import_checkpoint, load_state, save_pretrained, save_state
+from synthfm.models.pooling import all_pools, available_pools, pool_features, pooled_dim, resolve_pool
 from synthfm.pretrain.engine import lr_at, param_groups, torch_load
 from synthfm.runs import METRICS_FILE, RunDir
 
@@ -113,11 +115,11 @@ def build_head(dim: int, outputs: int, probe: bool) -> nn.Module:
 
 
 class Classifier(nn.Module):
-    """Encoder + head; a frozen encoder has no gradients and stays in eval mode."""
+    """Encoder + pooling + head; a frozen encoder has no gradients and stays in eval mode."""
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, frozen: bool) -> None:
+    def __init__(self, encoder: nn.Module, head: nn.Module, frozen: bool, pool: str | None = None) -> None:
         super().__init__()
-        self.encoder, self.head, self.frozen = encoder, head, frozen
+        self.encoder, self.head, self.frozen, self.pool = encoder, head, frozen, pool
         if frozen:
             encoder.requires_grad_(False)
 
@@ -130,8 +132,15 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            feats = self.encoder(x)
+            feats = pool_features(self.encoder, x, self.pool)
         return self.head(feats)
+
+
+def make_classifier(encoder: nn.Module, cfg: AdaptConfig, outputs: int) -> Classifier:
+    """The classifier of a config: cfg.pool checked against the encoder, the head sized for that pooling."""
+    probe = cfg.policy == "linear_probe"
+    pool = None if cfg.pool is None else resolve_pool(encoder, cfg.pool, cfg.encoder)
+    return Classifier(encoder, build_head(pooled_dim(encoder, pool), outputs, probe), probe, pool)
 
 
 def layer_id(name: str, depth: int) -> int:
@@ -267,7 +276,7 @@ class Trainer:
         self.depth = len(encoder.blocks)
         if not self.probe:
             set_drop_path(encoder, self.cfg.drop_path)
-        return Classifier(encoder, build_head(encoder.num_features, self.task.num_outputs, self.probe), self.probe)
+        return make_classifier(encoder, self.cfg, self.task.num_outputs)
 
     # ---- data -------------------------------------------------------------------------------------------
     def datasets(self) -> dict[str, Dataset]:
@@ -289,18 +298,36 @@ class Trainer:
 
     @torch.no_grad()
     def cache_features(self, sets: dict[str, Dataset]) -> dict[str, Dataset]:
-        """Frozen-encoder features of every split, computed once and kept in the run directory."""
+        """Frozen-encoder features of every split, computed once and kept in the run directory.
+
+        Besides the head's input `<split>.x`, the same pass keeps every pooling the encoder offers as
+        `<split>.pool.<name>` for the extra probes (adapt/probes.py)."""
         path = self.run.path / FEATURES_FILE
-        if not path.is_file():
+        pools = available_pools(self.model.encoder) if self.cfg.probes.pools or self.cfg.probes.knn else ()
+        keys = [f"{s}.pool.{p}" for s in sets for p in pools]
+        if not path.is_file() or not set(keys) <= set(load_state(path)):
             self.model.encoder.eval()
             state = {}
             for split, ds in sets.items():
-                parts = [(self.model.encoder(x.to(self.acc.device)).float().cpu(), y, i) for x, y, i in self.loader(ds)]
-                for k, name in enumerate(("x", "y", "index")):
-                    state[f"{split}.{name}"] = torch.cat([p[k] for p in parts])
+                parts = [self._features(x, y, i, pools) for x, y, i in self.loader(ds)]
+                for name in parts[0]:
+                    state[f"{split}.{name}"] = torch.cat([p[name] for p in parts])
             save_state(state, path)
         state = load_state(path)
+        self.pooled = {s: {p: state[f"{s}.pool.{p}"] for p in pools} for s in sets}
         return {s: TensorDataset(*(state[f"{s}.{n}"] for n in ("x", "y", "index"))) for s in sets}
+
+    def _features(self, x: torch.Tensor, y: torch.Tensor, i: torch.Tensor,
+                  pools: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """One batch's head input `x`, targets, rows and every pooling in `pools` (one forward pass)."""
+        x = x.to(self.acc.device)
+        pooled = {f"pool.{p}": v.float().cpu() for p, v in all_pools(self.model.encoder, x, pools).items()} \
+            if pools else {}
+        own = self.model.pool or resolve_pool(self.model.encoder, None)
+        head_in = pooled.get(f"pool.{own}")
+        if head_in is None:
+            head_in = pool_features(self.model.encoder, x, self.model.pool).float().cpu()
+        return {"x": head_in, "y": y, "index": i, **pooled}
 
     # ---- one epoch --------------------------------------------------------------------------------------
     def train_epoch(self, ds: Dataset, epoch: int) -> dict[str, float]:
@@ -392,6 +419,7 @@ class Trainer:
             summary["encoder"] = str(self.export_encoder(best["best_epoch"]))
         if self.externals:
             summary["external"] = {e.name: self.evaluate_external(e) for e in self.externals}
+        summary.update(probe_summary(self, sets, summary["metrics"]))
         self.run.complete(**summary)
         shutil.rmtree(self.run.path / CHECKPOINTS, ignore_errors=True)
         return summary

@@ -113,7 +113,7 @@ def overlay(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
 def load_adapted(run_dir: str | Path) -> tuple[nn.Module, object]:
     """The best classifier of a finished adaptation run, and its AdaptConfig."""
     from synthfm.adapt.config import AdaptConfig
-    from synthfm.adapt.trainer import BEST_FILE, Classifier, build_head, load_encoder
+    from synthfm.adapt.trainer import BEST_FILE, load_encoder, make_classifier
     from synthfm.models.checkpoint import load_state
 
     run_dir = Path(run_dir)
@@ -127,7 +127,7 @@ def load_adapted(run_dir: str | Path) -> tuple[nn.Module, object]:
     torch.manual_seed(cfg.seeds[0])  # as the trainer does: a random-init probe's encoder is rebuilt, not saved
     encoder = load_encoder(cfg, data.channels)
     probe = cfg.policy == "linear_probe"
-    model = Classifier(encoder, build_head(encoder.num_features, task.num_outputs, probe), probe)
+    model = make_classifier(encoder, cfg, task.num_outputs)
     state = load_state(run_dir / BEST_FILE)
     (model.head if probe and not cfg.augments else model).load_state_dict(state)
     return model.eval(), cfg

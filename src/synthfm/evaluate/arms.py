@@ -5,16 +5,22 @@ headline experiment compares several arms at once, so its tests are one family: 
 baseline arm (e.g. random init and real-only SSL) at every label fraction, paired by seed, and Holm's
 correction runs across that whole family for each metric, not within each pair. "Labels to match" reads
 off each arm's mean curve the label fraction at which it reaches the reference arm's mean at 100% labels.
+
+A linear probe experiment that scored every pooling (evaluate/probes.py) enters with the pooling whose mean
+validation AUROC over its runs is best, chosen here from its `probes` table's validation rows only (never from
+test rows); the `pooling` table reports that choice and every readout's numbers (linear and k-NN per pooling).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.efficiency import labels_needed
+from synthfm.evaluate.probes import choose_pool, headline_rows, read_probes
 from synthfm.evaluate.results import INTERNAL, compare, load_results, summary_table
 from synthfm.evaluate.stats import holm
 
@@ -26,8 +32,44 @@ def arm_results(arms: Mapping[str, object]) -> pd.DataFrame:
     if len(arms) < 2:
         raise SynthfmError(f"an arms comparison needs at least two arms, got {list(arms)}",
                            "name every arm, baselines included, under 'arms'")
-    parts = [load_results(path).assign(arm=name, experiment=name) for name, path in arms.items()]
+    parts = [_arm_rows(path).assign(arm=name, experiment=name) for name, path in arms.items()]
     return pd.concat(parts, ignore_index=True)
+
+
+def _probes(source: object) -> tuple[pd.DataFrame, str] | None:
+    """The probes table of an arm given as one experiment directory (None otherwise, or without probes)."""
+    return read_probes(source) if isinstance(source, (str, Path)) and Path(source).is_dir() else None
+
+
+def _arm_rows(source: object) -> pd.DataFrame:
+    """An arm's results; with probes, its internal rows are the linear probe on the validation-chosen pooling."""
+    results, found = load_results(source), _probes(source)
+    if found is None:
+        return results
+    probes, val_split = found
+    head = headline_rows(probes, choose_pool(probes, val_split))
+    return pd.concat([head, results[results.get("eval_set", INTERNAL) != INTERNAL]], ignore_index=True)
+
+
+def arm_pooling(arms: Mapping[str, object], metrics: Sequence[str]) -> pd.DataFrame:
+    """Per arm with probes: every readout x pooling x fraction x split x metric (mean ± CI over seeds), with the
+    validation mean AUROC the pooling was chosen by and whether it was chosen."""
+    parts = []
+    for name, source in arms.items():
+        found = _probes(source)
+        if found is None:
+            continue
+        probes, val_split = found
+        choice = choose_pool(probes, val_split).rename(columns={"mean": "selection_mean", "split": "selection_split",
+                                                                "metric": "selection_metric", "n": "selection_n"})
+        table = summary_table(probes[probes["metric"].isin(metrics)],
+                              by=["readout", "pool", "fraction", "split", "metric"])
+        table = table.merge(choice.drop(columns="experiment"), on=["readout", "pool"], how="left")
+        parts.append(table.assign(arm=name, chosen=table["chosen"].fillna(False).astype(bool)))
+    if not parts:
+        return pd.DataFrame(columns=[ARM, "readout", "pool", "fraction", "split", "metric", "chosen"])
+    out = pd.concat(parts, ignore_index=True)
+    return out[[ARM, *[c for c in out.columns if c != ARM]]]
 
 
 def _check_names(arms: Sequence[str], named: Sequence[str], key: str) -> None:
@@ -75,9 +117,9 @@ def arm_match(results: pd.DataFrame, reference: str, metrics: Sequence[str], spl
 
 def arm_tables(arms: Mapping[str, object], baselines: Sequence[str], reference: str,
                metrics: Sequence[str] = ("auroc", "accuracy"), split: str = "test") -> dict[str, pd.DataFrame]:
-    """The three tables of a many-arm comparison: summary, tests, match."""
+    """The tables of a many-arm comparison: summary, tests, match, and pooling (arms with probes)."""
     _check_names(list(arms), baselines, "baselines")
     _check_names(list(arms), [reference], "reference")
     results = arm_results(arms)
     return {"summary": arm_summary(results, metrics, split), "tests": arm_tests(results, baselines, metrics, split),
-            "match": arm_match(results, reference, metrics, split)}
+            "match": arm_match(results, reference, metrics, split), "pooling": arm_pooling(arms, metrics)}

@@ -1,0 +1,125 @@
+"""Every readout of a linear probe run's frozen features: a linear probe per pooling and a k-NN per pooling.
+
+A linear probe without augmentation computes its encoder's features once (trainer.cache_features keeps every
+pooling the encoder offers). Here the same probe recipe (BatchNorm1d(affine=False) + Linear, same epochs, lr
+schedule, seed and best-val-AUROC epoch) is trained on each other pooling, and a DINO k-NN (evaluate/knn.py)
+with the run's training subset as memory bank is scored on the validation and test splits of each pooling.
+The configured head's own metrics are the `linear:<its pooling>` entry, so nothing is trained twice.
+
+The result, stored in the run's summary under `probes`, maps `<readout>:<pool>` (readout `linear` or `knn`) to
+{split: {metric: value}}; `synthfm.evaluate.probes` turns it into the experiment's `probes` table and picks the
+pooling on validation data.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from synthfm.adapt.config import AdaptConfig
+from synthfm.data.card import read_card
+from synthfm.evaluate.knn import knn_scores
+from synthfm.evaluate.metrics import task_metrics
+from synthfm.evaluate.probes import probe_rows
+from synthfm.evaluate.results import INTERNAL
+from synthfm.models.pooling import pooled_dim, resolve_pool
+from synthfm.runs import MARKER_FILE
+
+if TYPE_CHECKING:
+    from synthfm.adapt.trainer import Trainer
+
+Metrics = dict[str, dict[str, float]]
+RUN_KEYS = ("fraction", "seed", "repeat", "fold")  # a run's place in the experiment, from its summary
+
+
+def probe_key(readout: str, pool: str) -> str:
+    """The summary key of one readout on one pooling, e.g. 'linear:mean', 'knn:cls'."""
+    return f"{readout}:{pool}"
+
+
+def _splits(trainer: Trainer) -> list[str]:
+    """Validation split first, then the test splits."""
+    return list(dict.fromkeys([trainer.cfg.val_split, *trainer.cfg.test_splits]))
+
+
+def _pooled_sets(trainer: Trainer, sets: dict[str, Dataset], pool: str) -> dict[str, TensorDataset]:
+    """The cached (features of `pool`, targets, rows) of every split."""
+    return {s: TensorDataset(trainer.pooled[s][pool], *sets[s].tensors[1:]) for s in sets}
+
+
+def fit_linear(trainer: Trainer, sets: dict[str, TensorDataset], dim: int) -> Metrics:
+    """Train the run's probe recipe on other features; the best-val-AUROC epoch's metrics on every split."""
+    from synthfm.adapt.trainer import build_head, epoch_seed, is_better, lrd_param_groups
+
+    cfg, val = trainer.cfg, trainer.cfg.val_split
+    torch.manual_seed(trainer.seed)
+    head = build_head(dim, trainer.task.num_outputs, probe=True).to(trainer.acc.device)
+    optimizer = torch.optim.AdamW(lrd_param_groups(head, cfg.weight_decay, 1.0, trainer.depth), lr=0.0,
+                                  betas=cfg.betas)
+    kept = trainer.net, trainer.optimizer
+    trainer.net, trainer.optimizer = trainer.acc.prepare(head, optimizer)
+    try:
+        best, best_state = None, None
+        for epoch in range(cfg.epochs):
+            torch.manual_seed(epoch_seed(trainer.seed, epoch))
+            trainer.train_epoch(sets["train"], epoch)
+            auroc = task_metrics(trainer.task.type, *trainer.predict(sets[val])[1:])["auroc"]
+            if is_better(auroc, best):
+                best, best_state = auroc, copy.deepcopy(trainer.net.state_dict())
+        trainer.net.load_state_dict(best_state)
+        return {s: task_metrics(trainer.task.type, *trainer.predict(sets[s])[1:]) for s in _splits(trainer)}
+    finally:
+        trainer.net, trainer.optimizer = kept
+
+
+def knn_metrics(trainer: Trainer, sets: dict[str, TensorDataset]) -> Metrics:
+    """k-NN scores of the validation and test splits against the training subset, and their metrics."""
+    cfg, task = trainer.cfg.probes, trainer.task
+    bank, bank_y = sets["train"].tensors[:2]
+    out = {}
+    for split in _splits(trainer):
+        query, y = sets[split].tensors[:2]
+        p = knn_scores(bank, bank_y, query, task.type, len(task.classes), cfg.knn_k, cfg.knn_temperature)
+        out[split] = task_metrics(task.type, y.numpy(), p)
+    return out
+
+
+def run_probes(trainer: Trainer, sets: dict[str, Dataset], metrics: Metrics) -> dict[str, Metrics]:
+    """Linear probes on the other poolings and k-NN on every pooling; `metrics` are the configured head's."""
+    cfg, encoder = trainer.cfg.probes, trainer.model.encoder
+    own = trainer.model.pool or resolve_pool(encoder, None)
+    out: dict[str, Metrics] = {probe_key("linear", own): metrics}
+    for pool in trainer.pooled["train"]:
+        pooled = _pooled_sets(trainer, sets, pool)
+        if cfg.pools and pool != own:
+            out[probe_key("linear", pool)] = fit_linear(trainer, pooled, pooled_dim(encoder, pool))
+        if cfg.knn:
+            out[probe_key("knn", pool)] = knn_metrics(trainer, pooled)
+        trainer.run.log(event="probe", pool=pool)
+    return out
+
+
+def probe_summary(trainer: Trainer, sets: dict[str, Dataset], metrics: Metrics) -> dict[str, Any]:
+    """The `probes` entry of a cached linear probe run's summary (empty when probes are off)."""
+    if not (trainer.cached and (trainer.cfg.probes.pools or trainer.cfg.probes.knn)):
+        return {}
+    return {"probes": run_probes(trainer, sets, metrics)}
+
+
+def collect_probes(cfg: AdaptConfig, out_dir: str | Path) -> list[dict[str, Any]]:
+    """Tidy probe rows of every finished run under an experiment directory (runs without probes add none)."""
+    meta = {"experiment": Path(out_dir).name, "dataset": read_card(cfg.card)[0].name, "task": cfg.task,
+            "policy": cfg.policy, "encoder": cfg.encoder}
+    rows = []
+    for marker in sorted(Path(out_dir).rglob(MARKER_FILE)):
+        summary = json.loads(marker.read_text()).get("summary", {})
+        if marker.parent == Path(out_dir) or "probes" not in summary:
+            continue
+        run = {k: summary[k] for k in RUN_KEYS if k in summary}
+        rows += probe_rows(summary["probes"], **meta, **run, eval_set=INTERNAL)
+    return rows
