@@ -1,0 +1,77 @@
+"""A linear probe run scores every pooling and a k-NN from its one cached feature pass; `pool` in the classifier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from synthfm.adapt.experiment import run_experiment, run_path
+from synthfm.adapt.export import load_classifier
+from synthfm.adapt.trainer import FEATURES_FILE, Trainer
+from synthfm.evaluate.knn import knn_scores
+from synthfm.evaluate.metrics import task_metrics
+from synthfm.evaluate.probes import POOL_CHOICE, PROBES
+from synthfm.models.checkpoint import load_state
+from synthfm.models.pooling import pool_features
+from synthfm.runs import config_hash
+
+
+def test_probe_run_writes_every_pool_and_knn(tiny_cfg, tmp_path: Path) -> None:
+    cfg = tiny_cfg(policy="linear_probe", seeds=[0, 1], epochs=2)
+    results = run_experiment(cfg, tmp_path)
+    assert len(results) == 2 * 2 * 7  # results: the configured head's rows only, as before
+    probes = pd.read_parquet(tmp_path / f"{PROBES}.parquet")
+    keys = set(probes[["readout", "pool"]].itertuples(index=False))
+    assert keys == {(r, p) for r in ("linear", "knn") for p in ("cls", "mean", "cls+mean")}
+    assert len(probes) == 2 * 6 * 2 * 7  # seeds x readouts/pools x splits x binary metrics
+    run = run_path(tmp_path, 1.0, 1)
+    summary = json.loads((run / "COMPLETE.json").read_text())["summary"]
+    assert summary["probes"]["linear:cls"] == summary["metrics"]  # the configured head is the cls probe
+    # the cached features hold every pooling from the same pass; the head's input is the cls pooling
+    state = load_state(run / FEATURES_FILE)
+    assert torch.equal(state["test.x"], state["test.pool.cls"])
+    assert state["test.pool.cls+mean"].shape[1] == 2 * state["test.pool.mean"].shape[1] == 96
+    # the k-NN entry is DINO's vote on those features (train subset as memory bank)
+    p = knn_scores(state["train.pool.mean"], state["train.y"], state["test.pool.mean"], "binary", 2)
+    assert summary["probes"]["knn:mean"]["test"] == task_metrics("binary", state["test.y"].numpy(), p)
+    # the pool choice is the best mean validation AUROC over the two seeds
+    choice = pd.read_csv(tmp_path / f"{POOL_CHOICE}.csv")
+    val = probes.query("readout == 'linear' and split == 'val' and metric == 'auroc'")
+    best = val.groupby("pool")["value"].mean()
+    assert choice.set_index("pool")["mean"].to_dict() == pytest.approx(best.to_dict())
+    assert choice.loc[choice["chosen"], "pool"].item() == best.idxmax()
+
+
+def test_pool_sets_the_head_input_and_probes_can_be_off(tiny_cfg, tmp_path: Path) -> None:
+    cfg = tiny_cfg(policy="linear_probe", pool="cls+mean", probes={"pools": False, "knn": False}, epochs=1)
+    t = Trainer(cfg, tmp_path)
+    assert t.model.pool == "cls+mean" and t.model.head[0].num_features == 96
+    summary = t.fit()
+    assert "probes" not in summary
+    state = load_state(tmp_path / FEATURES_FILE)
+    assert not any(".pool." in k for k in state)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(t.model.encoder.eval()(x), pool_features(t.model.encoder, x, "cls"))
+        assert pool_features(t.model.encoder, x, "cls+mean").shape == (2, 96)
+
+
+def test_finetune_with_mean_pool_exports_to_plain_timm(tiny_cfg, tmp_path: Path) -> None:
+    t = Trainer(tiny_cfg(policy="finetune", pool="mean", epochs=1), tmp_path)
+    t.fit()
+    clf, info = load_classifier(tmp_path)
+    assert info["overrides"]["global_pool"] == "avg" and info["overrides"]["fc_norm"] is False
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x), t.model.eval()(x))
+
+
+def test_new_fields_keep_old_hashes(tiny_cfg) -> None:
+    cfg = tiny_cfg()
+    dump = cfg.model_dump()
+    assert "pool" not in dump and "probes" not in dump
+    assert config_hash(cfg) != config_hash(tiny_cfg(pool="mean")) != config_hash(tiny_cfg(probes={"knn": False}))
