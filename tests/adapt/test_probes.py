@@ -15,7 +15,7 @@ from synthfm.adapt.trainer import FEATURES_FILE, Trainer
 from synthfm.evaluate.knn import knn_scores
 from synthfm.evaluate.metrics import task_metrics
 from synthfm.evaluate.probes import POOL_CHOICE, PROBES
-from synthfm.models.checkpoint import load_state
+from synthfm.models.checkpoint import load_state, save_state
 from synthfm.models.pooling import pool_features
 from synthfm.runs import config_hash
 
@@ -75,3 +75,24 @@ def test_new_fields_keep_old_hashes(tiny_cfg) -> None:
     dump = cfg.model_dump()
     assert "pool" not in dump and "probes" not in dump
     assert config_hash(cfg) != config_hash(tiny_cfg(pool="mean")) != config_hash(tiny_cfg(probes={"knn": False}))
+
+
+def test_runs_finished_before_probes_are_backfilled_without_retraining(tiny_cfg, tmp_path: Path) -> None:
+    cfg = tiny_cfg(policy="linear_probe", seeds=[0, 1], epochs=1)
+    run_experiment(cfg, tmp_path)
+    fresh = pd.read_parquet(tmp_path / f"{PROBES}.parquet")
+    for seed in (0, 1):  # make the experiment look as it did before probes: no summary entry, tables or pools
+        run = run_path(tmp_path, 1.0, seed)
+        marker = json.loads((run / "COMPLETE.json").read_text())
+        marker["summary"].pop("probes")
+        (run / "COMPLETE.json").write_text(json.dumps(marker))
+        state = load_state(run / FEATURES_FILE)
+        save_state({k: v for k, v in state.items() if ".pool." not in k}, run / FEATURES_FILE)
+    for name in (PROBES, POOL_CHOICE):
+        for suffix in (".parquet", ".csv"):
+            (tmp_path / f"{name}{suffix}").unlink()
+    best = run_path(tmp_path, 1.0, 0) / "best.safetensors"
+    stamp = best.stat().st_mtime_ns
+    run_experiment(cfg, tmp_path)
+    assert best.stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{PROBES}.parquet"), fresh)

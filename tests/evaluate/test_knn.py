@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from synthfm.errors import SynthfmError
-from synthfm.evaluate.knn import K, TEMPERATURE, knn_scores
+from synthfm.evaluate.knn import TEMPERATURE, K, knn_scores
 from synthfm.evaluate.metrics import task_metrics
 
 # Memory bank (magnitudes differ on purpose: only directions count) and one query along (1, 0.2).

@@ -9,7 +9,7 @@ import pandas as pd
 from synthfm.adapt.config import AdaptConfig
 from synthfm.adapt.export import write_model_card
 from synthfm.adapt.external import resolve_externals
-from synthfm.adapt.probes import collect_probes
+from synthfm.adapt.probes import collect_probes, missing_probes
 from synthfm.adapt.trainer import STAGE, adapt_one
 from synthfm.data.card import read_card
 from synthfm.evaluate.probes import write_probe_tables
@@ -26,7 +26,7 @@ def run_experiment(cfg: AdaptConfig, out_dir: str | Path) -> pd.DataFrame:
     """Adapt for every fraction × seed (finished runs are skipped), then write the results tables."""
     resolve_externals(cfg)  # a wrong external mapping fails here, before any training
     top = RunDir(out_dir, f"{STAGE}.experiment", cfg)
-    if top.open() == "done":
+    if top.open() == "done" and not missing_probes(cfg, out_dir):
         return load_results(out_dir)
     for fraction in cfg.label_fractions:
         for seed in cfg.seeds:

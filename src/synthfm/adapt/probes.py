@@ -19,16 +19,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 from torch.utils.data import Dataset, TensorDataset
 
 from synthfm.adapt.config import AdaptConfig
+from synthfm.config import validate_config
 from synthfm.data.card import read_card
 from synthfm.evaluate.knn import knn_scores
 from synthfm.evaluate.metrics import task_metrics
-from synthfm.evaluate.probes import probe_rows
+from synthfm.evaluate.probes import PROBES, probe_rows
 from synthfm.evaluate.results import INTERNAL
+from synthfm.locks import acquire, release
 from synthfm.models.pooling import pooled_dim, resolve_pool
-from synthfm.runs import MARKER_FILE
+from synthfm.runs import CONFIG_FILE, MARKER_FILE
 
 if TYPE_CHECKING:
     from synthfm.adapt.trainer import Trainer
@@ -104,22 +107,56 @@ def run_probes(trainer: Trainer, sets: dict[str, Dataset], metrics: Metrics) -> 
     return out
 
 
+def wants_probes(cfg: AdaptConfig) -> bool:
+    """Whether a run scores the extra probes: a linear probe on cached features with pools or k-NN on."""
+    return cfg.policy == "linear_probe" and not cfg.augments and (cfg.probes.pools or cfg.probes.knn)
+
+
 def probe_summary(trainer: Trainer, sets: dict[str, Dataset], metrics: Metrics) -> dict[str, Any]:
     """The `probes` entry of a cached linear probe run's summary (empty when probes are off)."""
-    if not (trainer.cached and (trainer.cfg.probes.pools or trainer.cfg.probes.knn)):
-        return {}
-    return {"probes": run_probes(trainer, sets, metrics)}
+    return {"probes": run_probes(trainer, sets, metrics)} if wants_probes(trainer.cfg) else {}
+
+
+def backfill_probes(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """A run finished before probes existed gets them (one feature pass, the same recipe); its head is kept."""
+    from synthfm.adapt.trainer import STAGE, Trainer
+
+    header = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
+    if header.get("stage") != STAGE or "metrics" not in summary:
+        return summary
+    cfg = validate_config(AdaptConfig, header["config"], str(run_dir / CONFIG_FILE))
+    if not wants_probes(cfg):
+        return summary
+    lock = acquire(run_dir)
+    try:
+        trainer = Trainer(cfg, run_dir)
+        summary = {**summary, **probe_summary(trainer, trainer.datasets(), summary["metrics"])}
+        trainer.run.complete(**summary)  # the marker again, same config hash, now with the probes
+    finally:
+        release(lock)
+    return summary
+
+
+def missing_probes(cfg: AdaptConfig, out_dir: str | Path) -> bool:
+    """Whether a finished experiment that should have probe tables lacks them (it predates them)."""
+    return wants_probes(cfg) and not (Path(out_dir) / f"{PROBES}.parquet").is_file()
 
 
 def collect_probes(cfg: AdaptConfig, out_dir: str | Path) -> list[dict[str, Any]]:
-    """Tidy probe rows of every finished run under an experiment directory (runs without probes add none)."""
+    """Tidy probe rows of every finished run under an experiment directory; a run that finished before probes
+    existed is backfilled (backfill_probes), one with probes off adds none."""
     meta = {"experiment": Path(out_dir).name, "dataset": read_card(cfg.card)[0].name, "task": cfg.task,
             "policy": cfg.policy, "encoder": cfg.encoder}
     rows = []
     for marker in sorted(Path(out_dir).rglob(MARKER_FILE)):
         summary = json.loads(marker.read_text()).get("summary", {})
-        if marker.parent == Path(out_dir) or "probes" not in summary:
+        if marker.parent == Path(out_dir):
             continue
+        if "probes" not in summary:
+            backfill_probes(marker.parent, summary)
+            summary = json.loads(marker.read_text()).get("summary", {})  # as written, so rows keep one order
+            if "probes" not in summary:
+                continue
         run = {k: summary[k] for k in RUN_KEYS if k in summary}
         rows += probe_rows(summary["probes"], **meta, **run, eval_set=INTERNAL)
     return rows

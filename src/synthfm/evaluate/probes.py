@@ -32,9 +32,9 @@ CHOICE_COLUMNS = ("readout", "pool", "metric", "split", "n", "mean", "chosen")
 
 
 def probe_rows(probes: dict[str, dict[str, dict[str, float]]], **meta: Any) -> list[dict[str, Any]]:
-    """Tidy rows of a run's `probes` summary ({'<readout>:<pool>': {split: {metric: value}}})."""
+    """Tidy rows of a run's `probes` summary ({'<readout>:<pool>': {split: {metric: value}}}), in key order."""
     rows = []
-    for key, metrics in probes.items():
+    for key, metrics in sorted(probes.items()):
         readout, pool = key.split(":", 1)
         rows += tidy_rows(metrics, **meta, readout=readout, pool=pool)
     return rows
