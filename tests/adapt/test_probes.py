@@ -96,3 +96,13 @@ def test_runs_finished_before_probes_are_backfilled_without_retraining(tiny_cfg,
     run_experiment(cfg, tmp_path)
     assert best.stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{PROBES}.parquet"), fresh)
+
+
+def test_ordinal_probe_run_scores_class_shares(tiny_cfg, tmp_path: Path) -> None:
+    summary = Trainer(tiny_cfg(policy="linear_probe", task="dr_grade", epochs=1), tmp_path).fit()
+    assert set(summary["probes"]) == {f"{r}:{p}" for r in ("linear", "knn") for p in ("cls", "mean", "cls+mean")}
+    state = load_state(tmp_path / FEATURES_FILE)
+    p = knn_scores(state["train.pool.cls"], state["train.y"], state["val.pool.cls"], "ordinal", 5)
+    assert p.shape == (16, 5) and p.sum(1) == pytest.approx(1.0)
+    assert summary["probes"]["knn:cls"]["val"] == task_metrics("ordinal", state["val.y"].numpy(), p)
+    assert "kappa_quadratic" in summary["probes"]["linear:mean"]["test"]

@@ -304,8 +304,9 @@ class Trainer:
         `<split>.pool.<name>` for the extra probes (adapt/probes.py)."""
         path = self.run.path / FEATURES_FILE
         pools = available_pools(self.model.encoder) if self.cfg.probes.pools or self.cfg.probes.knn else ()
-        keys = [f"{s}.pool.{p}" for s in sets for p in pools]
-        if not path.is_file() or not set(keys) <= set(load_state(path)):
+        keys = {f"{s}.{n}" for s in sets for n in ("x", *(f"pool.{p}" for p in pools))}
+        state = load_state(path) if path.is_file() else {}
+        if not keys <= set(state):  # first time, or a file from before the poolings were kept
             self.model.encoder.eval()
             state = {}
             for split, ds in sets.items():
@@ -313,7 +314,6 @@ class Trainer:
                 for name in parts[0]:
                     state[f"{split}.{name}"] = torch.cat([p[name] for p in parts])
             save_state(state, path)
-        state = load_state(path)
         self.pooled = {s: {p: state[f"{s}.pool.{p}"] for p in pools} for s in sets}
         return {s: TensorDataset(*(state[f"{s}.{n}"] for n in ("x", "y", "index"))) for s in sets}
 
