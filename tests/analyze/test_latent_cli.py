@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 from typer.testing import CliRunner
 
 from synthfm.analyze.commands import app
@@ -75,3 +77,20 @@ def test_cli_morphology_and_bad_input(planted_card: Path, tmp_path: Path) -> Non
     assert (tmp_path / "m" / "morphology_planted.csv").is_file()
     bad = runner.invoke(app, ["morphology", str(planted_card), "--out", str(tmp_path / "b"), "--segmenter", "x"])
     assert bad.exit_code != 0 and "segmenter" in str(bad.exception)
+
+
+def test_latent_features_take_the_probe_poolings(planted_card: Path) -> None:
+    """`pool` picks the feature as the probes do (models/pooling.py); left out, the dump and key are as before."""
+    from synthfm.analyze.latent import card_features
+
+    base = {"cards": [str(planted_card)], "encoder": "vit_tiny_p8_64", "backbone_overrides": TINY, "n": 8}
+    assert "pool" not in LatentConfig(**base).model_dump()
+
+    def features(**kw: str) -> np.ndarray:
+        torch.manual_seed(0)  # the same random encoder each time
+        return card_features(LatentConfig(**base, **kw), str(planted_card), 0)[0]
+
+    own, cls, both = features(), features(pool="cls"), features(pool="cls+mean")
+    np.testing.assert_allclose(cls, own, atol=1e-6)
+    np.testing.assert_allclose(both[:, :own.shape[1]], own, atol=1e-6)
+    assert both.shape == (8, 2 * own.shape[1]) and not np.allclose(both[:, own.shape[1]:], own, atol=1e-3)

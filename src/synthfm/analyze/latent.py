@@ -13,7 +13,7 @@ colouring: `tsne_<column>.png`, `umap_<column>.png` for `source`, `card`, every 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path
 from synthfm.models.backbones import BACKBONES
 from synthfm.models.checkpoint import load_state, save_state
+from synthfm.models.pooling import pool_features, resolve_pool
 from synthfm.progress import progress_bar
 from synthfm.runs import RunDir
 
@@ -56,6 +57,9 @@ class LatentConfig(StrictModel):
     perplexity: float = Field(30.0, gt=1)
     neighbours: int = Field(15, ge=2, description="UMAP n_neighbors")
     threads: int | None = Field(None, ge=1, description="BLAS/OpenMP threads for the maps (None: leave as set)")
+    pool: Literal["cls", "mean", "cls+mean"] | None = Field(None, description="models/pooling.py; default: the "
+                                                                              "encoder's own pooling")
+    omit_when_default: ClassVar[tuple[str, ...]] = ("pool",)
 
 
 def encoder_from(cfg: LatentConfig, in_chans: int) -> torch.nn.Module:
@@ -94,8 +98,9 @@ def card_features(cfg: LatentConfig, card: str, k: int) -> tuple[np.ndarray, pd.
     rows = sample_rows(len(data), cfg.n, cfg.seed + k)
     loader = DataLoader(Subset(ds, rows.tolist()), batch_size=cfg.batch_size, collate_fn=_collate)
     feats, index = [], []
+    pool = None if cfg.pool is None else resolve_pool(encoder, cfg.pool, cfg.encoder)
     for x, i in progress_bar(loader, f"features {data.card.name}", total=len(loader)):
-        feats.append(encoder(x).float().numpy())
+        feats.append(pool_features(encoder, x, pool).float().numpy())
         index.append(i.numpy())
     idx = np.concatenate(index)
     table = pd.DataFrame({"card": data.card.name, "source": data.card.provenance.kind, "row": idx,
