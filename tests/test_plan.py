@@ -63,8 +63,9 @@ def test_steps_runs_flops_and_seconds_follow_the_config(tmp_path: Path, bench: P
     assert by["pretrain.mae"].flops == pytest.approx(steps * 8 * per_image)
     assert by["pretrain.mae"].seconds == pytest.approx(3.0 + steps * 8 * per_image / 1e9)
     assert by["data.fundus"].seconds == pytest.approx(2.0 + 48 * 32 * 32 / 1e6 / 0.5)
-    # probe: 2 seeds x 2 fractions; 3 epochs of ceil(n / 4) head steps per run; features once per run
-    probe_steps = 2 * 3 * (math.ceil(round(0.5 * train) / 4) + math.ceil(train / 4))
+    # probe: 2 seeds x 2 fractions; 3 epochs of ceil(n / 4) head steps per run and head (cls, mean, cls+mean);
+    # features once per run
+    probe_steps = 3 * 2 * 3 * (math.ceil(round(0.5 * train) / 4) + math.ceil(train / 4))
     assert (by["adapt.probe"].runs, by["adapt.probe"].steps) == (4, probe_steps)
     assert by["adapt.probe"].seconds == pytest.approx(4 * 1.5 + probe_steps / 100.0)
     # fine-tune: 1 seed x 2 fractions, 1 epoch: training FLOPs of the images, validation and test forwards

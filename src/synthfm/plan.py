@@ -324,6 +324,8 @@ def _adapt_encoder(cfg: Any, ctx: Context) -> tuple[str, dict[str, Any]]:
 
 def _adapt_work(cfg: Any, ctx: Context) -> Work:
     """Every fraction x seed: linear probe = cached features once + head steps; fine-tune = FLOPs of every epoch."""
+    from synthfm.adapt.probes import probe_heads
+
     backbone, overrides = _adapt_encoder(cfg, ctx)
     size = cfg.image_size or overrides.get("img_size") or 64
     chans = ctx.channels.get(str(cfg.card), 3)
@@ -331,13 +333,14 @@ def _adapt_work(cfg: Any, ctx: Context) -> Work:
     n_test = sum(ctx.rows(cfg.card, s) for s in cfg.test_splits)
     runs, seeds = len(cfg.seeds) * len(cfg.label_fractions), len(cfg.seeds)
     probe = cfg.policy == "linear_probe" and not cfg.augments
+    heads = probe_heads(cfg) if probe else 1  # a probe run also trains a head per other pooling (adapt/probes.py)
     infer = encoder_cost(backbone, overrides, size, chans, train=False)
     abytes = 2.0 if cfg.mixed_precision != "no" else 4.0
     steps = flops = 0.0
     for frac in cfg.label_fractions:
         n = max(1, round(frac * n_train))
         per_epoch = math.ceil(n / cfg.batch_size)
-        steps += seeds * cfg.epochs * per_epoch
+        steps += seeds * cfg.epochs * per_epoch * heads
         if probe:
             flops += seeds * (n + n_val + n_test) * infer.forward
         else:

@@ -30,7 +30,7 @@ from synthfm.evaluate.metrics import task_metrics
 from synthfm.evaluate.probes import PROBES, probe_rows
 from synthfm.evaluate.results import INTERNAL
 from synthfm.locks import acquire, release
-from synthfm.models.pooling import pooled_dim, resolve_pool
+from synthfm.models.pooling import POOLS, pooled_dim, resolve_pool
 from synthfm.runs import CONFIG_FILE, MARKER_FILE
 
 if TYPE_CHECKING:
@@ -110,6 +110,11 @@ def run_probes(trainer: Trainer, sets: dict[str, Dataset], metrics: Metrics) -> 
 def wants_probes(cfg: AdaptConfig) -> bool:
     """Whether a run scores the extra probes: a linear probe on cached features with pools or k-NN on."""
     return cfg.policy == "linear_probe" and not cfg.augments and (cfg.probes.pools or cfg.probes.knn)
+
+
+def probe_heads(cfg: AdaptConfig) -> int:
+    """Linear heads a run trains (for the planner): the configured one, plus one per other pooling of a ViT."""
+    return 1 + (len(POOLS) - 1 if wants_probes(cfg) and cfg.probes.pools else 0)
 
 
 def probe_summary(trainer: Trainer, sets: dict[str, Dataset], metrics: Metrics) -> dict[str, Any]:
