@@ -320,14 +320,12 @@ class Trainer:
     def _features(self, x: torch.Tensor, y: torch.Tensor, i: torch.Tensor,
                   pools: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """One batch's head input `x`, targets, rows and every pooling in `pools` (one forward pass)."""
-        x = x.to(self.acc.device)
-        pooled = {f"pool.{p}": v.float().cpu() for p, v in all_pools(self.model.encoder, x, pools).items()} \
-            if pools else {}
-        own = self.model.pool or resolve_pool(self.model.encoder, None)
-        head_in = pooled.get(f"pool.{own}")
-        if head_in is None:
-            head_in = pool_features(self.model.encoder, x, self.model.pool).float().cpu()
-        return {"x": head_in, "y": y, "index": i, **pooled}
+        x, encoder = x.to(self.acc.device), self.model.encoder
+        pooled = all_pools(encoder, x, pools) if pools else {}
+        own = self.model.pool or resolve_pool(encoder, None)
+        head_in = pooled[own] if own in pooled else pool_features(encoder, x, self.model.pool)
+        return {"x": head_in.float().cpu(), "y": y, "index": i, **{f"pool.{p}": v.float().cpu()
+                                                                    for p, v in pooled.items()}}
 
     # ---- one epoch --------------------------------------------------------------------------------------
     def train_epoch(self, ds: Dataset, epoch: int) -> dict[str, float]:
