@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from synthfm.adapt.commands import show_probes
 from synthfm.adapt.experiment import run_experiment, run_path
 from synthfm.adapt.export import load_classifier
 from synthfm.adapt.trainer import FEATURES_FILE, Trainer
@@ -20,7 +21,7 @@ from synthfm.models.pooling import pool_features
 from synthfm.runs import config_hash
 
 
-def test_probe_run_writes_every_pool_and_knn(tiny_cfg, tmp_path: Path) -> None:
+def test_probe_run_writes_every_pool_and_knn(tiny_cfg, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tiny_cfg(policy="linear_probe", seeds=[0, 1], epochs=2)
     results = run_experiment(cfg, tmp_path)
     assert len(results) == 2 * 2 * 7  # results: the configured head's rows only, as before
@@ -44,6 +45,9 @@ def test_probe_run_writes_every_pool_and_knn(tiny_cfg, tmp_path: Path) -> None:
     best = val.groupby("pool")["value"].mean()
     assert choice.set_index("pool")["mean"].to_dict() == pytest.approx(best.to_dict())
     assert choice.loc[choice["chosen"], "pool"].item() == best.idxmax()
+    show_probes(tmp_path)  # what `synthfm adapt` prints after its results
+    printed = capsys.readouterr().out
+    assert "pooling chosen by mean val AUROC" in printed and "cls+mean" in printed and "knn" in printed
 
 
 def test_pool_sets_the_head_input_and_probes_can_be_off(tiny_cfg, tmp_path: Path) -> None:

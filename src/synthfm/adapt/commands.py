@@ -19,7 +19,22 @@ def adapt_command(config: str | Path, out: str | Path) -> int:
     """Run an adaptation YAML over every label fraction × seed in `out` (resumable); print test AUROC."""
     results = run_experiment(load_config(AdaptConfig, config), out)
     show(summary_table(results[results["metric"] == "auroc"]))
+    show_probes(out)
     return 0
+
+
+def show_probes(out: str | Path) -> None:
+    """A probe experiment's every readout x pooling (AUROC over seeds) and the pooling chosen on validation."""
+    from synthfm.evaluate.probes import choose_pool, read_probes
+
+    found = read_probes(out)
+    if found is None:
+        return
+    probes, val_split = found
+    table = summary_table(probes[probes["metric"] == "auroc"], by=["readout", "pool", "fraction", "split"])
+    show(table[["readout", "pool", "fraction", "split", "n", "mean", "ci_low", "ci_high"]],
+         "AUROC of every readout and pooling (probes.csv)")
+    show(choose_pool(probes, val_split), f"pooling chosen by mean {val_split} AUROC (pool_choice.csv)")
 
 
 def evaluate_command(runs: str | Path | list[Path], metric: str = "auroc", config: Path | None = None,
