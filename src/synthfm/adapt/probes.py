@@ -103,7 +103,6 @@ def run_probes(trainer: Trainer, sets: dict[str, Dataset], metrics: Metrics) -> 
             out[probe_key("linear", pool)] = fit_linear(trainer, pooled, pooled_dim(encoder, pool))
         if cfg.knn:
             out[probe_key("knn", pool)] = knn_metrics(trainer, pooled)
-        trainer.run.log(event="probe", pool=pool)
     return out
 
 

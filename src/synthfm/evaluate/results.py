@@ -6,7 +6,7 @@ Where the tables are (every table is written as both `.parquet` and `.csv`, atom
 | --- | --- | --- |
 | `EXP/results.*` | `synthfm adapt` | fraction x seed x eval_set x split x metric (`value`) |
 | `EXP/summary.*` | `synthfm adapt` | fraction x eval_set x split x metric: n, mean, sd, ci_low/high, boot_low/high |
-| `EXP/probes.*`, `pool_choice.*` | `synthfm adapt` (linear probe) | every pooling's probe and k-NN; the val-chosen pool |
+| `EXP/probes.*`, `pool_choice.*` | `synthfm adapt` (probe) | every pooling's probe and k-NN; the val-chosen pool |
 | `EXP/fairness/subgroups.*` | `synthfm evaluate` | fraction x seed x eval_set x split x attribute x group (wide) |
 | `EXP/fairness/subgroup_summary.*` | `synthfm evaluate` | ... x attribute x group x metric, over seeds |
 | `EXP/fairness/gaps.*`, `gap_summary.*` | `synthfm evaluate` | AUROC gap and equalised-odds difference |
