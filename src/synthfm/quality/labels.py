@@ -36,7 +36,8 @@ from synthfm.models.checkpoint import load_state
 from synthfm.quality.config import LabelCheckConfig
 
 ADAPT_DEFAULTS: dict[str, Any] = {"policy": "linear_probe", "epochs": 20, "warmup_epochs": 2, "batch_size": 32,
-                                  "lr": 1e-2, "label_fractions": [1.0]}
+                                  "lr": 1e-2, "label_fractions": [1.0],
+                                  "probes": {"pools": False, "knn": False}}  # the verifier needs its one head only
 
 
 @dataclass
