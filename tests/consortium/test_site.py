@@ -186,3 +186,23 @@ def test_site_run_is_not_stuck_on_leftovers_of_a_killed_write(site_card: Path, k
                      "generator/model.safetensors", "schema.json", "signature.json", "summary.json"]
     clean = json.loads((run_site(cfg, keys["site_a"], tmp_path / "clean") / "bundle.json").read_text())
     assert json.loads((bundle / "bundle.json").read_text())["generator"]["hash"] == clean["generator"]["hash"]
+
+
+def test_a_kill_during_the_bundle_export_leaves_no_staging_folder(site_card: Path, keys: dict, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundle is staged in a hidden folder and renamed; a kill before the rename leaves that folder, and the
+    resumed run must not keep it beside the finished bundle."""
+    cfg = SiteConfig(site="site_a", card=str(site_card), generator=GeneratorConfig(size=SIZE), summary={"k": 5},
+                     audit={"n_samples": 8}, verify={"min_k": 5})
+    out = tmp_path / "run"
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed")
+    with monkeypatch.context() as m:  # the stage is left as a kill leaves it: not removed
+        m.setattr("synthfm.consortium.export.verify_bundle", killed)
+        m.setattr("synthfm.consortium.export.shutil.rmtree", lambda *a, **k: None)
+        with pytest.raises(RuntimeError):
+            run_site(cfg, keys["site_a"], out)
+    assert [p for p in out.iterdir() if p.name.startswith(".bundle.")]
+    run_site(cfg, keys["site_a"], out)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".bundle.")]

@@ -68,7 +68,8 @@ def export_bundle(out_dir: str | Path, site: str, generator_dir: str | Path, sum
     gen_src = Path(generator_dir)
     kind = read_generator_config(gen_src)["kind"]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # a hidden `.tmp` folder, so that a resumed run sweeps it if a kill leaves it behind
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         _copy_generator(gen_src, stage / GENERATOR_DIR)
         _write_json(stage / SUMMARY_FILE, summary)
