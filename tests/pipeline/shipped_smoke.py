@@ -4,7 +4,8 @@
 seeds, batch sizes, model widths) while keeping every job, reference and setting that decides what runs. Where
 a shipped recipe needs what a test machine lacks, the override says so: ViT-L becomes the tiny ViT, a latent
 diffusion generator (its VAE weights are downloaded by the user) becomes the pixel one, bf16 becomes fp32,
-and a quality gate reports without stopping (a generator trained for two steps cannot pass it).
+and a quality gate reports without stopping (a generator trained for two steps cannot pass it); any ViT backbone
+becomes the tiny one (at most 4 blocks deep), and the gate's domain encoder and label verifier train for one epoch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ CAPS = {"n": 40, "size": 32, "batch_size": 8, "shard_size": 16, "image_size": 64
         "n_boot": 20, "n_samples": 8, "synthesize": 20, "work_size": 64, "phantom_images": 2, "test_last": 2}
 SET = {"steps": 2, "epochs": 1, "warmup_epochs": 0, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1,
        "pretrain_steps": 2, "finetune_steps": 2}
+TINY_VIT = "vit_tiny_p8_64"
 SMALL_UNET = {"block_out_channels": [16, 32], "attention": [False, False], "layers_per_block": 1, "norm_num_groups": 8}
 
 
@@ -35,7 +37,9 @@ def _value(key: str, value: Any) -> Any:
     if key == "recipe" and isinstance(value, str) and value.startswith("mae_"):
         return "mae_vit_tiny_demo"
     if key == "encoder" and isinstance(value, str) and value.startswith("random:"):
-        return "random:vit_tiny_p8_64"
+        return f"random:{TINY_VIT}"
+    if key == "backbone" and isinstance(value, str) and value.startswith("vit_"):
+        return TINY_VIT
     if key == "mixed_precision" and value == "bf16":
         return "no"
     if key == "dtype" and value == "bfloat16":
@@ -56,6 +60,9 @@ def shrink(value: Any) -> Any:
             out.pop("vae", None)
         if "image_size" in out and "recipe" in out:  # pretraining: the encoder is built for the smoke size
             out["backbone_overrides"] = {**out.get("backbone_overrides", {}), "img_size": out["image_size"]}
+        if TINY_VIT in (out.get("backbone"), str(out.get("encoder", "")).removeprefix("random:")):
+            overrides = out.get("backbone_overrides", {})  # the tiny ViT at most 4 blocks deep (of 12)
+            out["backbone_overrides"] = {**overrides, "depth": min(overrides.get("depth", 12), 4)}
         return out
     if isinstance(value, list):
         return [shrink(v) for v in value]
@@ -69,6 +76,10 @@ def smoke(doc: dict[str, Any], root: Path) -> dict[str, Any]:
         if isinstance(job, dict):
             cfg = job.setdefault("config", {})
             cfg["gate"] = {**cfg.get("gate", {}), "stop_on_fail": False}
+            # its domain encoder and label verifier are trained for one epoch (defaults: 30 and 20)
+            cfg["domain"] = {**cfg.get("domain", {}), "epochs": 1, "warmup_epochs": 0}
+            labels = cfg.setdefault("labels", {})
+            labels["adapt"] = {**labels.get("adapt", {}), "epochs": 1, "warmup_epochs": 0}
     for stage in ("synth",):
         for name, job in (out.get(stage) or {}).items():
             if isinstance(job, dict) and isinstance(job.get("consortium"), str):
