@@ -144,12 +144,14 @@ def _vit_kwargs(cfg: Any) -> dict[str, Any]:
 
 def encoder_cost(backbone: str, overrides: dict[str, Any], size: int, chans: int, train: bool,
                  frozen: bool = False) -> ModelCost:
-    """Per-image cost of a registry ViT at `size` (frozen: no weight gradients)."""
-    from synthfm.models.backbones import create_backbone
+    """Per-image cost of a registry backbone (or the pixels baseline) at `size` (frozen: no weight gradients)."""
+    from synthfm.models.backbones import backbone_spec, create_backbone
+    from synthfm.models.baselines import PIXELS, PixelEncoder
 
     kw = {k: v for k, v in overrides.items() if k != "in_chans"}
-    kw["img_size"] = size
-    model = on_meta(lambda: create_backbone(backbone, chans, **kw))
+    if backbone != PIXELS and backbone_spec(backbone).family == "vit":
+        kw["img_size"] = size  # a CNN takes any size
+    model = PixelEncoder(chans, size) if backbone == PIXELS else on_meta(lambda: create_backbone(backbone, chans, **kw))
     if frozen:
         model.requires_grad_(False)
     return count_model(model.train(train), _meta(2, chans, size, size), train=train)
@@ -312,6 +314,8 @@ def _adapt_encoder(cfg: Any, ctx: Context) -> tuple[str, dict[str, Any]]:
     """(backbone, overrides) of an adaptation's encoder: random:<name>, a pretraining job of the plan, or a folder."""
     if cfg.encoder.startswith("random:"):
         return cfg.encoder.removeprefix("random:"), dict(cfg.backbone_overrides)
+    if cfg.encoder == "pixels":
+        return "pixels", {}
     pre = ctx.configs.get(str(cfg.encoder))
     if pre is not None:
         return pre.backbone, _vit_kwargs(pre)

@@ -28,7 +28,9 @@ EXPECTED = {
     "vit3d_base_p16_96": (96, 16, 768, 12, False, 0),
 }
 VOLUME = {"vit3d_tiny_p8_32", "vit3d_base_p16_96"}  # 3D patch embedding: (B, C, D, H, W) input, cubic patches
-SMALL = [n for n in backbone_names() if parameter_count(n) < 30e6]
+CNNS = {"resnet18": 11_176_512}  # torchvision's published 11,689,512 less the 1000-class fc (512 x 1000 + 1000)
+VITS = [n for n in backbone_names() if n not in CNNS]
+SMALL = [n for n in VITS if parameter_count(n) < 30e6]
 
 
 def vit_params(img: int, patch: int, dim: int, depth: int, layer_scale: bool, regs: int, chans: int = 3,
@@ -42,10 +44,11 @@ def vit_params(img: int, patch: int, dim: int, depth: int, layer_scale: bool, re
 
 def test_registry_is_covered() -> None:
     """Every registered backbone has an expectation here (a new entry must add one)."""
-    assert sorted(EXPECTED) == backbone_names()
+    assert sorted([*EXPECTED, *CNNS]) == backbone_names()
+    assert {n for n in backbone_names() if BACKBONES[n].family == "cnn"} == set(CNNS)
 
 
-@pytest.mark.parametrize("name", backbone_names())
+@pytest.mark.parametrize("name", VITS)
 def test_geometry_and_parameter_count(name: str) -> None:
     """Meta-device build: geometry as registered, parameter count equal to the closed form."""
     img, patch, dim, depth, ls, regs = EXPECTED[name]
@@ -73,6 +76,22 @@ def test_small_backbones_run(name: str) -> None:
     assert out.shape == (2, EXPECTED[name][2])
     out.square().mean().backward()
     assert model.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_cnn_baseline_takes_any_size_and_timm_drop_path() -> None:
+    """resnet18: the published size without its classifier, 512 pooled features at 28 or 32 px, grey input,
+    and stochastic depth through timm's drop_path_rate (rising to the rate on the last block)."""
+    from timm.layers import DropPath
+
+    from synthfm.models.baselines import is_vit
+
+    assert parameter_count("resnet18") == CNNS["resnet18"]
+    model = create_backbone("resnet18", in_chans=1, drop_path_rate=0.2)
+    assert not is_vit(model) and model.num_features == 512
+    for size in (28, 32):
+        assert model(torch.randn(2, 1, size, size)).shape == (2, 512)
+    assert isinstance(model.layer4[1].drop_path, DropPath) and model.layer4[1].drop_path.drop_prob == 0.2
+    assert is_vit(create_backbone("vit_tiny_p8_64", depth=1))
 
 
 def test_overrides_and_channels() -> None:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from synthfm.config import StrictModel
+from synthfm.models.baselines import PIXELS, pixels_problem
 
 
 class ExternalEval(StrictModel):
@@ -41,13 +42,16 @@ class ProbesConfig(StrictModel):
 class AdaptConfig(StrictModel):
     """The paper's recipe (Zhou et al.): batch 16, 50 epochs, 10 warm-up to 5e-4, cosine to 1e-6, best-val AUROC.
 
-    `lr` is the absolute peak learning rate (not scaled by batch size), as in the paper; the RETFound
-    fine-tuning extras are layer-wise lr decay, drop path and label smoothing.
+    `lr` is the absolute peak learning rate (not scaled by batch size), as in the paper; `blr` sets it from the
+    batch size instead, as RETFound's code does. The RETFound fine-tuning extras are layer-wise lr decay, drop
+    path and label smoothing; against a collapse to the majority class at few labels there are `class_balance`
+    and early stopping (`patience`) on validation AUROC.
     """
 
     card: str = Field(description="dataset.yaml of the downstream card")
     task: str = Field(description="task name in the card")
-    encoder: str = Field(description="save_pretrained dir, 'random:<backbone>', or a checkpoint file (+ backbone)")
+    encoder: str = Field(description="save_pretrained dir, 'random:<backbone>', a checkpoint file (+ backbone), or "
+                                     "'pixels' (raw-pixel baseline: linear probe at image_size)")
     backbone: str | None = Field(None, description="registry backbone for a checkpoint file (import_checkpoint)")
     backbone_overrides: dict[str, Any] = Field(default_factory=dict, description="timm kwargs for random:/file")
     policy: Literal["finetune", "linear_probe"] = "finetune"
@@ -79,7 +83,35 @@ class AdaptConfig(StrictModel):
         None, description="how tokens become the head's input (models/pooling.py); default: the encoder's own "
                           "pooling (the CLS token for synthfm's ViTs)")
     probes: ProbesConfig = Field(default_factory=ProbesConfig, description="linear_probe: every pooling + k-NN")
-    omit_when_default: ClassVar[tuple[str, ...]] = ("external", "export_encoder", "pool", "probes")
+    class_balance: Literal["none", "loss", "sampler"] = Field(
+        "none", description="balanced class weights of the training subset: weight the loss, or sample each class "
+                            "equally often (with replacement)")
+    blr: float | None = Field(None, gt=0, description="base learning rate: lr = blr * batch_size / 256 (MAE / "
+                                                      "RETFound); instead of lr")
+    patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better validation "
+                                                         "AUROC; default: train every epoch")
+    omit_when_default: ClassVar[tuple[str, ...]] = ("external", "export_encoder", "pool", "probes", "class_balance",
+                                                    "blr", "patience")
+
+    @model_validator(mode="after")
+    def _pixels_need_size_and_probe(self) -> AdaptConfig:
+        """The raw-pixel baseline is a linear probe at a given image size (checked before any job runs)."""
+        problem = pixels_problem(self.image_size, self.policy) if self.encoder == PIXELS else None
+        if problem:
+            raise ValueError(f"{problem[0]}: {problem[1]}")
+        return self
+
+    @model_validator(mode="after")
+    def _lr_from_blr(self) -> AdaptConfig:
+        """With blr, lr is blr * batch_size / 256 (kept in lr, so dumps show the peak rate); both given differ."""
+        if self.blr is None:
+            return self
+        scaled = self.blr * self.batch_size / 256
+        if "lr" in self.model_fields_set and self.lr != scaled:
+            raise ValueError(f"set lr (absolute peak learning rate) or blr (lr = blr * batch_size / 256), not both: "
+                             f"lr {self.lr:g} but blr {self.blr:g} x batch_size {self.batch_size} / 256 = {scaled:g}")
+        object.__setattr__(self, "lr", scaled)  # not marked as set: a later batch_size rescales it
+        return self
 
     @model_validator(mode="after")
     def _export_needs_finetune(self) -> AdaptConfig:

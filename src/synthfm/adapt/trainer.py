@@ -28,6 +28,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from synthfm.adapt.balance import balanced_sampler, class_weights, integer_labels, weighted_loss
 from synthfm.adapt.config import AdaptConfig
 from synthfm.adapt.external import ExternalSet, resolve_externals
 from synthfm.adapt.probes import probe_summary
@@ -39,7 +40,8 @@ from synthfm.errors import SynthfmError
 from synthfm.evaluate.fairness import row_metadata
 from synthfm.evaluate.metrics import task_metrics
 from synthfm.io import atomic_path, atomic_write_json, atomic_write_text
-from synthfm.models.backbones import create_backbone
+from synthfm.models.backbones import backbone_spec, create_backbone
+from synthfm.models.baselines import PIXELS, is_vit, pixel_encoder
 from synthfm.models.checkpoint import from_pretrained, import_checkpoint, load_state, save_pretrained, save_state
 from synthfm.models.pooling import all_pools, available_pools, pool_features, pooled_dim, resolve_pool
 from synthfm.pretrain.engine import lr_at, param_groups, torch_load
@@ -57,10 +59,11 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 # ---- model ----------------------------------------------------------------------------------------------
 def load_encoder(cfg: AdaptConfig, in_chans: int) -> nn.Module:
-    """The encoder named by cfg.encoder: 'random:<backbone>', a save_pretrained dir, or a checkpoint file.
+    """The encoder named by cfg.encoder: 'random:<backbone>', a save_pretrained dir, a checkpoint file, or 'pixels'.
 
     The encoder takes the card's `in_chans` (backbone_overrides.in_chans may repeat it); a saved encoder or file
     with other channels (an RGB RETFound / DINOv2 on a grey card) has its patch embedding adapted on load.
+    A random CNN to be fine-tuned gets cfg.drop_path as timm's own `drop_path_rate` (ViTs get it from the trainer).
     """
     overrides = dict(cfg.backbone_overrides)
     chans = overrides.pop("in_chans", in_chans)
@@ -68,8 +71,13 @@ def load_encoder(cfg: AdaptConfig, in_chans: int) -> nn.Module:
         raise SynthfmError(f"backbone_overrides.in_chans is {chans} but card {cfg.card} has {in_chans} channel(s)",
                            f"set backbone_overrides.in_chans to {in_chans} or drop it (the encoder takes the card's "
                            "channels; a pretrained encoder with other channels is adapted on load)")
+    if cfg.encoder == PIXELS:
+        return pixel_encoder(in_chans, cfg.image_size, cfg.policy)
     if cfg.encoder.startswith("random:"):
-        return create_backbone(cfg.encoder.removeprefix("random:"), in_chans, **overrides)
+        name = cfg.encoder.removeprefix("random:")
+        if backbone_spec(name).family != "vit" and cfg.policy == "finetune" and cfg.drop_path > 0:
+            overrides.setdefault("drop_path_rate", cfg.drop_path)
+        return create_backbone(name, in_chans, **overrides)
     path = Path(cfg.encoder)
     if path.is_dir():
         return from_pretrained(path, in_chans)
@@ -80,7 +88,12 @@ def load_encoder(cfg: AdaptConfig, in_chans: int) -> nn.Module:
 
 
 def fit_image_size(encoder: nn.Module, size: int, name: str) -> None:
-    """A ViT built for another input size takes `size` (position embeddings resampled, as timm does)."""
+    """A ViT built for another input size takes `size` (position embeddings resampled, as timm does).
+
+    Other encoders need nothing: a CNN pools over any size and the pixels encoder is built at `size`.
+    """
+    if not is_vit(encoder):
+        return
     embed = encoder.patch_embed
     if int(embed.img_size[0]) == size:
         return
@@ -104,6 +117,30 @@ def set_drop_path(encoder: nn.Module, rate: float) -> None:
         for name in ("drop_path1", "drop_path2"):
             if hasattr(blk, name):
                 setattr(blk, name, DropPath(r) if r > 0 else nn.Identity())
+
+
+def input_size(encoder: nn.Module, cfg: AdaptConfig) -> int:
+    """The image size the encoder reads: cfg.image_size, else a ViT's own; a CNN has none of its own."""
+    if cfg.image_size:
+        return cfg.image_size
+    if not is_vit(encoder):
+        raise SynthfmError(f"encoder {cfg.encoder} is not a ViT, so it has no built-in image size",
+                           "set image_size (e.g. the size the other arms are adapted at)")
+    return int(encoder.patch_embed.img_size[0])
+
+
+def vit_only_notes(cfg: AdaptConfig, encoder: nn.Module) -> list[str]:
+    """What of the ViT fine-tuning recipe a non-ViT encoder does without (said in the run's summary)."""
+    if cfg.policy != "finetune" or is_vit(encoder):
+        return []
+    notes = []
+    if cfg.layer_decay != 1:
+        notes.append(f"layer_decay {cfg.layer_decay:g} not applied: {cfg.encoder} is not a ViT (no blocks), so "
+                     "every parameter takes the full learning rate")
+    if cfg.drop_path > 0 and not cfg.encoder.startswith("random:"):
+        notes.append(f"drop_path {cfg.drop_path:g} not applied: timm sets a CNN's stochastic depth when it is "
+                     "built, and a saved encoder keeps what it was built with")
+    return notes
 
 
 def build_head(dim: int, outputs: int, probe: bool) -> nn.Module:
@@ -253,10 +290,10 @@ class Trainer:
         if self.acc.num_processes > 1:
             raise SynthfmError("adaptation runs in one process", "run it without 'accelerate launch' on several GPUs")
         self.model = self._build_model()
-        self.size = cfg.image_size or int(self.model.encoder.patch_embed.img_size[0])
+        self.size = input_size(self.model.encoder, cfg)
         self.cached = self.probe and not cfg.augments
         self.net: nn.Module = self.model.head if self.cached else self.model
-        decay = 1.0 if self.probe else cfg.layer_decay
+        decay = 1.0 if self.probe or not self.vit else cfg.layer_decay
         optimizer = torch.optim.AdamW(lrd_param_groups(self.net, cfg.weight_decay, decay, self.depth),
                                       lr=0.0, betas=cfg.betas)
         self.model.to(self.acc.device)
@@ -273,8 +310,10 @@ class Trainer:
         encoder = load_encoder(self.cfg, self.data.channels)
         if self.cfg.image_size:
             fit_image_size(encoder, self.cfg.image_size, self.cfg.encoder)
-        self.depth = len(encoder.blocks)
-        if not self.probe:
+        self.vit = is_vit(encoder)
+        self.depth = len(encoder.blocks) if self.vit else 0
+        self.notes = vit_only_notes(self.cfg, encoder)
+        if not self.probe and self.vit:
             set_drop_path(encoder, self.cfg.drop_path)
         return make_classifier(encoder, self.cfg, self.task.num_outputs)
 
@@ -282,6 +321,7 @@ class Trainer:
     def datasets(self) -> dict[str, Dataset]:
         """Train subset, validation and test datasets (cached feature tensors for a linear probe)."""
         pos = train_positions(self.data, self.task.name, self.fraction, self.cfg.subset_seed)
+        self.balance_on(self.data.labels[self.task.name][self.data.indices("train")[pos]])
         sets: dict[str, Dataset] = {
             "train": Subset(open_dataset(self.data, "train", size=self.size, train=self.cfg.augments), pos.tolist())}
         for split in dict.fromkeys([self.cfg.val_split, *self.cfg.test_splits]):
@@ -292,9 +332,24 @@ class Trainer:
         """A loader over (x, y, index) batches (y zeros without `labels`); order depends only on (seed, epoch)."""
         collate = None if isinstance(ds, TensorDataset) else TaskCollate(self.task.name if labels else None)
         drop = shuffle and len(ds) > self.cfg.batch_size  # no size-1 last batch for BatchNorm
-        return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, drop_last=drop, collate_fn=collate,
-                          num_workers=self.cfg.num_workers,
+        sampler = (balanced_sampler(self.train_classes, len(self.task.classes), epoch_seed(self.seed, epoch))
+                   if shuffle and self.cfg.class_balance == "sampler" else None)
+        return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          drop_last=drop, collate_fn=collate, num_workers=self.cfg.num_workers,
                           generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch)))
+
+    def balance_on(self, train_labels: np.ndarray) -> None:
+        """Class indices and balanced class weights of the training subset, when class_balance asks for them."""
+        if self.cfg.class_balance == "none":
+            return
+        self.train_classes = integer_labels(train_labels, self.task.type)
+        self.class_weight = torch.as_tensor(class_weights(self.train_classes, len(self.task.classes)))
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The task loss, weighted by the balanced class weights under class_balance 'loss'."""
+        if self.cfg.class_balance == "loss":
+            return weighted_loss(self.task.type, logits, y, self.cfg.label_smoothing, self.class_weight)
+        return task_loss(self.task.type, logits, y, self.cfg.label_smoothing)
 
     @torch.no_grad()
     def cache_features(self, sets: dict[str, Dataset]) -> dict[str, Dataset]:
@@ -339,8 +394,7 @@ class Trainer:
             lr = lr_at(epoch * steps + i, total, warmup, self.cfg.lr, self.cfg.min_lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            loss = task_loss(self.task.type, self.net(x.to(self.acc.device)), y.to(self.acc.device),
-                             self.cfg.label_smoothing)
+            loss = self.loss(self.net(x.to(self.acc.device)), y.to(self.acc.device))
             self.acc.backward(loss)
             if self.cfg.clip_grad is not None:
                 self.acc.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad)
@@ -403,6 +457,9 @@ class Trainer:
         sets = self.datasets()
         start, best = self.restore()
         for epoch in range(start, self.cfg.epochs):
+            if patience_spent(self.cfg.patience, epoch, best):
+                self.run.log(event="early_stop", epoch=epoch, best_epoch=best["best_epoch"])
+                break
             torch.manual_seed(epoch_seed(self.seed, epoch))
             logs = self.train_epoch(sets["train"], epoch)
             val = task_metrics(self.task.type, *self.predict(sets[self.cfg.val_split])[1:])
@@ -413,6 +470,8 @@ class Trainer:
             self.save_checkpoint(epoch, best)
         summary = {**best, "fraction": self.fraction, "seed": self.seed, "train_images": len(sets["train"]),
                    "metrics": self.evaluate_best(sets)}
+        if self.notes:
+            summary["notes"] = self.notes
         if self.cfg.export_encoder:
             summary["encoder"] = str(self.export_encoder(best["best_epoch"]))
         if self.externals:
@@ -461,6 +520,14 @@ def is_better(value: float, best: float | None) -> bool:
     if best is None:
         return True
     return not math.isnan(value) and (math.isnan(best) or value > best)
+
+
+def patience_spent(patience: int | None, epoch: int, best: dict[str, Any]) -> bool:
+    """Whether `patience` epochs before `epoch` passed without a better validation AUROC (early stopping).
+
+    Read from the best epoch kept in the checkpoint, so a run killed after its stopping epoch stops on resume too.
+    """
+    return patience is not None and best["best_epoch"] is not None and epoch - 1 - best["best_epoch"] >= patience
 
 
 def adapt_one(cfg: AdaptConfig, out_dir: str | Path) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""A registry of named ViT backbones over timm: one name -> one timm model and its keyword arguments.
+"""A registry of named backbones over timm: one name -> one timm model and its keyword arguments.
 
-Every backbone is a timm `VisionTransformer` without a classifier head (`num_classes=0`), built from
-scratch (`pretrained=False`: weights come from our own checkpoints or `import_checkpoint`, never a hub).
+Every backbone is a timm model without a classifier head (`num_classes=0`), built from scratch
+(`pretrained=False`: weights come from our own checkpoints or `import_checkpoint`, never a hub). All are
+`VisionTransformer`s except the CNN baseline `resnet18` (family "cnn").
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class BackboneSpec:
     timm_name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    family: str = "vit"
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -54,6 +56,8 @@ for _spec in (
     BackboneSpec("vit3d_base_p16_96", "vit_base_patch16_224", {"img_size": 96, "patch_size": 16,
                                                                "embed_layer": PatchEmbed3d},
                  "ViT-B (12x768) on 96^3 volumes with 16^3 patches (216 tokens)"),
+    BackboneSpec("resnet18", "resnet18", {}, "ResNet-18 (11.2 M parameters, any input size): the small-CNN "
+                 "baseline, trained from scratch", family="cnn"),
 ):
     register_backbone(_spec)
 
@@ -84,7 +88,9 @@ def create_backbone(name: str, in_chans: int = 3, **overrides: Any) -> nn.Module
         model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
     except TypeError as err:
         raise SynthfmError(f"backbone {name!r} rejected overrides {overrides}: {err}",
-                           "pass only timm VisionTransformer arguments (img_size, patch_size, depth, ...)") from None
+                           "pass only timm VisionTransformer arguments (img_size, patch_size, depth, ...)"
+                           if spec.family == "vit" else f"pass only arguments timm's {spec.timm_name} takes "
+                           "(a CNN takes any image size: no img_size)") from None
     model.synthfm_backbone = {"name": name, "in_chans": in_chans, "overrides": dict(overrides)}
     return model
 

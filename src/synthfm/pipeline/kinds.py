@@ -222,8 +222,10 @@ def _quality_run(cfg: QualityJob, out: Path) -> dict[str, Any]:
 # ---- pretrain / adapt ---------------------------------------------------------------------------------------
 
 def _adapt_inputs(cfg: AdaptConfig) -> list[str]:
-    """The downstream card, and the encoder unless it is random init."""
-    return [cfg.card] + ([] if cfg.encoder.startswith("random:") else [cfg.encoder])
+    """The downstream card, and the encoder unless it is random init or raw pixels."""
+    from synthfm.models.baselines import builds_from_scratch
+
+    return [cfg.card] + ([] if builds_from_scratch(cfg.encoder) else [cfg.encoder])
 
 
 def _adapt_run(cfg: AdaptConfig, out: Path) -> dict[str, Any]:
