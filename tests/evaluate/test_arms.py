@@ -87,7 +87,10 @@ def _doc(tables: dict[str, pd.DataFrame]) -> dict:
 def test_arms_verdict_names_gains_losses_and_labels_needed(tables: dict[str, pd.DataFrame]) -> None:
     lines = arms_verdict(_doc(tables))
     assert lines[0].startswith("probe, against random (test auroc") and "over all 10 tests" in lines[0]
-    assert "synth better at 10% (+0.040)" in lines[0] and "phantom worse at 10% (-0.050)" in lines[0]
+    d = 0.04 + np.asarray(NOISE["synth"])  # synth minus random at 10%, seed by seed
+    low, high = stats.t.interval(0.95, 4, loc=d.mean(), scale=d.std(ddof=1) / math.sqrt(5))
+    assert f"synth better at 10% (+0.040, 95% CI [{low:+.3f}, {high:+.3f}], Holm p=" in lines[0]
+    assert "phantom worse at 10% (-0.050, 95% CI" in lines[0]
     assert "Labels needed to match random at 100%" in lines[2] and "phantom not reached" in lines[2]
     assert lines[-1].startswith("Verdict (probe): mixed against random") and "What could change this" in lines[-1]
 

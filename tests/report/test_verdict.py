@@ -43,3 +43,59 @@ def test_a_comparison_without_a_valid_test_says_why() -> None:
     text = comparison_sentence(row, "MAE", "random init", "auroc")
     assert "did not differ significantly" in text and "p=n/a" in text
     assert text.endswith("Caution: no test: 2 paired observation(s), at least 3 needed.")
+
+
+# ---- controls: raw pixels and a CNN from scratch ---------------------------------------------------------------
+SEED_OFFSETS = (-0.02, 0.01, 0.0, 0.03, -0.01)
+CONTROL_ARMS = {"random init": (0.60, (0.0, 0.0, 0.0, 0.0, 0.0)),
+                "real SSL": (0.70, (0.003, -0.002, 0.0, 0.001, 0.0)),
+                "MAE": (0.65, (0.004, -0.006, 0.005, -0.003, 0.001)),
+                "pixels": (0.65, (0.0, 0.001, -0.002, 0.0, 0.002)),
+                "CNN": (0.72, (0.001, 0.0, 0.0, -0.001, 0.002))}
+
+
+def _control_doc() -> dict:
+    """Five arms over 5 seeds at 10% labels; random init and real SSL are baselines, pixels and CNN controls."""
+    import pandas as pd
+
+    from synthfm.evaluate.arms import arm_tables
+    from synthfm.evaluate.results import tidy_rows
+
+    arms = {a: pd.DataFrame([r for s, (o, e) in enumerate(zip(SEED_OFFSETS, noise, strict=True))
+                             for r in tidy_rows({"test": {"auroc": m + o + e}}, dataset="d", task="t", fraction=0.1,
+                                                seed=s, eval_set="internal")])
+            for a, (m, noise) in CONTROL_ARMS.items()}
+    tables = arm_tables(arms, ["random init", "real SSL", "pixels", "CNN"], "random init", ["auroc"])
+    return {"title": "probe", "metrics": ["auroc"], "split": "test", "baselines": ["random init", "real SSL"],
+            "controls": ["pixels", "CNN"], "reference": "random init", "arms": list(arms),
+            **{k: v.to_dict("records") for k, v in tables.items()}}
+
+
+def _expected(a: str, b: str) -> str:
+    """'+d, 95% CI [lo, hi]' of arm a minus arm b, computed here from the seeds (t interval, 4 df)."""
+    import math
+
+    import numpy as np
+    from scipy import stats
+
+    d = CONTROL_ARMS[a][0] - CONTROL_ARMS[b][0] + np.subtract(CONTROL_ARMS[a][1], CONTROL_ARMS[b][1])
+    low, high = stats.t.interval(0.95, 4, loc=d.mean(), scale=d.std(ddof=1) / math.sqrt(5))
+    return f"{d.mean():+.3f}, 95% CI [{low:+.3f}, {high:+.3f}], Holm p="
+
+
+def test_verdict_says_whether_a_pretrained_arm_beats_each_control() -> None:
+    """Real SSL beats pixels (+0.05); nothing beats the CNN (closest: real SSL, -0.02); every pretrained arm gets
+    its difference from each control with the CI and the Holm p of the shared family, signed arm minus control
+    even where the test ran the other way round (pixels vs the real SSL baseline)."""
+    from synthfm.report.verdict import arms_verdict
+
+    lines = arms_verdict(_control_doc())
+    assert any(line.startswith("real SSL minus pixels (probe, test auroc): 10% " + _expected("real SSL", "pixels"))
+               for line in lines)
+    assert any(line.startswith("MAE minus CNN (probe, test auroc): 10% " + _expected("MAE", "CNN")) for line in lines)
+    assert not any(line.startswith(("random init minus", "pixels minus", "CNN minus")) for line in lines)
+    assert "Verdict (probe): real SSL beat pixels significantly on test auroc" in "\n".join(lines)
+    assert ("Verdict (probe): no pretrained arm beat CNN significantly on test auroc; closest: real SSL at 10% ("
+            + _expected("real SSL", "CNN")) in "\n".join(lines)
+    floor = next(line for line in lines if line.startswith("Verdict (probe): pretraining helped"))
+    assert "pixels" not in floor and "CNN" not in floor  # the controls beat random init, but are not pretraining

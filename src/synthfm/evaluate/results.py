@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from synthfm.errors import SynthfmError
-from synthfm.evaluate.stats import holm, paired_test, shapiro, summarise
+from synthfm.evaluate.stats import holm, paired_ci, paired_test, shapiro, summarise
 from synthfm.io import atomic_path
 
 RESULTS = "results"
@@ -165,5 +165,7 @@ def _paired(keys: dict[str, Any], g: pd.DataFrame) -> dict[str, Any]:
     va, vb = g["value_a"].to_numpy(), g["value_b"].to_numpy()
     test = paired_test(va, vb)
     w, pw = shapiro(va - vb)
+    low, high = paired_ci(va - vb)
     return {**keys, "n": len(g), "mean_a": va.mean(), "mean_b": vb.mean(), "mean_diff": (va - vb).mean(),
-            "t": test.t, "p": test.p, "shapiro_w": w, "shapiro_p": pw, "note": test.note}
+            "diff_ci_low": low, "diff_ci_high": high, "t": test.t, "p": test.p, "shapiro_w": w, "shapiro_p": pw,
+            "note": test.note}

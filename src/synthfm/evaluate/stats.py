@@ -93,6 +93,16 @@ def paired_test(a: np.ndarray | list[float], b: np.ndarray | list[float],
     return PairedTest(n, t, p, note)
 
 
+def paired_ci(differences: np.ndarray | list[float]) -> tuple[float, float]:
+    """95% CI of the mean paired difference, mean ± t(0.975, n-1)·sd/√n: the interval of the paired t-test
+    (NaN below `MIN_PAIRED` pairs, where no test is run either)."""
+    d = np.asarray(differences, dtype=float)
+    if len(d) < MIN_PAIRED:
+        return float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return float(d.mean() - half), float(d.mean() + half)
+
+
 def corrected_resampled_t(differences: np.ndarray | list[float], n_train: int, n_test: int) -> PairedTest:
     """Nadeau-Bengio corrected resampled t-test over J resampling runs (e.g. folds x repeats).
 

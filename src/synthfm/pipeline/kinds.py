@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -318,6 +318,9 @@ class ArmsJob(StrictModel):
     metrics: list[str] = Field(default_factory=lambda: ["auroc", "accuracy"], min_length=1)
     split: str = "test"
     title: str | None = Field(None, description="what the arms share, e.g. 'linear probe, RetinaMNIST DR grade'")
+    controls: list[str] = Field(default_factory=list, description="arms without pretraining (raw pixels, a CNN from "
+                                "scratch): tested like baselines; the verdict says if any pretrained arm beats each")
+    omit_when_default: ClassVar[tuple[str, ...]] = ("controls",)
 
 
 def _arms_run(cfg: ArmsJob, out: Path) -> dict[str, Any]:
@@ -325,7 +328,7 @@ def _arms_run(cfg: ArmsJob, out: Path) -> dict[str, Any]:
     from synthfm.evaluate.arms import arm_tables
     from synthfm.evaluate.results import write_table
 
-    tables = arm_tables(cfg.arms, cfg.baselines, cfg.reference, cfg.metrics, cfg.split)
+    tables = arm_tables(cfg.arms, [*cfg.baselines, *cfg.controls], cfg.reference, cfg.metrics, cfg.split)
     for name, df in tables.items():
         write_table(df, out / f"arms_{name}")
     doc = {**cfg.model_dump(), **{name: json.loads(df.to_json(orient="records")) for name, df in tables.items()}}

@@ -191,7 +191,8 @@ def arms_blocks(run: Run) -> list[str]:
                                                           f"{doc['split']} {metric}"), f"{title}: {metric} per arm"))
         blocks.append(table(summ[["metric", "arm", "fraction", "n", "mean", "ci_low", "ci_high"]],
                             f"{title}: mean over seeds with the 95% CI (1.96·sd/√n)"))
-        blocks.append(table(tests[["metric", "arm", "baseline", "fraction", "n", "mean_diff", "t", "p", "p_holm",
+        ci = [c for c in ("diff_ci_low", "diff_ci_high") if c in tests]  # absent from older arms.json
+        blocks.append(table(tests[["metric", "arm", "baseline", "fraction", "n", "mean_diff", *ci, "t", "p", "p_holm",
                                    "significant"]], f"{title}: paired t-tests by seed, Holm per metric"))
         blocks.append(table(pd.DataFrame(doc["match"])[["metric", "arm", "reference", "target", "note"]],
                             f"{title}: labels needed to match {doc['reference']} at 100%"))

@@ -49,10 +49,63 @@ def verdict(comparisons: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _num(value: Any, fmt: str) -> str:
+    """A number, or n/a when missing or NaN."""
+    return "n/a" if value is None or value != value else format(float(value), fmt)
+
+
+def _difference(diff: float, low: Any, high: Any, p_holm: Any) -> str:
+    """'+0.040, 95% CI [+0.031, +0.049], Holm p=0.012' (the CI left out where the table has none)."""
+    ci = f", 95% CI [{_num(low, '+.3f')}, {_num(high, '+.3f')}]" if low is not None else ""
+    return f"{diff:+.3f}{ci}, Holm p={_num(p_holm, '.2g')}"
+
+
 def _signed(row: dict[str, Any]) -> str:
-    """'arm better/worse at F% (+d)' for one significant test row."""
+    """'arm better/worse at F% (+d, 95% CI [lo, hi], Holm p)' for one significant test row."""
     word = "better" if row["mean_diff"] > 0 else "worse"
-    return f"{row['arm']} {word} at {100 * float(row['fraction']):g}% ({row['mean_diff']:+.3f})"
+    diff = _difference(row["mean_diff"], row.get("diff_ci_low"), row.get("diff_ci_high"), row.get("p_holm"))
+    return f"{row['arm']} {word} at {100 * float(row['fraction']):g}% ({diff})"
+
+
+def _oriented(row: dict[str, Any], arm: str) -> dict[str, Any]:
+    """A test row as `arm` minus the other arm (a row tested the other way round has its sign flipped)."""
+    if row["arm"] == arm:
+        return row
+    low, high = row.get("diff_ci_low"), row.get("diff_ci_high")
+    return {**row, "arm": arm, "baseline": row["arm"], "mean_diff": -row["mean_diff"],
+            "diff_ci_low": None if high is None else -high, "diff_ci_high": None if low is None else -low}
+
+
+def control_lines(doc: dict[str, Any], metric: str) -> list[str]:
+    """Does any pretrained arm beat each control (raw pixels, a CNN from scratch)? Every arm's difference from it.
+
+    Pretrained arms are the arms that are neither controls nor the first baseline (the random-init floor); the
+    rows are those of the arms' own test family (same pairing by seed, same Holm correction).
+    """
+    controls = doc.get("controls") or []
+    named = dict.fromkeys(n for r in doc["tests"] for n in (r["arm"], r["baseline"]))
+    pretrained = [a for a in doc.get("arms", named) if a not in controls and a != doc["baselines"][0]]
+    title, where = doc.get("title") or "these arms", f"{doc['split']} {metric}"
+    lines = []
+    for control in controls:
+        rows = [_oriented(r, a) for a in pretrained for r in doc["tests"]
+                if r["metric"] == metric and {r["arm"], r["baseline"]} == {a, control}]
+        for arm in pretrained:
+            parts = [f"{100 * float(r['fraction']):g}% " + _difference(r["mean_diff"], r.get("diff_ci_low"),
+                                                                     r.get("diff_ci_high"), r.get("p_holm"))
+                     for r in rows if r["arm"] == arm]
+            lines.append(f"{arm} minus {control} ({title}, {where}): " + "; ".join(parts) + ".")
+        wins = sorted({r["arm"] for r in rows if r["significant"] and r["mean_diff"] > 0})
+        closest = max(rows, key=lambda r: r["mean_diff"], default=None)
+        if wins:
+            lines.append(f"Verdict ({title}): {', '.join(wins)} beat {control} significantly on {where} "
+                         "(paired t-tests over seeds, Holm-corrected with the other arms' tests).")
+        elif closest is not None:
+            lines.append(f"Verdict ({title}): no pretrained arm beat {control} significantly on {where}; closest: "
+                         f"{closest['arm']} at {100 * float(closest['fraction']):g}% ("
+                         + _difference(closest["mean_diff"], closest.get("diff_ci_low"), closest.get("diff_ci_high"),
+                                       closest.get("p_holm")) + ").")
+    return lines
 
 
 def _baseline_line(doc: dict[str, Any], base: str, metric: str, n_family: int) -> str:
@@ -79,11 +132,12 @@ def arms_verdict(doc: dict[str, Any]) -> list[str]:
     """Sentences for a many-arm comparison (evaluate `arms` job) on its first metric, and what they add up to."""
     metric = doc["metrics"][0]
     n_family = sum(1 for r in doc["tests"] if r["metric"] == metric)
-    lines = [_baseline_line(doc, base, metric, n_family) for base in doc["baselines"]]
+    lines = [_baseline_line(doc, base, metric, n_family) for base in [*doc["baselines"], *doc.get("controls", [])]]
     lines.append(_match_line(doc, metric))
+    lines += control_lines(doc, metric)
     floor = doc["baselines"][0]
     tested = [r for r in doc["tests"] if r["metric"] == metric and r["baseline"] == floor
-              and r["arm"] not in doc["baselines"]]
+              and r["arm"] not in [*doc["baselines"], *doc.get("controls", [])]]
     gains = sorted({r["arm"] for r in tested if r["significant"] and r["mean_diff"] > 0})
     losses = sorted({r["arm"] for r in tested if r["significant"] and r["mean_diff"] < 0})
     title = doc.get("title") or "these arms"
