@@ -155,3 +155,31 @@ def test_retinamnist_10pct_finetune_beats_the_majority_class_with_class_balance(
     runs = [_retina_10pct(tmp_path, seed, class_balance="loss") for seed in (0, 1, 2)]
     assert all(r["classes_predicted"] > 1 and r["kappa"] > 0 for r in runs)
     assert np.mean([r["balanced_accuracy"] for r in runs]) > 0.22
+
+
+def test_baseline_experiments_finish_and_export_what_they_can(tiny_cfg, tmp_path: Path) -> None:
+    """A ResNet-18 experiment gets its model card and exports as a plain-timm ResNet (head `fc`) with the same
+    logits; the pixels experiment finishes without a card and refuses export in words."""
+    import timm
+
+    from synthfm.adapt.experiment import run_experiment
+    from synthfm.adapt.export import export_model
+    from synthfm.analyze.gradcam import load_adapted
+
+    cnn = tmp_path / "cnn"
+    run_experiment(tiny_cfg(encoder="random:resnet18", backbone_overrides={}, image_size=32, epochs=1), cnn)
+    assert (cnn / "README.md").is_file()
+    out = export_model(cnn, tmp_path / "cnn_export")
+    info = json.loads((out / "config.json").read_text())
+    plain = timm.create_model(info["architecture"], pretrained=True, pretrained_cfg_overlay={
+        "file": str(out / "model.safetensors"), "num_classes": 1}, **info["model_args"]).eval()
+    model, _ = load_adapted(cnn / "fraction_1" / "seed_0")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x))
+    pixels = tmp_path / "pixels"
+    results = run_experiment(tiny_cfg(encoder="pixels", policy="linear_probe", image_size=16, backbone_overrides={}),
+                             pixels)
+    assert set(results["encoder"]) == {"pixels"} and not (pixels / "README.md").exists()
+    with pytest.raises(SynthfmError, match="raw-pixel baseline"):
+        export_model(pixels, tmp_path / "pixels_export")

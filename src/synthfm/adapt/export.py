@@ -31,6 +31,7 @@ from synthfm.data.modality import preset
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path, atomic_write_json, atomic_write_text
 from synthfm.models.backbones import create_backbone
+from synthfm.models.baselines import PIXELS
 from synthfm.models.checkpoint import (
     CONFIG_FILE,
     FORMAT,
@@ -121,14 +122,17 @@ def classifier_from_run(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]
 
     run_dir = Path(run_dir)
     model, cfg = load_adapted(run_dir)
+    if cfg.encoder == PIXELS:
+        raise SynthfmError(f"{run_dir} is the raw-pixel baseline (a logistic regression on pixels), not a timm model",
+                           "export a run of an encoder; the baseline's scores are in its results tables")
     card, _ = read_card(cfg.card)
     task = card.task(cfg.task)
     backbone = model.encoder.synthfm_backbone
     pooled = {**backbone["overrides"], **pool_overrides(model.encoder, model.pool, run_dir)}
     overrides = {**pooled, "num_classes": task.num_outputs}
     clf = create_backbone(backbone["name"], backbone["in_chans"], **overrides)
-    head = fold_head(model.head)
-    state = {**model.encoder.state_dict(), "head.weight": head.weight.detach(), "head.bias": head.bias.detach()}
+    head, name = fold_head(model.head), clf.pretrained_cfg.get("classifier", "head")  # a ResNet's head is `fc`
+    state = {**model.encoder.state_dict(), f"{name}.weight": head.weight.detach(), f"{name}.bias": head.bias.detach()}
     check_fit(state, clf, str(run_dir))
     clf.load_state_dict(state)
     p = preset(card.modality)
@@ -246,10 +250,13 @@ def export_model(model_dir: str | Path, out: str | Path | None = None, onnx: boo
     return out
 
 
-def write_model_card(exp_dir: str | Path) -> Path:
+def write_model_card(exp_dir: str | Path) -> Path | None:
     """README.md model card of a finished experiment's selected run (`find_run`), in the experiment folder."""
     model_dir = Path(exp_dir)
-    _, info = classifier_from_run(find_run(model_dir))
+    run = find_run(model_dir)
+    if yaml.safe_load((run / "config.yaml").read_text())["config"]["encoder"] == PIXELS:
+        return None  # the raw-pixel baseline: no model to describe
+    _, info = classifier_from_run(run)
     run_dir = Path(info["source_run"])
     text = classifier_card(info, run_dir, _encoder_config(info["encoder"]), _card_fields(info["card"]))
     note = (f"\n\nThe weights are `{run_dir / 'best.safetensors'}` in the adaptation run's layout; "
