@@ -8,6 +8,9 @@ are computed once per run and cached in the run directory. Warm-up + cosine per 
 AdamW, Accelerate for device and mixed precision (one process). After every epoch the model is validated, the
 best-val-AUROC weights are saved atomically and a checkpoint is written under a temporary name and renamed;
 the global RNG is reseeded from (seed, epoch) at each epoch start, so a killed run resumes to the same result.
+Non-ViT encoders (the `pixels` and `random:resnet18` baselines, `models/baselines.py`) skip the ViT-only parts
+(layer decay, position-embedding resizing, per-block drop path). `class_balance` (adapt/balance.py) weights the
+loss or the sampling by class; `patience` stops after that many epochs without a better validation AUROC.
 """
 
 from __future__ import annotations
