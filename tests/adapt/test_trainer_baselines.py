@@ -81,6 +81,22 @@ def _fake_val_auroc(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> Non
     monkeypatch.setattr(tr, "task_metrics", metrics)
 
 
+def _killed_after_then_resumed(cfg, run: Path, epoch: int, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Train until `epoch`'s checkpoint is written, die there (as kill -9 would), then resume; the summary."""
+    real_save = Trainer.save_checkpoint
+
+    def crash(self, at, best):
+        real_save(self, at, best)
+        if at == epoch:
+            raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "save_checkpoint", crash)
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(cfg, run).fit()
+    return Trainer(cfg, run).fit()
+
+
 def test_early_stopping_on_val_auroc_survives_a_kill(tiny_cfg, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """AUROC 0.5, 0.9, 0.7, 0.6, ... with patience 2: epochs 2 and 3 do not improve, so epoch 4 never runs;
@@ -89,18 +105,7 @@ def test_early_stopping_on_val_auroc_survives_a_kill(tiny_cfg, tmp_path: Path,
     cfg = tiny_cfg(epochs=6, patience=2)
     clean = Trainer(cfg, tmp_path / "clean").fit()
     assert _epochs(tmp_path / "clean") == [0, 1, 2, 3] and clean["best_epoch"] == 1
-    real_save = Trainer.save_checkpoint
-
-    def crash(self, epoch, best):
-        real_save(self, epoch, best)
-        if epoch == 3:
-            raise KeyboardInterrupt("killed")
-
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "save_checkpoint", crash)
-        with pytest.raises(KeyboardInterrupt):
-            Trainer(cfg, tmp_path / "cut").fit()
-    resumed = Trainer(cfg, tmp_path / "cut").fit()
+    resumed = _killed_after_then_resumed(cfg, tmp_path / "cut", 3, monkeypatch)
     assert _epochs(tmp_path / "cut") == [0, 1, 2, 3] and resumed["metrics"] == clean["metrics"]
     assert tr.patience_spent(2, 4, {"best_epoch": 1}) and not tr.patience_spent(None, 9, {"best_epoch": 0})
 
@@ -110,18 +115,7 @@ def test_resume_with_balance_blr_and_patience_matches_uninterrupted(tiny_cfg, tm
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tiny_cfg(epochs=3, class_balance=balance, blr=8e-3, patience=5, drop_path=0.1)
     clean = Trainer(cfg, tmp_path / "clean").fit()
-    real_save = Trainer.save_checkpoint
-
-    def crash(self, epoch, best):
-        real_save(self, epoch, best)
-        if epoch == 1:
-            raise KeyboardInterrupt("killed")
-
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "save_checkpoint", crash)
-        with pytest.raises(KeyboardInterrupt):
-            Trainer(cfg, tmp_path / "cut").fit()
-    resumed = Trainer(cfg, tmp_path / "cut").fit()
+    resumed = _killed_after_then_resumed(cfg, tmp_path / "cut", 1, monkeypatch)
     assert resumed["metrics"] == clean["metrics"] and resumed["best_epoch"] == clean["best_epoch"]
     a, b = (pd.read_parquet(tmp_path / d / "predictions_test.parquet") for d in ("clean", "cut"))
     pd.testing.assert_frame_equal(a, b)
