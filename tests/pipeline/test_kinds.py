@@ -41,3 +41,15 @@ def test_controls_run_through_adapt_arms_and_report(tmp_path: Path) -> None:
     assert "toy, against raw pixels (test auroc" in page and "toy, against CNN (test auroc" in page
     assert "deeper minus raw pixels (toy, test auroc): 100% " in page and "deeper minus CNN (toy, test auroc)" in page
     assert "Verdict (toy):" in page and "beat raw pixels" in page and "beat CNN" in page
+
+
+def test_controls_must_be_arms_and_stay_out_of_the_key_when_unset() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from synthfm.pipeline.kinds import ArmsJob
+
+    arms = {"random": "a", "pixels": "b"}
+    with pytest.raises(ValidationError, match=r"'controls' names \['CNN'\], which are not arms"):
+        ArmsJob(arms=arms, baselines=["random"], reference="random", controls=["pixels", "CNN"])
+    assert "controls" not in ArmsJob(arms=arms, baselines=["random"], reference="random").model_dump()

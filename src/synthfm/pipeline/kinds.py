@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from synthfm.adapt.config import AdaptConfig
 from synthfm.config import StrictModel, validate_config
@@ -321,6 +321,14 @@ class ArmsJob(StrictModel):
     controls: list[str] = Field(default_factory=list, description="arms without pretraining (raw pixels, a CNN from "
                                 "scratch): tested like baselines; the verdict says if any pretrained arm beats each")
     omit_when_default: ClassVar[tuple[str, ...]] = ("controls",)
+
+    @model_validator(mode="after")
+    def _controls_are_arms(self) -> ArmsJob:
+        """Each control is one of the arms (checked when the pipeline is planned, before anything runs)."""
+        missing = [c for c in self.controls if c not in self.arms]
+        if missing:
+            raise ValueError(f"'controls' names {missing}, which are not arms; use names from {list(self.arms)}")
+        return self
 
 
 def _arms_run(cfg: ArmsJob, out: Path) -> dict[str, Any]:
