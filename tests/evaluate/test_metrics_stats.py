@@ -109,3 +109,14 @@ def test_corrected_resampled_t_by_hand() -> None:
     naive = stats.ttest_1samp(d, 0.0)
     assert naive.statistic == pytest.approx(2.390457, rel=1e-5) and naive.pvalue < res.p
     assert np.isnan(corrected_resampled_t([0.1, 0.2], 80, 20).p)
+
+
+def test_paired_ci_by_hand() -> None:
+    """d = 1, 2, 3: mean 2, sd 1, t(0.975, 2 df) = 4.3027 -> 2 ± 4.3027/√3 = [-0.4841, 4.4841]; 2 pairs: none."""
+    import math
+
+    from synthfm.evaluate.stats import paired_ci
+
+    half = 4.302652729911275 / math.sqrt(3)
+    assert paired_ci([1.0, 2.0, 3.0]) == pytest.approx((2 - half, 2 + half), rel=1e-9)
+    assert all(math.isnan(v) for v in paired_ci([0.1, 0.2]))
