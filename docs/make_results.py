@@ -67,12 +67,18 @@ def arms_tables(doc: dict) -> str:
     rows = [{"metric": r.metric, "arm": r.arm, "vs": r.baseline, "labels": f"{100 * r.fraction:g}%",
              "difference": f"{r.mean_diff:+.3f}", "t": num(r.t, ".2f"), "p": num(r.p, ".3g"),
              "Holm p": num(r.p_holm, ".3g"), "significant": "yes" if r.significant else "no",
+             "detectable at 80% power": num(getattr(r, "detectable_diff", None), ".3f"),
              "note": r.note if "note" in tests and isinstance(r.note, str) else ""}
             for r in tests.itertuples()]
     if not any(r["note"] for r in rows):
         rows = [{k: v for k, v in r.items() if k != "note"} for r in rows]
-    parts.append("Paired t-tests over seeds against each baseline arm; Holm's correction over every test of a "
-                 f"metric ({len(tests) // len(doc['metrics'])} per metric):\n\n{markdown_table(rows)}\n")
+    cv = "test" in tests and (tests["test"] == "corrected resampled t").any()
+    how = ("Nadeau-Bengio corrected resampled t-tests over cross-validation folds (seeds averaged per fold)" if cv
+           else "Paired t-tests over seeds")
+    parts.append(f"{how} against each baseline arm; Holm's correction over every test of a metric "
+                 f"({len(tests) // len(doc['metrics'])} per metric). The last column is the smallest difference "
+                 "the test would detect with 80% power (two-sided alpha 0.05) at the observed variance of the "
+                 f"paired differences:\n\n{markdown_table(rows)}\n")
     match = pd.DataFrame(doc["match"])
     rows = [{"metric": r.metric, "arm": r.arm, "target": f"{r.target:.3f}", "labels needed": r.note}
             for r in match.itertuples() if r.arm != doc["reference"]]
