@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from synthfm.adapt.config import AdaptConfig, CVConfig
 from synthfm.adapt.cv import fold_rows, fold_sizes, fold_table, strata, train_subset
@@ -133,3 +134,10 @@ def test_killed_cv_experiment_redoes_no_finished_fold(tiny_cfg, tmp_path: Path) 
     assert sorted(preds["index"]) == sorted(want)  # the trainer tested on its own fold's rows
     share = preds["y"].value_counts(normalize=True).max()
     assert test.set_index(["repeat", "fold"]).loc[(1, 1), "majority_rate"] == pytest.approx(share)
+
+
+def test_the_documented_cv_example_validates() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "small_data.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = AdaptConfig(**yaml.safe_load(block))
+    assert cfg.cv == CVConfig(folds=5, repeats=3, pool=["all"]) and cfg.seeds == [0, 1, 2]
