@@ -141,3 +141,22 @@ def test_the_documented_cv_example_validates() -> None:
     block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     cfg = AdaptConfig(**yaml.safe_load(block))
     assert cfg.cv == CVConfig(folds=5, repeats=3, pool=["all"]) and cfg.seeds == [0, 1, 2]
+
+
+def test_cross_validated_experiments_are_compared_and_evaluated_per_fold(tiny_cfg, tmp_path: Path) -> None:
+    from synthfm.evaluate.arms import arm_tables
+    from synthfm.evaluate.experiment import evaluate_experiment
+    from synthfm.evaluate.results import compare
+
+    cv = {"folds": 3, "repeats": 1}
+    a = tmp_path / "a"
+    run_experiment(tiny_cfg(policy="linear_probe", epochs=1, cv=cv), a)
+    run_experiment(tiny_cfg(policy="linear_probe", epochs=1, cv=cv, lr=1e-2), tmp_path / "b")
+    row = compare(a, tmp_path / "b").iloc[0]
+    assert row["test"] == "corrected resampled t" and row["n"] == 3 and np.isfinite(row["detectable_diff"])
+    tables = arm_tables({"a": a, "b": tmp_path / "b"}, baselines=["b"], reference="b", metrics=["auroc"])
+    assert list(tables["tests"]["test"]) == ["corrected resampled t"]
+    assert set(tables["chance"]["metric"]) == {"auroc", "accuracy"}  # majority rates came with the results
+    evaluated = evaluate_experiment(a)
+    assert sorted(set(evaluated["subgroups"]["fold"])) == [0, 1, 2]
+    assert "fold" not in set(evaluated["subgroup_summary"]["metric"])
