@@ -76,9 +76,9 @@ def arms_tables(doc: dict) -> str:
     how = ("Nadeau-Bengio corrected resampled t-tests over cross-validation folds (seeds averaged per fold)" if cv
            else "Paired t-tests over seeds")
     parts.append(f"{how} against each baseline arm; Holm's correction over every test of a metric "
-                 f"({len(tests) // len(doc['metrics'])} per metric). The last column is the smallest difference "
-                 "the test would detect with 80% power (two-sided alpha 0.05) at the observed variance of the "
-                 f"paired differences:\n\n{markdown_table(rows)}\n")
+                 f"({len(tests) // len(doc['metrics'])} per metric). 'Detectable at 80% power' is the smallest "
+                 "difference the test would detect with 80% power (two-sided alpha 0.05) at the observed "
+                 f"variance of the paired differences:\n\n{markdown_table(rows)}\n")
     match = pd.DataFrame(doc["match"])
     rows = [{"metric": r.metric, "arm": r.arm, "target": f"{r.target:.3f}", "labels needed": r.note}
             for r in match.itertuples() if r.arm != doc["reference"]]

@@ -32,6 +32,7 @@ from synthfm.report.verdict import arms_verdict, chance_lines, fall_lines, gate_
 TESTS_CAPTION = "paired t-tests by seed, or Nadeau-Bengio corrected resampled t-tests over CV folds (column test)"
 POWER_CAPTION = "detectable_diff: the smallest difference detectable at 80% power (two-sided alpha 0.05)"
 
+
 @dataclass
 class Run:
     """A finished (or partly finished) pipeline run as the report sees it."""
