@@ -177,6 +177,15 @@ def plan_dataset(plan: dict) -> tuple[str, str]:
     return "", ""
 
 
+def cv_text(cfg: dict) -> str:
+    """', 5-fold cross-validation x 3 repeats over card rows [all]' for a cv config ('' without one)."""
+    cv = cfg.get("cv")
+    if not cv:
+        return ""
+    return (f", {cv.get('folds', 5)}-fold cross-validation x {cv.get('repeats', 3)} repeats over card rows "
+            f"{cv.get('pool', ['all'])} (folds in `cv_folds.csv`)")
+
+
 def experiment_section(exp: Path) -> str:
     """The command, the config's key settings and the test/val table of one experiment."""
     header = yaml.safe_load((exp / "config.yaml").read_text())
@@ -194,7 +203,7 @@ def experiment_section(exp: Path) -> str:
     cols = [*sets, "split", "fraction", "metric", "n", "mean ± 1.96·sd/√n", "bootstrap 95% CI"]
     table = markdown_table(summary[cols].sort_values([*sets, "split", "fraction", "metric"]).to_dict("records"), cols)
     return (f"## {exp.name}\n\n{cfg['policy']} of `{cfg['encoder']}` on `{cfg['card']}` task `{cfg['task']}`, "
-            f"{cfg['epochs']} epochs, image {cfg['image_size']} px, seeds {cfg['seeds']}; wall time "
+            f"{cfg['epochs']} epochs, image {cfg['image_size']} px, seeds {cfg['seeds']}{cv_text(cfg)}; wall time "
             f"{minutes:.1f} min on the 2-core CPU machine (synthfm {header['synthfm_version']}, "
             f"commit {header['git_commit'][:8]}).\n\n"
             f"Command: `synthfm adapt configs/experiments/{exp.name}.yaml -o {exp}`\n\n{table}\n")

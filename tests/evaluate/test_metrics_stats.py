@@ -109,6 +109,7 @@ def test_corrected_resampled_t_by_hand() -> None:
     naive = stats.ttest_1samp(d, 0.0)
     assert naive.statistic == pytest.approx(2.390457, rel=1e-5) and naive.pvalue < res.p
     assert np.isnan(corrected_resampled_t([0.1, 0.2], 80, 20).p)
+    assert res.note == "" and "near-zero variance" in corrected_resampled_t([0.5, 0.5 + 1e-6, 0.5], 80, 20).note
 
 
 def test_paired_ci_by_hand() -> None:

@@ -89,9 +89,7 @@ def paired_test(a: np.ndarray | list[float], b: np.ndarray | list[float],
         return PairedTest(n, float("nan"), float("nan"), "no test: the paired differences are all equal "
                                                           "(zero variance)")
     t, p = t_test(a, b, paired=True)
-    note = (f"near-zero variance of the differences (|t| = {abs(t):.0f} over {n} pairs): check that the runs "
-            "really differ" if abs(t) > T_SUSPECT else "")
-    return PairedTest(n, t, p, note)
+    return PairedTest(n, t, p, _suspect(t, n))
 
 
 def paired_ci(differences: np.ndarray | list[float]) -> tuple[float, float]:
@@ -119,7 +117,13 @@ def corrected_resampled_t(differences: np.ndarray | list[float], n_train: float,
     if np.ptp(d) <= ZERO_SPREAD:
         return PairedTest(j, float("nan"), float("nan"), "no test: the differences are all equal (zero variance)")
     t = float(d.mean() / np.sqrt((1 / j + n_test / n_train) * var))
-    return PairedTest(j, t, float(2 * stats.t.sf(abs(t), j - 1)))
+    return PairedTest(j, t, float(2 * stats.t.sf(abs(t), j - 1)), _suspect(t, j))
+
+
+def _suspect(t: float, n: int) -> str:
+    """The near-zero-variance warning for |t| above T_SUSPECT ('' otherwise)."""
+    return (f"near-zero variance of the differences (|t| = {abs(t):.0f} over {n} pairs): check that the runs "
+            "really differ" if abs(t) > T_SUSPECT else "")
 
 
 def detectable_difference(sd: float, n: int, test_train_ratio: float | None = None, alpha: float = 0.05,
