@@ -155,6 +155,7 @@ def test_cross_validated_experiments_are_compared_and_evaluated_per_fold(tiny_cf
     row = compare(a, tmp_path / "b").iloc[0]
     assert row["test"] == "corrected resampled t" and row["n"] == 3 and np.isfinite(row["detectable_diff"])
     tables = arm_tables({"a": a, "b": tmp_path / "b"}, baselines=["b"], reference="b", metrics=["auroc"])
+    assert not tables["pooling"].empty  # the probe arms enter through their validation-chosen pooling
     assert list(tables["tests"]["test"]) == ["corrected resampled t"]
     assert set(tables["chance"]["metric"]) == {"auroc", "accuracy"}  # majority rates came with the results
     evaluated = evaluate_experiment(a)

@@ -480,6 +480,8 @@ class Trainer:
                    "metrics": self.evaluate_best(sets)}
         if self.notes:
             summary["notes"] = self.notes
+        if self.cfg.cv is not None:  # the run's place in the cross-validation
+            summary.update(zip(("repeat", "fold"), self.cfg.cv.run, strict=True))
         if self.cfg.export_encoder:
             summary["encoder"] = str(self.export_encoder(best["best_epoch"]))
         if self.externals:

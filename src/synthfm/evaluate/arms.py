@@ -50,6 +50,10 @@ def _arm_rows(source: object) -> pd.DataFrame:
         return results
     probes, val_split = found
     head = headline_rows(probes, choose_pool(probes, val_split))
+    keys = [c for c in ("fraction", "seed", "repeat", "fold", "split") if c in head and c in results]
+    extra = [c for c in ("n_train", "n_test", "majority_rate") if c in results and c not in head]
+    if extra:  # the run's fold sizes (corrected test) and majority-class rate (chance check) ride along
+        head = head.merge(results[keys + extra].drop_duplicates(keys), on=keys, how="left")
     return pd.concat([head, results[results.get("eval_set", INTERNAL) != INTERNAL]], ignore_index=True)
 
 
