@@ -67,12 +67,18 @@ def arms_tables(doc: dict) -> str:
     rows = [{"metric": r.metric, "arm": r.arm, "vs": r.baseline, "labels": f"{100 * r.fraction:g}%",
              "difference": f"{r.mean_diff:+.3f}", "t": num(r.t, ".2f"), "p": num(r.p, ".3g"),
              "Holm p": num(r.p_holm, ".3g"), "significant": "yes" if r.significant else "no",
+             "detectable at 80% power": num(getattr(r, "detectable_diff", None), ".3f"),
              "note": r.note if "note" in tests and isinstance(r.note, str) else ""}
             for r in tests.itertuples()]
     if not any(r["note"] for r in rows):
         rows = [{k: v for k, v in r.items() if k != "note"} for r in rows]
-    parts.append("Paired t-tests over seeds against each baseline arm; Holm's correction over every test of a "
-                 f"metric ({len(tests) // len(doc['metrics'])} per metric):\n\n{markdown_table(rows)}\n")
+    cv = "test" in tests and (tests["test"] == "corrected resampled t").any()
+    how = ("Nadeau-Bengio corrected resampled t-tests over cross-validation folds (seeds averaged per fold)" if cv
+           else "Paired t-tests over seeds")
+    parts.append(f"{how} against each baseline arm; Holm's correction over every test of a metric "
+                 f"({len(tests) // len(doc['metrics'])} per metric). 'Detectable at 80% power' is the smallest "
+                 "difference the test would detect with 80% power (two-sided alpha 0.05) at the observed "
+                 f"variance of the paired differences:\n\n{markdown_table(rows)}\n")
     match = pd.DataFrame(doc["match"])
     rows = [{"metric": r.metric, "arm": r.arm, "target": f"{r.target:.3f}", "labels needed": r.note}
             for r in match.itertuples() if r.arm != doc["reference"]]
@@ -171,6 +177,15 @@ def plan_dataset(plan: dict) -> tuple[str, str]:
     return "", ""
 
 
+def cv_text(cfg: dict) -> str:
+    """', 5-fold cross-validation x 3 repeats over card rows [all]' for a cv config ('' without one)."""
+    cv = cfg.get("cv")
+    if not cv:
+        return ""
+    return (f", {cv.get('folds', 5)}-fold cross-validation x {cv.get('repeats', 3)} repeats over card rows "
+            f"{cv.get('pool', ['all'])} (folds in `cv_folds.csv`)")
+
+
 def experiment_section(exp: Path) -> str:
     """The command, the config's key settings and the test/val table of one experiment."""
     header = yaml.safe_load((exp / "config.yaml").read_text())
@@ -188,7 +203,7 @@ def experiment_section(exp: Path) -> str:
     cols = [*sets, "split", "fraction", "metric", "n", "mean ± 1.96·sd/√n", "bootstrap 95% CI"]
     table = markdown_table(summary[cols].sort_values([*sets, "split", "fraction", "metric"]).to_dict("records"), cols)
     return (f"## {exp.name}\n\n{cfg['policy']} of `{cfg['encoder']}` on `{cfg['card']}` task `{cfg['task']}`, "
-            f"{cfg['epochs']} epochs, image {cfg['image_size']} px, seeds {cfg['seeds']}; wall time "
+            f"{cfg['epochs']} epochs, image {cfg['image_size']} px, seeds {cfg['seeds']}{cv_text(cfg)}; wall time "
             f"{minutes:.1f} min on the 2-core CPU machine (synthfm {header['synthfm_version']}, "
             f"commit {header['git_commit'][:8]}).\n\n"
             f"Command: `synthfm adapt configs/experiments/{exp.name}.yaml -o {exp}`\n\n{table}\n")

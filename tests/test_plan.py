@@ -148,3 +148,15 @@ def test_the_gpu_experiment_is_the_cpu_one_at_scale(bench: Path, shared_data: Pa
     assert all(e.fits for e in gpu)
     by_cpu, by_gpu = {e.job: e for e in cpu}, {e.job: e for e in gpu}
     assert by_gpu["pretrain.on_real"].flops > 1000 * by_cpu["pretrain.on_real"].flops
+
+
+def test_a_cross_validated_adaptation_plans_every_fold(tmp_path: Path, bench: Path) -> None:
+    path = pipeline(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["adapt"]["probe"]["cv"] = {"folds": 4, "repeats": 2}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    probe = {e.job: e for e in estimate(path, "cpu", bench)[0]}["adapt.probe"]
+    # pool 48 rows: test 12, validation one of 3 inner folds of 36 = 12, train 24; 2 seeds x 2 fractions x 8 folds,
+    # 3 heads per run (the probe on each pooling, as in the test above)
+    steps = 3 * 2 * 8 * 3 * (math.ceil(12 / 4) + math.ceil(24 / 4))
+    assert (probe.runs, probe.steps) == (2 * 2 * 8, steps)

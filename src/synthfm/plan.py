@@ -326,6 +326,15 @@ def _adapt_encoder(cfg: Any, ctx: Context) -> tuple[str, dict[str, Any]]:
     return cfg.backbone or "vit_tiny_p8_64", dict(cfg.backbone_overrides)
 
 
+def _cv_rows(cfg: Any, ctx: Context) -> tuple[int, int, int, int]:
+    """Train, validation and test rows of one cross-validation fold, and the folds x repeats run."""
+    cv = cfg.cv
+    pool = ctx.rows(cfg.card, None) if "all" in cv.pool else sum(ctx.rows(cfg.card, s) for s in set(cv.pool))
+    n_test = round(pool / cv.folds)
+    n_val = round((pool - n_test) / cv.inner_folds)
+    return pool - n_test - n_val, n_val, n_test, cv.folds * cv.repeats
+
+
 def _adapt_work(cfg: Any, ctx: Context) -> Work:
     """Every fraction x seed: linear probe = cached features once + head steps; fine-tune = FLOPs of every epoch."""
     from synthfm.adapt.probes import probe_heads
@@ -336,6 +345,9 @@ def _adapt_work(cfg: Any, ctx: Context) -> Work:
     n_train, n_val = ctx.rows(cfg.card, "train"), ctx.rows(cfg.card, cfg.val_split)
     n_test = sum(ctx.rows(cfg.card, s) for s in cfg.test_splits)
     runs, seeds = len(cfg.seeds) * len(cfg.label_fractions), len(cfg.seeds)
+    if getattr(cfg, "cv", None) is not None:  # small-data mode: every (repeat, fold) is a run over the CV pool
+        n_train, n_val, n_test, folds = _cv_rows(cfg, ctx)
+        runs, seeds = runs * folds, seeds * folds
     probe = cfg.policy == "linear_probe" and not cfg.augments
     heads = probe_heads(cfg) if probe else 1  # a probe run also trains a head per other pooling (adapt/probes.py)
     infer = encoder_cost(backbone, overrides, size, chans, train=False)

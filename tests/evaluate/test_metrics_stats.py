@@ -109,6 +109,7 @@ def test_corrected_resampled_t_by_hand() -> None:
     naive = stats.ttest_1samp(d, 0.0)
     assert naive.statistic == pytest.approx(2.390457, rel=1e-5) and naive.pvalue < res.p
     assert np.isnan(corrected_resampled_t([0.1, 0.2], 80, 20).p)
+    assert res.note == "" and "near-zero variance" in corrected_resampled_t([0.5, 0.5 + 1e-6, 0.5], 80, 20).note
 
 
 def test_paired_ci_by_hand() -> None:
@@ -120,3 +121,24 @@ def test_paired_ci_by_hand() -> None:
     half = 4.302652729911275 / math.sqrt(3)
     assert paired_ci([1.0, 2.0, 3.0]) == pytest.approx((2 - half, 2 + half), rel=1e-9)
     assert all(math.isnan(v) for v in paired_ci([0.1, 0.2]))
+
+
+def test_detectable_difference_by_hand() -> None:
+    """Smallest difference found with 80% power, two-sided alpha 0.05, against hand-computed cases.
+
+    Large n: the normal answer (z 0.975 + z 0.8) sd / sqrt(n) = (1.959964 + 0.841621) / 100 = 0.0280159.
+    CV, 5 folds x 3 repeats, sd 0.02, n_test/n_train 1/4: se = 0.02 sqrt(1/15 + 1/4) = 0.0112546, and
+    the usual t approximation (t 0.975,14 + t 0.8,14) se = (2.144787 + 0.868210) x 0.0112546 = 0.033910.
+    Paired n = 10, sd 1: 0.996 (the effect size dz G*Power reports for 80% power).
+    """
+    from synthfm.evaluate.stats import detectable_difference
+
+    assert detectable_difference(1.0, 10_000) == pytest.approx(0.0280159, abs=1e-5)
+    cv = detectable_difference(0.02, 15, test_train_ratio=0.25)
+    assert cv == pytest.approx(0.033910, abs=2e-5)
+    se = 0.02 * np.sqrt(1 / 15 + 1 / 4)  # the power at the answer is 80% exactly
+    crit = stats.t.ppf(0.975, 14)
+    assert stats.nct.sf(crit, 14, cv / se) + stats.nct.cdf(-crit, 14, cv / se) == pytest.approx(0.8, abs=1e-8)
+    assert cv > detectable_difference(0.02, 15)  # the correction widens what can be seen
+    assert detectable_difference(1.0, 10) == pytest.approx(0.996, abs=1e-3)
+    assert np.isnan(detectable_difference(0.0, 10)) and np.isnan(detectable_difference(1.0, 1))

@@ -99,3 +99,47 @@ def test_verdict_says_whether_a_pretrained_arm_beats_each_control() -> None:
             + _expected("real SSL", "CNN")) in "\n".join(lines)
     floor = next(line for line in lines if line.startswith("Verdict (probe): pretraining helped"))
     assert "pixels" not in floor and "CNN" not in floor  # the controls beat random init, but are not pretraining
+
+
+def test_a_cv_comparison_names_the_corrected_test_and_the_power_line() -> None:
+    from synthfm.report.verdict import comparison_sentence
+
+    row = {"mean_diff": 0.02, "significant": False, "p": 0.132, "p_holm": 0.264, "fraction": 1.0, "mean_a": 0.72,
+           "mean_b": 0.70, "n": 15, "note": "", "test": "corrected resampled t", "detectable_diff": 0.0339}
+    text = comparison_sentence(row, "MAE", "random init", "auroc")
+    assert "over 15 CV folds x repeats (seeds averaged per fold)" in text
+    assert "Nadeau-Bengio corrected resampled t-test p=0.132, Holm p=0.264" in text
+    assert text.endswith("the smallest auroc difference detectable at 80% power (two-sided alpha 0.05) is 0.034.")
+    plain = comparison_sentence({**row, "test": "paired t", "n": 5, "detectable_diff": float("nan")}, "A", "B",
+                                "auroc")
+    assert "over 5 seeds (paired t-test" in plain and "power" not in plain
+
+
+def _arms_doc(chance: list[dict], falls: list[dict]) -> dict:
+    """An arms.json cut to what arms_verdict reads: one CV test of mae vs random."""
+    test = {"metric": "auroc", "arm": "mae", "baseline": "random", "fraction": 1.0, "mean_diff": 0.01,
+            "significant": False, "test": "corrected resampled t", "detectable_diff": 0.041}
+    return {"title": "cv", "metrics": ["auroc"], "split": "test", "baselines": ["random"], "reference": "random",
+            "tests": [test], "match": [], "chance": chance, "falls": falls}
+
+
+def test_arms_verdict_flags_chance_level_and_falling_curves() -> None:
+    from synthfm.report.verdict import arms_verdict
+
+    chance = [{"arm": "mae", "metric": "auroc", "fraction": 0.1, "mean": 0.52, "ci_low": 0.47, "ci_high": 0.57,
+               "chance": 0.5, "at_chance": True},
+              {"arm": "random", "metric": "accuracy", "fraction": 0.1, "mean": 0.435, "ci_low": 0.435,
+               "ci_high": 0.435, "chance": 0.435, "at_chance": True},
+              {"arm": "random", "metric": "auroc", "fraction": 1.0, "mean": 0.7, "ci_low": 0.68, "ci_high": 0.72,
+               "chance": 0.5, "at_chance": False}]
+    falls = [{"arm": "mae", "metric": "auroc", "from_fraction": 0.2, "from_mean": 0.71, "to_fraction": 1.0,
+              "to_mean": 0.66, "drop": 0.05}]
+    lines = arms_verdict(_arms_doc(chance, falls))
+    assert "Nadeau-Bengio corrected resampled t-tests over CV folds" in lines[0]
+    assert lines[0].endswith("At 80% power these tests detect auroc differences of 0.041–0.041 or more.")
+    warn = next(line for line in lines if "at chance level" in line)
+    assert "mae at 10% (auroc 0.520, 95% CI 0.470-0.570, reaches 0.5)" in warn
+    assert "random at 10% (accuracy 0.435, 95% CI 0.435-0.435, reaches the majority-class rate 0.435)" in warn
+    assert "random at 100%" not in warn
+    assert any("mae auroc 0.710 at 20% → 0.660 at 100%" in line for line in lines)
+    assert not [line for line in arms_verdict(_arms_doc([], [])) if "Warning" in line]

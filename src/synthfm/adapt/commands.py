@@ -45,7 +45,7 @@ def evaluate_command(runs: str | Path | list[Path], metric: str = "auroc", confi
 
 def compare_command(a: str | Path, b: str | Path, metric: str = "auroc", split: str = "test",
                     out: str | Path | None = None) -> int:
-    """Paired t-tests by seed of experiment A vs B with Holm correction; optionally write the table as CSV."""
+    """Paired t-tests of A vs B (by seed; corrected over CV folds), Holm; optionally write the table as CSV."""
     table = compare(a, b, metric=metric, split=split)
     show(table)
     if out is not None:

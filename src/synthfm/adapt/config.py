@@ -39,6 +39,37 @@ class ProbesConfig(StrictModel):
     knn_temperature: float = Field(0.07, gt=0)
 
 
+class CVConfig(StrictModel):
+    """Repeated, stratified, patient-grouped k-fold cross-validation (`cv:` in an adaptation config).
+
+    See `synthfm.adapt.cv` for how folds, the validation carve and label fractions are drawn.
+    """
+
+    folds: int = Field(5, ge=2, description="folds per repeat; each is the test set once")
+    repeats: int = Field(3, ge=1, description="repeats, each with its own shuffle of the patients")
+    pool: list[Literal["all", "train", "val", "test"]] = Field(
+        default_factory=lambda: ["all"], min_length=1,
+        description="card rows cross-validated over: 'all' (every row, split or not) or named splits")
+    val_folds: int | None = Field(None, ge=2, description="validation = one of this many patient-grouped, "
+                                                          "stratified folds of the training part; default folds-1")
+    seed: int = Field(0, description="seed of the fold shuffles (repeat r uses a seed derived from (seed, r))")
+    run: tuple[int, int] | None = Field(None, description="(repeat, fold) of one run directory; set by the "
+                                                          "experiment, leave it out")
+    omit_when_default: ClassVar[tuple[str, ...]] = ("run",)
+
+    @model_validator(mode="after")
+    def _run_in_range(self) -> CVConfig:
+        """A run's (repeat, fold) exists."""
+        if self.run is not None and not (0 <= self.run[0] < self.repeats and 0 <= self.run[1] < self.folds):
+            raise ValueError(f"cv.run {self.run} is outside {self.repeats} repeats x {self.folds} folds")
+        return self
+
+    @property
+    def inner_folds(self) -> int:
+        """Folds of the training part that the validation set is one of."""
+        return self.val_folds or max(self.folds - 1, 2)
+
+
 class AdaptConfig(StrictModel):
     """The paper's recipe (Zhou et al.): batch 16, 50 epochs, 10 warm-up to 5e-4, cosine to 1e-6, best-val AUROC.
 
@@ -90,8 +121,10 @@ class AdaptConfig(StrictModel):
                                                       "RETFound); instead of lr")
     patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better validation "
                                                          "AUROC; default: train every epoch")
+    cv: CVConfig | None = Field(None, description="small-data mode: repeated k-fold cross-validation instead "
+                                                   "of the card's fixed splits (see synthfm.adapt.cv)")
     omit_when_default: ClassVar[tuple[str, ...]] = ("external", "export_encoder", "pool", "probes", "class_balance",
-                                                    "blr", "patience")
+                                                    "blr", "patience", "cv")
 
     @model_validator(mode="after")
     def _pixels_need_size_and_probe(self) -> AdaptConfig:
@@ -114,6 +147,14 @@ class AdaptConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _cv_roles(self) -> AdaptConfig:
+        """Under cv, val_split and test_splits name the fold roles, so they keep their names ('val', ['test'])."""
+        if self.cv is not None and (self.val_split != "val" or self.test_splits != ["test"]):
+            raise ValueError("with 'cv' the validation and test sets are the folds' own: leave val_split and "
+                             "test_splits out (choose the rows cross-validated over with cv.pool)")
+        return self
+
+    @model_validator(mode="after")
     def _export_needs_finetune(self) -> AdaptConfig:
         """A linear probe leaves the encoder as it was, so there is nothing new to export."""
         if self.export_encoder and self.policy == "linear_probe":
@@ -126,6 +167,9 @@ class AdaptConfig(StrictModel):
         """Whether training images are augmented."""
         return self.augment if self.augment is not None else self.policy == "finetune"
 
-    def single(self, fraction: float, seed: int) -> AdaptConfig:
-        """This config restricted to one (label fraction, seed): the config of one run directory."""
-        return self.model_copy(update={"label_fractions": [fraction], "seeds": [seed]})
+    def single(self, fraction: float, seed: int, repeat: int | None = None, fold: int | None = None) -> AdaptConfig:
+        """This config restricted to one (label fraction, seed[, CV repeat, fold]): the config of one run directory."""
+        update: dict[str, Any] = {"label_fractions": [fraction], "seeds": [seed]}
+        if self.cv is not None and repeat is not None and fold is not None:
+            update["cv"] = self.cv.model_copy(update={"run": (repeat, fold)})
+        return self.model_copy(update=update)

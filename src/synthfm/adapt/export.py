@@ -51,6 +51,7 @@ ONNX_FILE = "model.onnx"
 ONNX_ATOL = 1e-4
 ONNX_OPSET = 17
 EXPORT_DIR = "export"
+RUN_GLOBS = ("fraction_*/seed_*/best.safetensors", "fraction_*/seed_*/repeat_*/fold_*/best.safetensors")  # cv: folds
 
 
 # ---- which run --------------------------------------------------------------------------------------------
@@ -63,7 +64,7 @@ def find_run(model_dir: str | Path) -> Path:
             raise SynthfmError(f"adaptation run {model_dir} has not finished", f"finish it: synthfm adapt ... -o "
                                                                                f"{model_dir.parent.parent}")
         return model_dir
-    runs = [p.parent for p in sorted(model_dir.glob("fraction_*/seed_*/best.safetensors"))
+    runs = [p.parent for pattern in RUN_GLOBS for p in sorted(model_dir.glob(pattern))
             if (p.parent / MARKER_FILE).is_file()]
     if not runs:
         raise SynthfmError(f"{model_dir} is not an adaptation run, experiment, exported classifier or encoder",

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from synthfm.adapt.balance import balanced_sampler, class_weights, integer_labels, weighted_loss
 from synthfm.adapt.config import AdaptConfig
+from synthfm.adapt.cv import fold_datasets
 from synthfm.adapt.external import ExternalSet, resolve_externals
 from synthfm.adapt.probes import probe_summary
 from synthfm.data.card import TaskSpec
@@ -323,6 +324,10 @@ class Trainer:
     # ---- data -------------------------------------------------------------------------------------------
     def datasets(self) -> dict[str, Dataset]:
         """Train subset, validation and test datasets (cached feature tensors for a linear probe)."""
+        if self.cfg.cv is not None:  # small-data mode: the rows come from the run's (repeat, fold)
+            sets = fold_datasets(self.data, self.task, self.cfg.cv, self.fraction, self.cfg.subset_seed, self.size,
+                                 self.cfg.augments, self.cfg.val_split, self.cfg.test_splits[0])
+            return self.cache_features(sets) if self.cached else sets
         pos = train_positions(self.data, self.task.name, self.fraction, self.cfg.subset_seed)
         self.balance_on(self.data.labels[self.task.name][self.data.indices("train")[pos]])
         sets: dict[str, Dataset] = {
@@ -475,6 +480,8 @@ class Trainer:
                    "metrics": self.evaluate_best(sets)}
         if self.notes:
             summary["notes"] = self.notes
+        if self.cfg.cv is not None:  # the run's place in the cross-validation
+            summary.update(zip(("repeat", "fold"), self.cfg.cv.run, strict=True))
         if self.cfg.export_encoder:
             summary["encoder"] = str(self.export_encoder(best["best_epoch"]))
         if self.externals:

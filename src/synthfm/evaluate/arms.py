@@ -2,7 +2,8 @@
 
 An *arm* is one adaptation experiment (one pretraining recipe, adapted over label fractions x seeds). The
 headline experiment compares several arms at once, so its tests are one family: every arm against every
-baseline arm (e.g. random init and real-only SSL) at every label fraction, paired by seed, and Holm's
+baseline arm (e.g. random init and real-only SSL) at every label fraction, paired by seed (by CV fold, with the
+Nadeau-Bengio corrected test, when the arms were cross-validated), and Holm's
 correction runs across that whole family for each metric, not within each pair. "Labels to match" reads
 off each arm's mean curve the label fraction at which it reaches the reference arm's mean at 100% labels.
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from synthfm.errors import SynthfmError
+from synthfm.evaluate.checks import chance_table, falling_curves
 from synthfm.evaluate.efficiency import labels_needed
 from synthfm.evaluate.probes import choose_pool, headline_rows, read_probes
 from synthfm.evaluate.results import INTERNAL, compare, load_results, summary_table
@@ -48,6 +50,10 @@ def _arm_rows(source: object) -> pd.DataFrame:
         return results
     probes, val_split = found
     head = headline_rows(probes, choose_pool(probes, val_split))
+    keys = [c for c in ("fraction", "seed", "repeat", "fold", "split") if c in head and c in results]
+    extra = [c for c in ("n_train", "n_test", "majority_rate") if c in results and c not in head]
+    if extra:  # the run's fold sizes (corrected test) and majority-class rate (chance check) ride along
+        head = head.merge(results[keys + extra].drop_duplicates(keys), on=keys, how="left")
     return pd.concat([head, results[results.get("eval_set", INTERNAL) != INTERNAL]], ignore_index=True)
 
 
@@ -117,9 +123,12 @@ def arm_match(results: pd.DataFrame, reference: str, metrics: Sequence[str], spl
 
 def arm_tables(arms: Mapping[str, object], baselines: Sequence[str], reference: str,
                metrics: Sequence[str] = ("auroc", "accuracy"), split: str = "test") -> dict[str, pd.DataFrame]:
-    """The tables of a many-arm comparison: summary, tests, match, and pooling (arms with probes)."""
+    """The tables of a many-arm comparison: summary, tests, match, pooling (arms with probes), and the limits
+    (chance level, falling curves)."""
     _check_names(list(arms), baselines, "baselines")
     _check_names(list(arms), [reference], "reference")
     results = arm_results(arms)
-    return {"summary": arm_summary(results, metrics, split), "tests": arm_tests(results, baselines, metrics, split),
-            "match": arm_match(results, reference, metrics, split), "pooling": arm_pooling(arms, metrics)}
+    summary = arm_summary(results, metrics, split)
+    return {"summary": summary, "tests": arm_tests(results, baselines, metrics, split),
+            "match": arm_match(results, reference, metrics, split), "pooling": arm_pooling(arms, metrics),
+            "chance": chance_table(results, [ARM], split), "falls": falling_curves(summary, [ARM])}

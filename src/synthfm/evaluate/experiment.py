@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 from synthfm.adapt.config import AdaptConfig
-from synthfm.adapt.experiment import run_path
+from synthfm.adapt.experiment import run_keys, run_path
 from synthfm.adapt.trainer import EXTERNAL_DIR, STAGE, read_predictions
 from synthfm.config import dump_config, validate_config
 from synthfm.data.card import read_card
@@ -59,18 +59,18 @@ def prediction_files(run: Path, cfg: AdaptConfig) -> list[tuple[str, str, Path]]
 
 
 def fairness_runs(exp: Path, cfg: AdaptConfig, fcfg: FairnessConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Subgroup and gap rows of every (fraction, seed, evaluation set, split) of an experiment."""
+    """Subgroup and gap rows of every (fraction, seed[, repeat, fold], evaluation set, split) of an experiment."""
     task_type = read_card(cfg.card)[0].task(cfg.task).type
     subgroups, gaps = [], []
-    for fraction in cfg.label_fractions:
-        for seed in cfg.seeds:
-            for eval_set, split, path in prediction_files(run_path(exp, fraction, seed), cfg):
-                frame = pd.read_parquet(path)
-                _, y, p = read_predictions(frame)
-                sub, gap = fairness_frames(task_type, frame, y, p, fcfg)
-                keys = {"eval_set": eval_set, "split": split, "fraction": fraction, "seed": seed}
-                subgroups.append(sub.assign(**keys))
-                gaps.append(gap.assign(**keys))
+    for fraction, seed, repeat, fold in run_keys(cfg):
+        cv = {} if repeat is None else {"repeat": repeat, "fold": fold}
+        for eval_set, split, path in prediction_files(run_path(exp, fraction, seed, repeat, fold), cfg):
+            frame = pd.read_parquet(path)
+            _, y, p = read_predictions(frame)
+            sub, gap = fairness_frames(task_type, frame, y, p, fcfg)
+            keys = {"eval_set": eval_set, "split": split, "fraction": fraction, "seed": seed, **cv}
+            subgroups.append(sub.assign(**keys))
+            gaps.append(gap.assign(**keys))
     return _front(pd.concat(subgroups, ignore_index=True)), _front(pd.concat(gaps, ignore_index=True))
 
 
@@ -84,7 +84,7 @@ def subgroup_summary(subgroups: pd.DataFrame) -> pd.DataFrame:
     """Per subgroup and metric over seeds: mean, 95% CIs; too-small groups get one row with no numbers."""
     if subgroups.empty:
         return pd.DataFrame(columns=[*GROUP_KEYS, "images", "too_small", "metric", *SUMMARY_COLUMNS])
-    fixed = [*GROUP_KEYS, "seed", "n", "too_small"]
+    fixed = [*GROUP_KEYS, "seed", "n", "too_small", *(c for c in ("repeat", "fold") if c in subgroups)]
     metrics = [c for c in subgroups.columns if c not in fixed and not c.endswith(("_low", "_high"))]
     long = subgroups.melt(id_vars=fixed, value_vars=metrics, var_name="metric")
     stats = summary_table(long[~long["too_small"]].dropna(subset=["value"]), by=[*GROUP_KEYS, "metric"])

@@ -4,7 +4,7 @@ Where the tables are (every table is written as both `.parquet` and `.csv`, atom
 
 | file | written by | one row per |
 | --- | --- | --- |
-| `EXP/results.*` | `synthfm adapt` | fraction x seed x eval_set x split x metric (`value`) |
+| `EXP/results.*` | `synthfm adapt` | fraction x seed (x repeat x fold under cv) x eval_set x split x metric (`value`) |
 | `EXP/summary.*` | `synthfm adapt` | fraction x eval_set x split x metric: n, mean, sd, ci_low/high, boot_low/high |
 | `EXP/probes.*`, `pool_choice.*` | `synthfm adapt` (probe) | every pooling's probe and k-NN; the val-chosen pool |
 | `EXP/fairness/subgroups.*` | `synthfm evaluate` | fraction x seed x eval_set x split x attribute x group (wide) |
@@ -23,10 +23,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from synthfm.errors import SynthfmError
-from synthfm.evaluate.stats import holm, paired_ci, paired_test, shapiro, summarise
+from synthfm.evaluate.stats import (
+    PairedTest,
+    corrected_resampled_t,
+    detectable_difference,
+    holm,
+    paired_ci,
+    paired_test,
+    shapiro,
+    summarise,
+)
 from synthfm.io import atomic_path
 
 RESULTS = "results"
@@ -39,6 +49,10 @@ INTERNAL = "internal"
 SUMMARY_COLUMNS = ("n", "mean", "sd", "ci_low", "ci_high", "boot_low", "boot_high")
 GROUP = ("experiment", "dataset", "task", "policy", "encoder", "fraction", "eval_set", "split", "metric")
 PAIR = ("dataset", "task", "eval_set", "fraction")
+CV_KEYS = ("repeat", "fold")
+FOLD_SIZES = ("n_train", "n_test")
+PAIRED_T = "paired t"
+CORRECTED_T = "corrected resampled t"
 
 
 def tidy_rows(metrics: dict[str, dict[str, float]], **meta: Any) -> list[dict[str, Any]]:
@@ -144,13 +158,25 @@ def training_curve(out: str | Path) -> pd.DataFrame:
 
 def compare(results_a: str | Path | pd.DataFrame, results_b: str | Path | pd.DataFrame, metric: str = "auroc",
             split: str = "test", by: Sequence[str] = PAIR) -> pd.DataFrame:
-    """A vs B per (dataset, task, eval_set, fraction): paired two-sided t-test over shared seeds, Holm across rows."""
+    """A vs B per (dataset, task, eval_set, fraction): two-sided paired test, Holm across rows.
+
+    Over seeds it is the paired t-test; over cross-validation folds (results with `repeat`/`fold`) it is the
+    Nadeau-Bengio corrected resampled t-test, because folds that share training rows give correlated scores
+    and the naive test's variance is too small. Each row also gives `detectable_diff`, the smallest difference
+    the test would detect with 80% power (two-sided alpha 0.05) at the observed variance of the differences.
+    """
     a, b = (load_results(r) for r in (results_a, results_b))
     by = [c for c in by if c in a and c in b]
-    pick = [*by, "seed", "value"]
+    cv = is_cv(a)
+    if cv != is_cv(b):
+        raise SynthfmError("one side of the comparison is cross-validated and the other is not",
+                           "compare experiments run the same way: both with the same 'cv', or both without")
+    pair = [*by, "seed", *(CV_KEYS if cv else ())]
+    pick = [*pair, "value", *(FOLD_SIZES if cv else ())]
     a, b = ((df[(df["metric"] == metric) & (df["split"] == split)])[pick] for df in (a, b))
-    both = a.merge(b, on=[*by, "seed"], suffixes=("_a", "_b"))
-    rows = [_paired(dict(zip(by, keys, strict=True)), g) for keys, g in both.groupby(list(by), sort=True)]
+    both = a.merge(b, on=pair, suffixes=("_a", "_b"))
+    test = _cv_paired if cv else _paired
+    rows = [test(dict(zip(by, keys, strict=True)), g) for keys, g in both.groupby(list(by), sort=True)]
     if not rows:
         raise SynthfmError(f"no {split} {metric} rows with matching {list(by)} and seed in both results",
                            "compare experiments run on the same cards, fractions and seeds")
@@ -164,8 +190,43 @@ def _paired(keys: dict[str, Any], g: pd.DataFrame) -> dict[str, Any]:
     """Paired statistics of one group's A and B values (matched by seed)."""
     va, vb = g["value_a"].to_numpy(), g["value_b"].to_numpy()
     test = paired_test(va, vb)
-    w, pw = shapiro(va - vb)
-    low, high = paired_ci(va - vb)
-    return {**keys, "n": len(g), "mean_a": va.mean(), "mean_b": vb.mean(), "mean_diff": (va - vb).mean(),
+    return _row(keys, va, vb, test, PAIRED_T, None)
+
+
+def _row(keys: dict[str, Any], va: np.ndarray, vb: np.ndarray, test: PairedTest, name: str,
+         ratio: float | None) -> dict[str, Any]:
+    """One comparison row: means, the test, Shapiro-Wilk of the differences, and the power line."""
+    d = va - vb
+    w, pw = shapiro(d)
+    sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+    mde = float("nan") if np.isnan(test.p) else detectable_difference(sd, len(d), ratio)
+    low, high = paired_ci(d)
+    if ratio is not None and np.isfinite(low):  # over CV folds: the corrected standard error
+        half = (high - low) / 2 * np.sqrt(1 + ratio * len(d))
+        low, high = d.mean() - half, d.mean() + half
+    return {**keys, "n": len(d), "mean_a": va.mean(), "mean_b": vb.mean(), "mean_diff": d.mean(),
             "diff_ci_low": low, "diff_ci_high": high, "t": test.t, "p": test.p, "shapiro_w": w, "shapiro_p": pw,
-            "note": test.note}
+            "note": test.note, "test": name,
+            "detectable_diff": mde}
+
+
+def is_cv(results: pd.DataFrame) -> bool:
+    """Whether results come from a cross-validated experiment (rows carry a CV fold)."""
+    return "fold" in results and bool(results["fold"].notna().any())
+
+
+def _cv_paired(keys: dict[str, Any], g: pd.DataFrame) -> dict[str, Any]:
+    """Nadeau-Bengio corrected resampled t-test of one group over CV (repeat, fold) runs, seeds averaged in each.
+
+    Seeds of one fold share its training and test rows, so they are averaged into one difference per fold;
+    n_test / n_train is the folds' mean ratio of test rows to training-part rows.
+    """
+    if (g["n_test_a"] != g["n_test_b"]).any() or (g["n_train_a"] != g["n_train_b"]).any():
+        raise SynthfmError(f"the two experiments' CV folds differ in size at {keys}",
+                           "compare experiments cross-validated with the same card, task and cv settings")
+    per = g.groupby(list(CV_KEYS), sort=True).agg(a=("value_a", "mean"), b=("value_b", "mean"),
+                                                   n_train=("n_train_a", "first"), n_test=("n_test_a", "first"))
+    ratio = float((per["n_test"] / per["n_train"]).mean())
+    va, vb = per["a"].to_numpy(), per["b"].to_numpy()
+    test = corrected_resampled_t(va - vb, n_train=float(per["n_train"].mean()), n_test=float(per["n_test"].mean()))
+    return _row(keys, va, vb, test, CORRECTED_T, ratio)

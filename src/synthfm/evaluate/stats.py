@@ -3,7 +3,8 @@
 Paired tests refuse to run on fewer than `MIN_PAIRED` pairs (two seeds once gave t = 1059 and "significant"),
 and say when the differences have (almost) no spread, where a t statistic is meaningless. Over cross-validation
 folds, which share training data, the naive paired t-test underestimates the variance of the mean difference;
-`corrected_resampled_t` applies Nadeau and Bengio's (2003) correction.
+`corrected_resampled_t` applies Nadeau and Bengio's (2003) correction. `detectable_difference` is the power
+line: the smallest difference a test with these observations and this variance would find 80% of the time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 Z95 = 1.96
 
@@ -88,9 +89,7 @@ def paired_test(a: np.ndarray | list[float], b: np.ndarray | list[float],
         return PairedTest(n, float("nan"), float("nan"), "no test: the paired differences are all equal "
                                                           "(zero variance)")
     t, p = t_test(a, b, paired=True)
-    note = (f"near-zero variance of the differences (|t| = {abs(t):.0f} over {n} pairs): check that the runs "
-            "really differ" if abs(t) > T_SUSPECT else "")
-    return PairedTest(n, t, p, note)
+    return PairedTest(n, t, p, _suspect(t, n))
 
 
 def paired_ci(differences: np.ndarray | list[float]) -> tuple[float, float]:
@@ -103,7 +102,7 @@ def paired_ci(differences: np.ndarray | list[float]) -> tuple[float, float]:
     return float(d.mean() - half), float(d.mean() + half)
 
 
-def corrected_resampled_t(differences: np.ndarray | list[float], n_train: int, n_test: int) -> PairedTest:
+def corrected_resampled_t(differences: np.ndarray | list[float], n_train: float, n_test: float) -> PairedTest:
     """Nadeau-Bengio corrected resampled t-test over J resampling runs (e.g. folds x repeats).
 
     t = mean(d) / sqrt((1/J + n_test/n_train) * var(d)), J - 1 degrees of freedom, two-sided. The extra
@@ -118,7 +117,37 @@ def corrected_resampled_t(differences: np.ndarray | list[float], n_train: int, n
     if np.ptp(d) <= ZERO_SPREAD:
         return PairedTest(j, float("nan"), float("nan"), "no test: the differences are all equal (zero variance)")
     t = float(d.mean() / np.sqrt((1 / j + n_test / n_train) * var))
-    return PairedTest(j, t, float(2 * stats.t.sf(abs(t), j - 1)))
+    return PairedTest(j, t, float(2 * stats.t.sf(abs(t), j - 1)), _suspect(t, j))
+
+
+def _suspect(t: float, n: int) -> str:
+    """The near-zero-variance warning for |t| above T_SUSPECT ('' otherwise)."""
+    return (f"near-zero variance of the differences (|t| = {abs(t):.0f} over {n} pairs): check that the runs "
+            "really differ" if abs(t) > T_SUSPECT else "")
+
+
+def detectable_difference(sd: float, n: int, test_train_ratio: float | None = None, alpha: float = 0.05,
+                          power: float = 0.8) -> float:
+    """Smallest true mean difference a two-sided one-sample (paired) t-test detects with `power` at `alpha`.
+
+    `sd` is the standard deviation (ddof=1) of the n paired differences. The test's standard error is
+    sd/√n, or under cross-validation the Nadeau-Bengio corrected sd·√(1/n + n_test/n_train)
+    (`test_train_ratio`). With df = n - 1 and critical value c = t(1 - alpha/2, df), the answer is δ = λ·se
+    where the noncentral t with noncentrality λ has P(|T| > c) = power. NaN below 2 observations or with
+    no spread (no test can run).
+    """
+    if n < 2 or not np.isfinite(sd) or sd <= 0:
+        return float("nan")
+    se = sd * np.sqrt(1 / n + (test_train_ratio or 0.0)) if test_train_ratio is not None else sd / np.sqrt(n)
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(ncp: float) -> float:
+        """Power at noncentrality ncp, minus the target."""
+        lower = float(np.nan_to_num(stats.nct.cdf(-crit, df, ncp)))  # ~0 for ncp > 0; scipy may return NaN
+        return float(stats.nct.sf(crit, df, ncp)) + lower - power
+
+    return float(optimize.brentq(shortfall, 0.0, crit + 8.0, xtol=1e-12) * se)  # power > 0.999 at crit + 8
 
 
 def holm(pvalues: list[float] | np.ndarray) -> np.ndarray:

@@ -27,7 +27,10 @@ from synthfm import __version__
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_text
 from synthfm.report import figures
-from synthfm.report.verdict import arms_verdict, gate_lines, verdict
+from synthfm.report.verdict import arms_verdict, chance_lines, fall_lines, gate_lines, verdict
+
+TESTS_CAPTION = "paired t-tests by seed, or Nadeau-Bengio corrected resampled t-tests over CV folds (column test)"
+POWER_CAPTION = "detectable_diff: the smallest difference detectable at 80% power (two-sided alpha 0.05)"
 
 
 @dataclass
@@ -174,7 +177,8 @@ def downstream_section(run: Run) -> Section:
         comp = json.loads((Path(j["dir"]) / "comparison.json").read_text())
         df = pd.DataFrame(comp["rows"])
         blocks.append(table(df, f"{j['name']}: {comp['label_a'] or comp['a']} vs {comp['label_b'] or comp['b']} "
-                                f"({comp['split']} {comp['metric']}; paired t-test by seed, Holm across rows)"))
+                                f"({comp['split']} {comp['metric']}; {TESTS_CAPTION}, Holm across rows; "
+                                f"{POWER_CAPTION})"))
     return Section("downstream", "Downstream results", blocks + arms_blocks(run))
 
 
@@ -191,9 +195,10 @@ def arms_blocks(run: Run) -> list[str]:
                                                           f"{doc['split']} {metric}"), f"{title}: {metric} per arm"))
         blocks.append(table(summ[["metric", "arm", "fraction", "n", "mean", "ci_low", "ci_high"]],
                             f"{title}: mean over seeds with the 95% CI (1.96·sd/√n)"))
-        ci = [c for c in ("diff_ci_low", "diff_ci_high") if c in tests]  # absent from older arms.json
-        blocks.append(table(tests[["metric", "arm", "baseline", "fraction", "n", "mean_diff", *ci, "t", "p", "p_holm",
-                                   "significant"]], f"{title}: paired t-tests by seed, Holm per metric"))
+        cols = ["metric", "arm", "baseline", "fraction", "n", "mean_diff", "diff_ci_low", "diff_ci_high", "t", "p",
+                "p_holm", "significant", "test", "detectable_diff"]  # CI and test columns absent from older arms.json
+        blocks.append(table(tests[[c for c in cols if c in tests]],
+                            f"{title}: {TESTS_CAPTION}, Holm per metric; {POWER_CAPTION}"))
         blocks.append(table(pd.DataFrame(doc["match"])[["metric", "arm", "reference", "target", "note"]],
                             f"{title}: labels needed to match {doc['reference']} at 100%"))
     return blocks
@@ -281,6 +286,21 @@ def artefact_section(stage: str, title: str) -> Callable[[Run], Section]:
     return build
 
 
+def limit_lines(run: Run) -> list[str]:
+    """Adaptation jobs at chance level and label curves that fall (an arms job says this for its own arms)."""
+    if run.stage("evaluate", "arms") or not run.stage("adapt"):
+        return []
+    from synthfm.evaluate.checks import chance_table, falling_curves
+    from synthfm.evaluate.results import load_results
+
+    results = pd.concat([load_results(j["dir"]).assign(model=j["name"]) for j in run.stage("adapt")],
+                        ignore_index=True)
+    summ = _internal(run.adapt_summaries)
+    summ = summ[(summ["split"] == "test") & summ["metric"].isin(["auroc", "accuracy"])]
+    return (chance_lines(chance_table(results, ["model"]).to_dict("records"), "model")
+            + fall_lines(falling_curves(summ, ["model"]).to_dict("records"), "model"))
+
+
 def verdict_lines(run: Run) -> list[str]:
     """Verdict sentences from every comparison job."""
     comps = []
@@ -294,6 +314,7 @@ def verdict_lines(run: Run) -> list[str]:
     lines += [line for j in run.stage("analyze", "vessel_study")  # the study writes its own sentences
               for line in json.loads((Path(j["dir"]) / "vessel_study.json").read_text())["verdict"]]
     lines = lines + verdict(comps) if comps or not lines else lines
+    lines += limit_lines(run)
     gates = [j for j in run.jobs if j["stage"] == "quality" and (Path(j["dir"]) / "quality.json").is_file()]
     return lines + [line for j in gates  # a gate that stopped the run still says why
                     for line in gate_lines(f"quality.{j['name']}", json.loads((Path(j["dir"]) / "quality.json")

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from synthfm.evaluate.results import CORRECTED_T
+
 WHAT_WOULD_CHANGE_IT = ("What could change this: more or more varied synthetic images, a generator whose "
                         "images pass the quality gate with a lower Fréchet distance, a larger encoder, or "
                         "longer pretraining followed by a stage on real images.")
@@ -19,9 +21,40 @@ def comparison_sentence(row: dict[str, Any], label_a: str, label_b: str, metric:
     holm = "n/a" if row.get("p_holm") is None or np.isnan(row["p_holm"]) else f"{row['p_holm']:.3g}"
     where = f"{row.get('dataset', '')} {row.get('task', '')}".strip()
     note = f" Caution: {row['note']}." if isinstance(row.get("note"), str) and row["note"] else ""
+    cv = row.get("test") == CORRECTED_T
+    over = f"{int(row['n'])} CV folds x repeats (seeds averaged per fold)" if cv else f"{int(row['n'])} seeds"
+    name = "Nadeau-Bengio corrected resampled t-test" if cv else "paired t-test"
     return (f"{label_a} {word} {label_b} on {where} with {100 * float(row['fraction']):g}% of the labels: "
-            f"test {metric} {row['mean_a']:.3f} vs {row['mean_b']:.3f} over {int(row['n'])} seeds "
-            f"(paired t-test p={p}, Holm p={holm}).{note}")
+            f"test {metric} {row['mean_a']:.3f} vs {row['mean_b']:.3f} over {over} "
+            f"({name} p={p}, Holm p={holm}).{power_clause(row, metric)}{note}")
+
+
+def power_clause(row: dict[str, Any], metric: str) -> str:
+    """' At 80% power these runs detect a difference of 0.034 test auroc or more.' ('' where no test ran)."""
+    mde = row.get("detectable_diff")
+    if mde is None or not isinstance(mde, (int, float)) or np.isnan(mde):
+        return ""
+    return (f" With these runs and this variance, the smallest {metric} difference detectable at 80% power "
+            f"(two-sided alpha 0.05) is {mde:.3f}.")
+
+
+def chance_lines(rows: list[dict[str, Any]], key: str) -> list[str]:
+    """One warning per model at chance level (AUROC CI reaching 0.5, accuracy CI reaching the majority rate)."""
+    hits = [r for r in rows if r.get("at_chance")]
+    parts = [f"{r[key]} at {100 * float(r['fraction']):g}% ({r['metric']} {r['mean']:.3f}, 95% CI "
+             f"{r['ci_low']:.3f}-{r['ci_high']:.3f}, " + ("reaches 0.5" if r["metric"] == "auroc" else
+                                                        f"reaches the majority-class rate {r['chance']:.3f}") + ")"
+             for r in hits]
+    return [f"Warning: at chance level — {'; '.join(parts)}. Such a model cannot be told from guessing, so its "
+            "comparisons say little."] if parts else []
+
+
+def fall_lines(rows: list[dict[str, Any]], key: str) -> list[str]:
+    """One warning per label curve that falls as labels grow."""
+    parts = [f"{r[key]} {r['metric']} {r['from_mean']:.3f} at {100 * float(r['from_fraction']):g}% → "
+             f"{r['to_mean']:.3f} at {100 * float(r['to_fraction']):g}%" for r in rows]
+    return [f"Warning: label curves that fall as labels grow — {'; '.join(parts)}. More labels should not hurt: "
+            "check for collapse to one class or training that did not converge."] if parts else []
 
 
 def verdict(comparisons: list[dict[str, Any]]) -> list[str]:
@@ -114,8 +147,14 @@ def _baseline_line(doc: dict[str, Any], base: str, metric: str, n_family: int) -
     hits = [_signed(r) for r in rows if r["significant"]]
     found = "; ".join(hits) + (". No other difference was significant." if hits else "") if hits else \
         "no difference was significant."
-    return (f"{doc.get('title') or 'Arms'}, against {base} ({doc['split']} {metric}, paired t-tests over seeds, "
-            f"Holm-corrected over all {n_family} tests): {found}")
+    cv = any(r.get("test") == CORRECTED_T for r in rows)
+    how = ("Nadeau-Bengio corrected resampled t-tests over CV folds" if cv else "paired t-tests over seeds")
+    mdes = [r["detectable_diff"] for r in rows if isinstance(r.get("detectable_diff"), float)
+            and not np.isnan(r["detectable_diff"])]
+    power = (f" At 80% power these tests detect {metric} differences of {min(mdes):.3f}–{max(mdes):.3f} or more."
+             if mdes else "")
+    return (f"{doc.get('title') or 'Arms'}, against {base} ({doc['split']} {metric}, {how}, "
+            f"Holm-corrected over all {n_family} tests): {found}{power}")
 
 
 def _match_line(doc: dict[str, Any], metric: str) -> str:
@@ -135,6 +174,7 @@ def arms_verdict(doc: dict[str, Any]) -> list[str]:
     lines = [_baseline_line(doc, base, metric, n_family) for base in [*doc["baselines"], *doc.get("controls", [])]]
     lines.append(_match_line(doc, metric))
     lines += control_lines(doc, metric)
+    lines += chance_lines(doc.get("chance", []), "arm") + fall_lines(doc.get("falls", []), "arm")
     floor = doc["baselines"][0]
     tested = [r for r in doc["tests"] if r["metric"] == metric and r["baseline"] == floor
               and r["arm"] not in [*doc["baselines"], *doc.get("controls", [])]]
