@@ -17,7 +17,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CAPS = {"n": 40, "size": 32, "batch_size": 8, "shard_size": 16, "image_size": 64, "limit": 16, "kid_subsets": 2,
-        "n_boot": 20, "n_samples": 8, "synthesize": 20, "work_size": 64, "phantom_images": 2, "test_last": 2}
+        "n_boot": 20, "n_samples": 8, "synthesize": 20, "work_size": 64, "phantom_images": 2, "test_last": 2,
+        "folds": 2, "repeats": 1}
 SET = {"steps": 2, "epochs": 1, "warmup_epochs": 0, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1,
        "pretrain_steps": 2, "finetune_steps": 2}
 TINY_VIT = "vit_tiny_p8_64"
