@@ -97,11 +97,12 @@ def section(name: str, doc: dict, run: dict | None = None) -> str:
     """One benchmark's section: what it measures, the command, machine, and its numbers."""
     res = doc.get("results")
     rows = res if isinstance(res, list) else [{"case": k, **v} for k, v in (res or {}).items()]
-    cmd = f"`{run['command']}` via `python benchmarks/run_all.py` ({run['wall_s']} s)" if run else \
-        f"`{COMMANDS.get(name, '')}`"
+    cmd = (f"`{doc['command']}`" if isinstance(doc.get("command"), str)  # the JSON says what wrote it
+           else f"`{run['command']}` via `python benchmarks/run_all.py` ({run['wall_s']} s)" if run
+           else f"`{COMMANDS.get(name, '')}`")
     head = f"## {name}\n\n{NOTES.get(name, '')}\n\nCommand: {cmd}  \n"
     head += f"Machine: {doc.get('machine', '?')}, torch {doc.get('torch', '?')}.\n\n"
-    extra = {k: v for k, v in doc.items() if k not in ("results", "machine", "torch", "benchmark", "run")}
+    extra = {k: v for k, v in doc.items() if k not in ("results", "machine", "torch", "benchmark", "run", "command")}
     if name in READABLE:
         return head + readable(rows, extra)
     return head + markdown_table(rows) + ("\n\n```json\n" + json.dumps(extra, indent=1) + "\n```\n"
