@@ -135,3 +135,27 @@ def test_label_curve_and_results_readers(experiment: Path, tmp_path: Path, capsy
     assert set(both["experiment"]) == {"probe", "copy"} and len(both) == 2 * len(res) * 14
     with pytest.raises(SynthfmError, match="not a finished adaptation experiment"):
         evaluate_experiment(run_path(exp, 1.0, 0).parent)
+
+
+def test_a_vit_adapted_at_another_size_than_it_was_built_for_reloads(tiny_cfg, tmp_path: Path) -> None:
+    """A random ViT built for 64 px, adapted at 32 px, finishes (its model card reloads the best classifier at 32 px)
+    and reloads with the trainer's scores."""
+    import torch
+
+    from synthfm.analyze.gradcam import load_adapted
+
+    cfg = tiny_cfg(policy="finetune", epochs=1, warmup_epochs=0, image_size=32,
+                   backbone_overrides={"depth": 1, "embed_dim": 48, "num_heads": 3})  # img_size left at 64
+    exp = tmp_path / "exp"
+    run_experiment(cfg, exp)
+    model, _ = load_adapted(run_path(exp, 1.0, 0))
+    assert model.encoder.pos_embed.shape[1] == 1 + (32 // 8) ** 2
+    preds = pd.read_parquet(run_path(exp, 1.0, 0) / "predictions_test.parquet")
+    data = load_card(cfg.card)
+    from synthfm.data.readers import open_dataset
+
+    ds = open_dataset(data, "test", size=32)
+    x = torch.stack([ds[i]["image"] for i in range(4)])
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1)[:, 1] if model(x).shape[1] > 1 else torch.sigmoid(model(x))[:, 0]
+    assert np.allclose(probs.numpy(), preds["score"].to_numpy()[:4], atol=1e-5)

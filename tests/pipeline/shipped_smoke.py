@@ -37,7 +37,7 @@ def _value(key: str, value: Any) -> Any:
         return value[-1:]
     if key == "recipe" and isinstance(value, str) and value.startswith("mae_"):
         return "mae_vit_tiny_demo"
-    if key == "encoder" and isinstance(value, str) and value.startswith("random:"):
+    if key == "encoder" and isinstance(value, str) and value.startswith("random:vit"):  # a CNN stays itself
         return f"random:{TINY_VIT}"
     if key == "backbone" and isinstance(value, str) and value.startswith("vit_"):
         return TINY_VIT

@@ -113,7 +113,7 @@ def overlay(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
 def load_adapted(run_dir: str | Path) -> tuple[nn.Module, object]:
     """The best classifier of a finished adaptation run, and its AdaptConfig."""
     from synthfm.adapt.config import AdaptConfig
-    from synthfm.adapt.trainer import BEST_FILE, load_encoder, make_classifier
+    from synthfm.adapt.trainer import BEST_FILE, fit_image_size, load_encoder, make_classifier
     from synthfm.models.checkpoint import load_state
 
     run_dir = Path(run_dir)
@@ -126,6 +126,8 @@ def load_adapted(run_dir: str | Path) -> tuple[nn.Module, object]:
     task = data.card.task(cfg.task)
     torch.manual_seed(cfg.seeds[0])  # as the trainer does: a random-init probe's encoder is rebuilt, not saved
     encoder = load_encoder(cfg, data.channels)
+    if cfg.image_size:  # as the trainer does: a ViT built for another size takes the run's (positions resampled)
+        fit_image_size(encoder, cfg.image_size, cfg.encoder)
     probe = cfg.policy == "linear_probe"
     model = make_classifier(encoder, cfg, task.num_outputs)
     state = load_state(run_dir / BEST_FILE)
