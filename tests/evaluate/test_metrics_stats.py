@@ -7,7 +7,14 @@ import pytest
 from scipy import stats
 
 from synthfm.errors import SynthfmError
-from synthfm.evaluate.metrics import binary_metrics, confusion, multiclass_metrics, multilabel_metrics
+from synthfm.evaluate.metrics import (
+    binary_metrics,
+    confusion,
+    multiclass_metrics,
+    multilabel_metrics,
+    task_auroc,
+    task_metrics,
+)
 from synthfm.evaluate.stats import holm, shapiro, summarise, t_test
 
 
@@ -142,3 +149,18 @@ def test_detectable_difference_by_hand() -> None:
     assert cv > detectable_difference(0.02, 15)  # the correction widens what can be seen
     assert detectable_difference(1.0, 10) == pytest.approx(0.996, abs=1e-3)
     assert np.isnan(detectable_difference(0.0, 10)) and np.isnan(detectable_difference(1.0, 1))
+
+
+@pytest.mark.parametrize("task_type", ["binary", "multiclass", "ordinal", "multilabel"])
+def test_task_auroc_is_task_metrics_auroc(task_type: str) -> None:
+    """The AUROC used for per-epoch selection is exactly task_metrics' AUROC, for every task type."""
+    rng = np.random.default_rng(4)
+    n = 40
+    if task_type == "binary":
+        y, p = rng.integers(0, 2, n), rng.random(n)
+    elif task_type == "multilabel":
+        y, p = rng.integers(0, 2, (n, 3)), rng.random((n, 3))
+    else:
+        y, p = rng.integers(0, 4, n), rng.dirichlet(np.ones(4), n)
+    assert task_auroc(task_type, y, p) == task_metrics(task_type, y, p)["auroc"]
+    assert 0.0 < task_auroc(task_type, y, p) < 1.0

@@ -26,7 +26,7 @@ from synthfm.adapt.config import AdaptConfig
 from synthfm.config import validate_config
 from synthfm.data.card import read_card
 from synthfm.evaluate.knn import knn_scores
-from synthfm.evaluate.metrics import task_metrics
+from synthfm.evaluate.metrics import task_auroc, task_metrics
 from synthfm.evaluate.probes import PROBES, probe_rows
 from synthfm.evaluate.results import INTERNAL
 from synthfm.locks import acquire, release
@@ -65,13 +65,13 @@ def fit_linear(trainer: Trainer, sets: dict[str, TensorDataset], dim: int) -> Me
     optimizer = torch.optim.AdamW(lrd_param_groups(head, cfg.weight_decay, 1.0, trainer.depth), lr=0.0,
                                   betas=cfg.betas)
     kept = trainer.net, trainer.optimizer
-    trainer.net, trainer.optimizer = trainer.acc.prepare(head, optimizer)
+    trainer.net, trainer.optimizer = head, optimizer  # a cached-feature head, stepped without Accelerate
     try:
         best, best_state = None, None
         for epoch in range(cfg.epochs):
             torch.manual_seed(epoch_seed(trainer.seed, epoch))
             trainer.train_epoch(sets["train"], epoch)
-            auroc = task_metrics(trainer.task.type, *trainer.predict(sets[val])[1:])["auroc"]
+            auroc = task_auroc(trainer.task.type, *trainer.predict(sets[val])[1:])
             if is_better(auroc, best):
                 best, best_state = auroc, copy.deepcopy(trainer.net.state_dict())
         trainer.net.load_state_dict(best_state)

@@ -40,6 +40,7 @@ from synthfm.data.card import TaskSpec
 from synthfm.data.manifest import CardData, load_card
 from synthfm.data.readers import open_dataset
 from synthfm.data.splits import label_fractions
+from synthfm.data.tensor_loader import TensorLoader, loader_order
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.fairness import row_metadata
 from synthfm.evaluate.metrics import task_metrics
@@ -301,7 +302,10 @@ class Trainer:
         optimizer = torch.optim.AdamW(lrd_param_groups(self.net, cfg.weight_decay, decay, self.depth),
                                       lr=0.0, betas=cfg.betas)
         self.model.to(self.acc.device)
-        self.net, self.optimizer = self.acc.prepare(self.net, optimizer)
+        if self.cached:  # a head on cached fp32 features: no autocast or loss scaling, so no Accelerate wrapper
+            self.optimizer = optimizer
+        else:
+            self.net, self.optimizer = self.acc.prepare(self.net, optimizer)
 
     @property
     def probe(self) -> bool:
@@ -336,15 +340,20 @@ class Trainer:
             sets[split] = open_dataset(self.data, split, size=self.size)
         return self.cache_features(sets) if self.cached else sets
 
-    def loader(self, ds: Dataset, shuffle: bool = False, epoch: int = 0, labels: bool = True) -> DataLoader:
-        """A loader over (x, y, index) batches (y zeros without `labels`); order depends only on (seed, epoch)."""
-        collate = None if isinstance(ds, TensorDataset) else TaskCollate(self.task.name if labels else None)
+    def loader(self, ds: Dataset, shuffle: bool = False, epoch: int = 0,
+               labels: bool = True) -> DataLoader | TensorLoader:
+        """A loader over (x, y, index) batches (y zeros without `labels`); order depends only on (seed, epoch).
+
+        Cached features (a TensorDataset) are sliced batch-wise by a TensorLoader in the same order."""
         drop = shuffle and len(ds) > self.cfg.batch_size  # no size-1 last batch for BatchNorm
         sampler = (balanced_sampler(self.train_classes, len(self.task.classes), epoch_seed(self.seed, epoch))
                    if shuffle and self.cfg.class_balance == "sampler" else None)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        if isinstance(ds, TensorDataset):
+            return TensorLoader(ds, self.cfg.batch_size, loader_order(len(ds), shuffle, sampler, generator), drop)
         return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                          drop_last=drop, collate_fn=collate, num_workers=self.cfg.num_workers,
-                          generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch)))
+                          drop_last=drop, collate_fn=TaskCollate(self.task.name if labels else None),
+                          num_workers=self.cfg.num_workers, generator=generator)
 
     def balance_on(self, train_labels: np.ndarray) -> None:
         """Class indices and balanced class weights of the training subset, when class_balance asks for them."""
@@ -403,13 +412,22 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             loss = self.loss(self.net(x.to(self.acc.device)), y.to(self.acc.device))
+            self.step(loss)
+            losses.append(loss.item())
+        return {"train_loss": float(np.mean(losses)), "lr": lr}
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward, optional gradient clipping, one optimiser step (through Accelerate unless a cached head)."""
+        if self.cached:
+            loss.backward()
+            if self.cfg.clip_grad is not None:
+                nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad)
+        else:
             self.acc.backward(loss)
             if self.cfg.clip_grad is not None:
                 self.acc.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        return {"train_loss": float(np.mean(losses)), "lr": lr}
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def predict(self, ds: Dataset, net: nn.Module | None = None, labels: bool = True,

@@ -26,6 +26,11 @@ def _check(y: np.ndarray, p: np.ndarray) -> None:
         raise SynthfmError("predicted scores contain NaN or inf", "check the model's outputs (diverged training?)")
 
 
+def _binary_auroc(y: np.ndarray, p: np.ndarray) -> float:
+    """AUROC of P(positive) scores; NaN when the targets hold one class only."""
+    return float(skm.roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """AUROC, AUPRC, accuracy, balanced accuracy, F1, sensitivity, specificity of P(positive) scores."""
     y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float).reshape(-1)
@@ -34,7 +39,7 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
     tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
     both = len(np.unique(y)) == 2
     return {
-        "auroc": float(skm.roc_auc_score(y, p)) if both else float("nan"),
+        "auroc": _binary_auroc(y, p),
         "auprc": float(skm.average_precision_score(y, p)) if both else float("nan"),
         "accuracy": float((pred == y).mean()),
         "balanced_accuracy": balanced_accuracy(y, pred),
@@ -42,6 +47,13 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
         "sensitivity": float(tp / (tp + fn)) if tp + fn else float("nan"),
         "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
     }
+
+
+def _ovr_auroc(onehot: np.ndarray, p: np.ndarray) -> float:
+    """Macro one-vs-rest AUROC over the classes both present and absent in the targets."""
+    present = onehot.sum(0) > 0
+    return float(np.mean([skm.roc_auc_score(onehot[:, c], p[:, c]) for c in np.flatnonzero(present)
+                          if onehot[:, c].min() == 0]))
 
 
 def multiclass_metrics(y: np.ndarray, p: np.ndarray, ordinal: bool = False) -> dict[str, float]:
@@ -53,8 +65,7 @@ def multiclass_metrics(y: np.ndarray, p: np.ndarray, ordinal: bool = False) -> d
     present = onehot.sum(0) > 0
     pred = p.argmax(1)
     out = {
-        "auroc": float(np.mean([skm.roc_auc_score(onehot[:, c], p[:, c]) for c in np.flatnonzero(present)
-                                if onehot[:, c].min() == 0])),
+        "auroc": _ovr_auroc(onehot, p),
         "auprc": float(np.mean([skm.average_precision_score(onehot[:, c], p[:, c]) for c in np.flatnonzero(present)])),
         "accuracy": float((pred == y).mean()),
         "balanced_accuracy": balanced_accuracy(y, pred),
@@ -86,6 +97,19 @@ def task_metrics(task_type: str, y: np.ndarray, p: np.ndarray) -> dict[str, floa
     if task_type == "multilabel":
         return multilabel_metrics(y, p)
     return multiclass_metrics(y, p, ordinal=task_type == "ordinal")
+
+
+def task_auroc(task_type: str, y: np.ndarray, p: np.ndarray) -> float:
+    """task_metrics(...)["auroc"] alone (the same value), for per-epoch model selection."""
+    if task_type == "multilabel":
+        return multilabel_metrics(y, p)["auroc"]
+    if task_type == "binary":
+        y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float).reshape(-1)
+        _check(y, p)
+        return _binary_auroc(y, p)
+    y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
+    _check(y, p)
+    return _ovr_auroc(label_binarize(y, classes=np.arange(p.shape[1])), p)
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
