@@ -307,7 +307,7 @@ def phantom_cmd(
 
 def _mount() -> None:
     """Commands and groups that live in their stage packages (each exposes a Typer app in commands.py)."""
-    from synthfm.adapt.commands import export_cli, predict_cli
+    from synthfm.adapt.commands import checkpoints_cmd, export_cli, predict_cli
     from synthfm.analyze.commands import app as analyze_app
     from synthfm.consortium.commands import hub_app, site_app
     from synthfm.evaluate.commands import app as efficiency_app
@@ -319,6 +319,7 @@ def _mount() -> None:
     app.command("quality")(quality_cmd)
     app.command("predict")(predict_cli)
     app.command("export")(export_cli)
+    efficiency_app.command("checkpoints")(checkpoints_cmd)
     app.add_typer(efficiency_app, name="efficiency")
     app.add_typer(site_app, name="site")
     app.add_typer(hub_app, name="hub")

@@ -29,7 +29,10 @@ from typing import Any
 
 import torch
 
+from synthfm.config import validate_config
 from synthfm.errors import SynthfmError
+from synthfm.models.backbones import image_size
+from synthfm.models.encoders import random_backbone
 from synthfm.plan_flops import ModelCost, count_model, on_meta
 
 BENCH = Path(__file__).resolve().parents[2] / "docs" / "bench"
@@ -162,7 +165,7 @@ def mae_cost(cfg: Any) -> ModelCost:
     from synthfm.pretrain.mae import build_mae
 
     model = on_meta(lambda: build_mae(cfg).model).train()
-    size = cfg.image_size or model.encoder.patch_embed.img_size[0]
+    size = image_size(model.encoder, cfg.image_size)
     return count_model(model, _meta(2, cfg.in_chans, size, size))
 
 
@@ -312,8 +315,9 @@ def _generate_work(cfg: Any, ctx: Context) -> Work:
 
 def _adapt_encoder(cfg: Any, ctx: Context) -> tuple[str, dict[str, Any]]:
     """(backbone, overrides) of an adaptation's encoder: random:<name>, a pretraining job of the plan, or a folder."""
-    if cfg.encoder.startswith("random:"):
-        return cfg.encoder.removeprefix("random:"), dict(cfg.backbone_overrides)
+    name = random_backbone(cfg.encoder)
+    if name is not None:
+        return name, dict(cfg.backbone_overrides)
     if cfg.encoder == "pixels":
         return "pixels", {}
     pre = ctx.configs.get(str(cfg.encoder))
@@ -371,6 +375,25 @@ def _adapt_work(cfg: Any, ctx: Context) -> Work:
                 cfg.batch_size * train.activations * abytes)
 
 
+def _gate_work(cfg: Any, ctx: Context) -> Work:
+    """The gate's checks over every image, plus fine-tuning its domain encoder when a space asks for one.
+
+    The domain encoder is cached under the pipeline's root, so a rerun skips it; the plan counts it once.
+    """
+    from synthfm.adapt.config import AdaptConfig
+    from synthfm.quality.config import DOMAIN, QualityConfig
+    from synthfm.quality.domain import adapt_settings
+
+    images = ctx.rows(cfg.synthetic, None) + ctx.rows(cfg.real, None)
+    qcfg = validate_config(QualityConfig, cfg.config, "quality job config")
+    if not any(s.kind == "synthfm" and s.encoder == DOMAIN for s in qcfg.spaces):
+        return Work("quality.gate", units=images)
+    domain = _adapt_work(AdaptConfig(**adapt_settings(cfg.real, qcfg.domain.task or "task", qcfg.domain)), ctx)
+    return Work("quality.gate", runs=domain.runs, flops=domain.flops, units=images, params=domain.params,
+                param_bytes=domain.param_bytes, activation_bytes=domain.activation_bytes,
+                note=f"with the domain encoder's {qcfg.domain.epochs}-epoch fine-tune (cached afterwards)")
+
+
 def _megapixels(n: int, size: int | None) -> float:
     return n * (size or 512) ** 2 / 1e6
 
@@ -405,7 +428,7 @@ def job_work(job: Any, ctx: Context) -> Work:
             return _generate_work(cfg, ctx)
         return Work("synth.consortium", units=1, note="consortium simulation: not broken down")
     if stage == "quality":
-        return Work("quality.gate", units=ctx.rows(cfg.synthetic, None) + ctx.rows(cfg.real, None))
+        return _gate_work(cfg, ctx)
     if stage == "pretrain":
         ctx.configs[out] = cfg
         return _pretrain_work(cfg, ctx, f"pretrain.{cfg.objective}")
@@ -489,6 +512,9 @@ def seconds_of(work: Work, rates: Rates) -> float:
         secs += work.work / rate
     if work.family == "adapt.linear_probe" and rates.device != "cpu":
         secs += work.flops / _rate(rates.family("adapt.finetune"), work.mixed)
+    if work.family == "quality.gate" and work.flops:  # the domain encoder's fine-tune, at the fine-tune rate
+        tune = rates.family("adapt.finetune")
+        secs += work.runs * tune.get("c", 0.0) + work.flops / _rate(tune, work.mixed)
     return secs
 
 

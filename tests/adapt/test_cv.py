@@ -16,9 +16,10 @@ import yaml
 
 from synthfm.adapt.config import AdaptConfig, CVConfig
 from synthfm.adapt.cv import fold_rows, fold_sizes, fold_table, strata, train_subset
-from synthfm.adapt.experiment import run_experiment, run_keys, run_path
+from synthfm.adapt.experiment import run_experiment
 from synthfm.data.manifest import load_card
 from synthfm.errors import SynthfmError
+from synthfm.evaluate.predictions import run_keys, run_path
 from synthfm.runs import MARKER_FILE, config_hash
 
 

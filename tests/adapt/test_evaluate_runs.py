@@ -12,11 +12,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from synthfm.adapt.commands import evaluate_command
-from synthfm.adapt.experiment import run_experiment, run_path
+from synthfm.adapt.experiment import run_experiment
 from synthfm.data.manifest import load_card
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.experiment import evaluate_experiment
 from synthfm.evaluate.fairness import FairnessConfig
+from synthfm.evaluate.predictions import run_path
 from synthfm.evaluate.results import efficiency_curve, fairness_tables, load_results
 
 SEEDS = (0, 1)
@@ -142,7 +143,7 @@ def test_a_vit_adapted_at_another_size_than_it_was_built_for_reloads(tiny_cfg, t
     and reloads with the trainer's scores."""
     import torch
 
-    from synthfm.analyze.gradcam import load_adapted
+    from synthfm.adapt.adapted import load_adapted
 
     cfg = tiny_cfg(policy="finetune", epochs=1, warmup_epochs=0, image_size=32,
                    backbone_overrides={"depth": 1, "embed_dim": 48, "num_heads": 3})  # img_size left at 64

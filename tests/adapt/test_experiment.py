@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from synthfm.adapt.experiment import run_experiment, run_path
+from synthfm.adapt.experiment import run_experiment
+from synthfm.evaluate.predictions import run_path
 from synthfm.runs import MARKER_FILE
 
 SCRIPT = ("import json, sys; from synthfm.adapt.config import AdaptConfig; "

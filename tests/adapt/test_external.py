@@ -12,10 +12,11 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from synthfm.adapt.config import ExternalEval
-from synthfm.adapt.experiment import run_experiment, run_path
+from synthfm.adapt.experiment import run_experiment
 from synthfm.adapt.external import ExternalSet, class_map
 from synthfm.data.card import TaskSpec
 from synthfm.errors import SynthfmError
+from synthfm.evaluate.predictions import run_path
 
 LENS = {"name": "lens", "type": "binary", "classes": ["clear", "opaque"]}
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from synthfm.adapt.commands import show_probes
-from synthfm.adapt.experiment import run_experiment, run_path
+from synthfm.adapt.experiment import run_experiment
 from synthfm.adapt.export import load_classifier
 from synthfm.adapt.trainer import FEATURES_FILE, Trainer
 from synthfm.evaluate.knn import knn_scores
 from synthfm.evaluate.metrics import task_metrics
+from synthfm.evaluate.predictions import run_path
 from synthfm.evaluate.probes import POOL_CHOICE, PROBES
 from synthfm.models.checkpoint import load_state, save_state
 from synthfm.models.pooling import pool_features

@@ -15,6 +15,7 @@ from synthfm.adapt import trainer as tr
 from synthfm.adapt.trainer import Trainer
 from synthfm.data.readers import open_dataset
 from synthfm.errors import SynthfmError
+from synthfm.evaluate.predictions import read_predictions
 from synthfm.models.checkpoint import load_state
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,7 +134,7 @@ def _retina_10pct(tmp_path: Path, seed: int, **kw) -> dict[str, float]:
                       image_size=32, epochs=6, warmup_epochs=1, batch_size=16, blr=1e-3 * 256 / 16, seeds=[seed],
                       label_fractions=[0.1], **kw)
     Trainer(cfg, tmp_path / f"{kw}_{seed}").fit()
-    _, y, p = tr.read_predictions(tmp_path / f"{kw}_{seed}" / "predictions_test.parquet")
+    _, y, p = read_predictions(tmp_path / f"{kw}_{seed}" / "predictions_test.parquet")
     return {"kappa": tr.task_metrics("ordinal", y, p)["kappa_quadratic"],
             "balanced_accuracy": tr.task_metrics("ordinal", y, p)["balanced_accuracy"],
             "classes_predicted": len(np.unique(p.argmax(1)))}
@@ -156,9 +157,9 @@ def test_baseline_experiments_finish_and_export_what_they_can(tiny_cfg, tmp_path
     logits; the pixels experiment finishes without a card and refuses export in words."""
     import timm
 
+    from synthfm.adapt.adapted import load_adapted
     from synthfm.adapt.experiment import run_experiment
     from synthfm.adapt.export import export_model
-    from synthfm.analyze.gradcam import load_adapted
 
     cnn = tmp_path / "cnn"
     run_experiment(tiny_cfg(encoder="random:resnet18", backbone_overrides={}, image_size=32, epochs=1), cnn)

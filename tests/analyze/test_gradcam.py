@@ -11,8 +11,9 @@ import torch
 from scipy import ndimage as ndi
 from torch import nn
 
-from synthfm.analyze.gradcam import GradCAMConfig, grad_cam, heat_ratio, pointing_hit, run_gradcam, vit_reshape
+from synthfm.analyze.gradcam import GradCAMConfig, heat_ratio, pointing_hit, run_gradcam
 from synthfm.models.backbones import create_backbone
+from synthfm.models.gradcam import grad_cam, vit_reshape
 
 SIZE = 128
 

@@ -86,3 +86,15 @@ def show_path(what: str, path: Path) -> None:
     from rich.console import Console
 
     Console(soft_wrap=True).print(f"{what}: [bold]{path}[/]", highlight=False)
+
+
+def checkpoints_cmd(
+    pretrain_run: Annotated[Path, typer.Argument(help="Pretraining run directory (its checkpoints/step_*)")],
+    config: Annotated[Path, typer.Argument(help="Adaptation YAML; its 'encoder' is replaced by each checkpoint")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (resumable)")],
+) -> None:
+    """Downstream score vs pretraining step: adapt from every checkpoint of a pretraining run."""
+    from synthfm.adapt.checkpoints import checkpoint_curve
+
+    curve = checkpoint_curve(pretrain_run, load_config(AdaptConfig, config), out)
+    show(curve[curve["metric"] == "auroc"], f"downstream AUROC vs pretraining step (table: {out})")

@@ -16,27 +16,13 @@ from synthfm.adapt.cv import FOLDS_FILE, fold_sizes, fold_table
 from synthfm.adapt.export import write_model_card
 from synthfm.adapt.external import resolve_externals
 from synthfm.adapt.probes import collect_probes, missing_probes
-from synthfm.adapt.trainer import EXTERNAL_DIR, STAGE, adapt_one
+from synthfm.adapt.trainer import adapt_one
 from synthfm.data.card import read_card
 from synthfm.data.manifest import load_card
+from synthfm.evaluate.predictions import EXPERIMENT_STAGE, EXTERNAL_DIR, STAGE, run_keys, run_path
 from synthfm.evaluate.probes import write_probe_tables
 from synthfm.evaluate.results import INTERNAL, RESULTS, load_results, tidy_rows, write_table, write_tables
 from synthfm.runs import RunDir
-
-RunKey = tuple[float, int, int | None, int | None]  # fraction, seed, CV repeat, CV fold (None, None without cv)
-
-
-def run_path(out_dir: str | Path, fraction: float, seed: int, repeat: int | None = None,
-             fold: int | None = None) -> Path:
-    """The run directory of one (label fraction, seed), or of one (fraction, seed, repeat, fold) under cv."""
-    path = Path(out_dir) / f"fraction_{fraction:g}" / f"seed_{seed}"
-    return path if repeat is None or fold is None else path / f"repeat_{repeat}" / f"fold_{fold}"
-
-
-def run_keys(cfg: AdaptConfig) -> list[RunKey]:
-    """Every run of an experiment: fraction x seed, times repeat x fold under cv."""
-    cv = [(None, None)] if cfg.cv is None else [(r, k) for r in range(cfg.cv.repeats) for k in range(cfg.cv.folds)]
-    return [(f, s, r, k) for r, k in cv for f in cfg.label_fractions for s in cfg.seeds]
 
 
 def cv_folds(cfg: AdaptConfig) -> pd.DataFrame:
@@ -48,7 +34,7 @@ def cv_folds(cfg: AdaptConfig) -> pd.DataFrame:
 def run_experiment(cfg: AdaptConfig, out_dir: str | Path) -> pd.DataFrame:
     """Adapt for every fraction × seed (× repeat × fold; finished runs are skipped), then write the results tables."""
     resolve_externals(cfg)  # a wrong external mapping fails here, before any training
-    top = RunDir(out_dir, f"{STAGE}.experiment", cfg)
+    top = RunDir(out_dir, EXPERIMENT_STAGE, cfg)
     if top.open() == "done" and not missing_probes(cfg, out_dir):
         return load_results(out_dir)
     if cfg.cv is not None:  # fails early on too few patients; the record of which rows were where

@@ -26,11 +26,12 @@ import torch
 import yaml
 from torch import nn
 
+from synthfm.adapt.modelcard import classifier_card
 from synthfm.data.card import card_file, read_card
 from synthfm.data.modality import preset
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path, atomic_write_json, atomic_write_text
-from synthfm.models.backbones import create_backbone
+from synthfm.models.backbones import create_backbone, image_size
 from synthfm.models.baselines import PIXELS
 from synthfm.models.checkpoint import (
     CONFIG_FILE,
@@ -42,7 +43,7 @@ from synthfm.models.checkpoint import (
     read_pretrained_config,
     save_state,
 )
-from synthfm.models.modelcard import README, classifier_card, timm_args
+from synthfm.models.modelcard import README, timm_args
 from synthfm.models.pooling import native_pool
 from synthfm.runs import MARKER_FILE
 
@@ -119,7 +120,7 @@ def pool_overrides(encoder: nn.Module, pool: str | None, run_dir: Path) -> dict[
 
 def classifier_from_run(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """A finished run's best classifier as a timm ViT with a head, and its config.json record."""
-    from synthfm.analyze.gradcam import load_adapted
+    from synthfm.adapt.adapted import load_adapted
 
     run_dir = Path(run_dir)
     model, cfg = load_adapted(run_dir)
@@ -139,7 +140,7 @@ def classifier_from_run(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]
     p = preset(card.modality)
     arch, model_args = timm_args({"name": backbone["name"], "in_chans": backbone["in_chans"],
                                   "overrides": pooled}, task.num_outputs)
-    size = cfg.image_size or int(clf.patch_embed.img_size[0])
+    size = image_size(clf, cfg.image_size)
     info = {"format": CLASSIFIER_FORMAT, "name": backbone["name"], "in_chans": backbone["in_chans"],
             "overrides": overrides, "architecture": arch, "model_args": model_args,
             "num_classes": task.num_outputs, "task": task.model_dump(), "modality": card.modality,
@@ -223,7 +224,7 @@ def export_encoder_onnx(model_dir: Path, out: Path, atol: float) -> Path:
     """A saved encoder: copy nothing, add `model.onnx` (pooled features) and record the check in ONNX.json."""
     cfg = read_pretrained_config(model_dir)
     model = from_pretrained(model_dir)
-    record = export_onnx(model, out / ONNX_FILE, int(cfg.get("in_chans", 3)), int(model.patch_embed.img_size[0]),
+    record = export_onnx(model, out / ONNX_FILE, int(cfg.get("in_chans", 3)), image_size(model),
                          atol=atol)
     atomic_write_json(out / "onnx.json", record)
     return out

@@ -144,7 +144,7 @@ def _safe(name: str) -> str:
 def cam_overlays(model: nn.Module, x: torch.Tensor, raw: list[np.ndarray], predicted: list[int], size: int,
                  ids: list[str], folder: Path) -> list[str]:
     """Grad-CAM of each image's predicted output; write `<id>.png` (image | overlay); return the file names."""
-    from synthfm.analyze.gradcam import grad_cam, overlay
+    from synthfm.models.gradcam import grad_cam, overlay
 
     heat = grad_cam(model, x, predicted)
     names = []

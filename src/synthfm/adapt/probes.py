@@ -27,6 +27,7 @@ from synthfm.config import validate_config
 from synthfm.data.card import read_card
 from synthfm.evaluate.knn import knn_scores
 from synthfm.evaluate.metrics import task_auroc, task_metrics
+from synthfm.evaluate.predictions import STAGE
 from synthfm.evaluate.probes import PROBES, probe_rows
 from synthfm.evaluate.results import INTERNAL
 from synthfm.locks import acquire, release
@@ -123,7 +124,7 @@ def probe_summary(trainer: Trainer, sets: dict[str, Dataset], metrics: Metrics) 
 
 def backfill_probes(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """A run finished before probes existed gets them (one feature pass, the same recipe); its head is kept."""
-    from synthfm.adapt.trainer import STAGE, Trainer
+    from synthfm.adapt.trainer import Trainer
 
     header = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
     if header.get("stage") != STAGE or "metrics" not in summary:

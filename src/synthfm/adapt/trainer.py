@@ -36,7 +36,6 @@ from synthfm.adapt.config import AdaptConfig
 from synthfm.adapt.cv import fold_datasets
 from synthfm.adapt.external import ExternalSet, resolve_externals
 from synthfm.adapt.probes import probe_summary
-from synthfm.data.card import TaskSpec
 from synthfm.data.manifest import CardData, load_card
 from synthfm.data.readers import open_dataset
 from synthfm.data.splits import label_fractions
@@ -44,19 +43,19 @@ from synthfm.data.tensor_loader import TensorLoader, loader_order
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.fairness import row_metadata
 from synthfm.evaluate.metrics import task_metrics
+from synthfm.evaluate.predictions import EXTERNAL_DIR, STAGE, prediction_frame
 from synthfm.io import atomic_path, atomic_write_json, atomic_write_text
-from synthfm.models.backbones import backbone_spec, create_backbone
+from synthfm.models.backbones import backbone_spec, image_size
 from synthfm.models.baselines import PIXELS, is_vit, pixel_encoder
-from synthfm.models.checkpoint import from_pretrained, import_checkpoint, load_state, save_pretrained, save_state
+from synthfm.models.checkpoint import load_state, save_pretrained, save_state
+from synthfm.models.encoders import random_backbone, resolve_encoder
 from synthfm.models.pooling import all_pools, available_pools, pool_features, pooled_dim, resolve_pool
 from synthfm.pretrain.engine import lr_at, param_groups, torch_load
 from synthfm.runs import METRICS_FILE, RunDir
 
-STAGE = "adapt"
 CHECKPOINTS = "checkpoints"
 BEST_FILE = "best.safetensors"
 FEATURES_FILE = "features.safetensors"
-EXTERNAL_DIR = "external"
 ENCODER_DIR = "encoder"
 EMBED_PREFIXES = ("cls_token", "pos_embed", "patch_embed", "reg_token", "mask_token", "dist_token")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -78,18 +77,10 @@ def load_encoder(cfg: AdaptConfig, in_chans: int) -> nn.Module:
                            "channels; a pretrained encoder with other channels is adapted on load)")
     if cfg.encoder == PIXELS:
         return pixel_encoder(in_chans, cfg.image_size, cfg.policy)
-    if cfg.encoder.startswith("random:"):
-        name = cfg.encoder.removeprefix("random:")
-        if backbone_spec(name).family != "vit" and cfg.policy == "finetune" and cfg.drop_path > 0:
-            overrides.setdefault("drop_path_rate", cfg.drop_path)
-        return create_backbone(name, in_chans, **overrides)
-    path = Path(cfg.encoder)
-    if path.is_dir():
-        return from_pretrained(path, in_chans)
-    if cfg.backbone is None:
-        raise SynthfmError(f"encoder {path} is a checkpoint file but no backbone is named",
-                           "set 'backbone' to the registry name it was trained with (e.g. vit_large_p16_224)")
-    return import_checkpoint(path, cfg.backbone, in_chans=in_chans, **overrides)
+    name = random_backbone(cfg.encoder)
+    if name is not None and backbone_spec(name).family != "vit" and cfg.policy == "finetune" and cfg.drop_path > 0:
+        overrides.setdefault("drop_path_rate", cfg.drop_path)
+    return resolve_encoder(cfg.encoder, in_chans, cfg.backbone, overrides)
 
 
 def fit_image_size(encoder: nn.Module, size: int, name: str) -> None:
@@ -126,12 +117,7 @@ def set_drop_path(encoder: nn.Module, rate: float) -> None:
 
 def input_size(encoder: nn.Module, cfg: AdaptConfig) -> int:
     """The image size the encoder reads: cfg.image_size, else a ViT's own; a CNN has none of its own."""
-    if cfg.image_size:
-        return cfg.image_size
-    if not is_vit(encoder):
-        raise SynthfmError(f"encoder {cfg.encoder} is not a ViT, so it has no built-in image size",
-                           "set image_size (e.g. the size the other arms are adapted at)")
-    return int(encoder.patch_embed.img_size[0])
+    return image_size(encoder, cfg.image_size, cfg.encoder)
 
 
 def vit_only_notes(cfg: AdaptConfig, encoder: nn.Module) -> list[str]:
@@ -142,7 +128,7 @@ def vit_only_notes(cfg: AdaptConfig, encoder: nn.Module) -> list[str]:
     if cfg.layer_decay != 1:
         notes.append(f"layer_decay {cfg.layer_decay:g} not applied: {cfg.encoder} is not a ViT (no blocks), so "
                      "every parameter takes the full learning rate")
-    if cfg.drop_path > 0 and not cfg.encoder.startswith("random:"):
+    if cfg.drop_path > 0 and random_backbone(cfg.encoder) is None:
         notes.append(f"drop_path {cfg.drop_path:g} not applied: timm sets a CNN's stochastic depth when it is "
                      "built, and a saved encoder keeps what it was built with")
     return notes
@@ -224,31 +210,6 @@ def task_scores(task_type: str, logits: torch.Tensor) -> torch.Tensor:
     if task_type == "binary":
         return torch.sigmoid(logits).reshape(-1)
     return torch.sigmoid(logits) if task_type == "multilabel" else logits.softmax(-1)
-
-
-def prediction_frame(index: np.ndarray, y: np.ndarray, p: np.ndarray, task: TaskSpec) -> pd.DataFrame:
-    """Predictions as a table: manifest row `index`, target(s) `y` / `y_<class>`, `score` / `score_<class>`."""
-    df = pd.DataFrame({"index": index.astype(np.int64)})
-    if y.ndim == 1:
-        df["y"] = y
-    else:
-        df = df.assign(**{f"y_{c}": y[:, k] for k, c in enumerate(task.classes)})
-    if p.ndim == 1:
-        return df.assign(score=p)
-    return df.assign(**{f"score_{c}": p[:, k] for k, c in enumerate(task.classes)})
-
-
-def _columns(df: pd.DataFrame, name: str) -> np.ndarray:
-    """Column `name` (N,), or the `name_<class>` columns (N, K)."""
-    if name in df:
-        return df[name].to_numpy()
-    return df[[c for c in df if c.startswith(f"{name}_")]].to_numpy()
-
-
-def read_predictions(source: str | Path | pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(index, y, scores) from a predictions table (or its Parquet file) written by the trainer."""
-    df = source if isinstance(source, pd.DataFrame) else pd.read_parquet(source)
-    return df["index"].to_numpy(), _columns(df, "y"), _columns(df, "score").astype(float)
 
 
 # ---- data -----------------------------------------------------------------------------------------------

@@ -22,16 +22,15 @@ from pydantic import Field
 from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, Subset
 
-from synthfm.adapt.config import AdaptConfig
-from synthfm.adapt.trainer import load_encoder
 from synthfm.analyze.plots import scatter_by
 from synthfm.config import StrictModel
 from synthfm.data.manifest import ID, load_card
 from synthfm.data.shard_index import open_random_access
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path
-from synthfm.models.backbones import BACKBONES
+from synthfm.models.backbones import BACKBONES, image_size
 from synthfm.models.checkpoint import load_state, save_state
+from synthfm.models.encoders import RANDOM_PREFIX, resolve_encoder
 from synthfm.models.pooling import pool_features, resolve_pool
 from synthfm.progress import progress_bar
 from synthfm.runs import RunDir
@@ -63,11 +62,9 @@ class LatentConfig(StrictModel):
 
 
 def encoder_from(cfg: LatentConfig, in_chans: int) -> torch.nn.Module:
-    """Load the encoder through the adaptation trainer's loader (a bare registry name means random weights)."""
-    spec = f"random:{cfg.encoder}" if cfg.encoder in BACKBONES else cfg.encoder
-    adapt = AdaptConfig(card="", task="", encoder=spec, backbone=cfg.backbone,
-                        backbone_overrides=cfg.backbone_overrides)
-    return load_encoder(adapt, in_chans).eval()
+    """The encoder the config names (a bare registry name means random weights)."""
+    spec = f"{RANDOM_PREFIX}{cfg.encoder}" if cfg.encoder in BACKBONES else cfg.encoder
+    return resolve_encoder(spec, in_chans, cfg.backbone, cfg.backbone_overrides).eval()
 
 
 def sample_rows(n_rows: int, n: int, seed: int) -> np.ndarray:
@@ -93,7 +90,7 @@ def card_features(cfg: LatentConfig, card: str, k: int) -> tuple[np.ndarray, pd.
                            f"({data.card.modality}) has {data.channels}",
                            "map each modality with an encoder of its own channel count (one latent job per "
                            "modality)")
-    size = cfg.image_size or int(encoder.patch_embed.img_size[0])
+    size = image_size(encoder, cfg.image_size)
     ds = open_random_access(data, size=size)
     rows = sample_rows(len(data), cfg.n, cfg.seed + k)
     loader = DataLoader(Subset(ds, rows.tolist()), batch_size=cfg.batch_size, collate_fn=_collate)

@@ -34,7 +34,16 @@ from synthfm.consortium.generators import (
 from synthfm.consortium.keys import check_site_name, load_keyring
 from synthfm.consortium.summary import SummaryConfig, draw_conditions, summarize
 from synthfm.consortium.verify import VerifyConfig, append_ledger, check_replay, read_ledger, verify_bundle
-from synthfm.data.card import DatasetCard, MetadataSpec, Provenance, SourceSpec, SplitSpec, TaskSpec, write_card
+from synthfm.data.card import (
+    MANIFEST,
+    DatasetCard,
+    MetadataSpec,
+    Provenance,
+    SourceSpec,
+    SplitSpec,
+    TaskSpec,
+    write_card,
+)
 from synthfm.data.images import encode_png, load_image
 from synthfm.data.manifest import load_card
 from synthfm.data.modality import preset
@@ -45,7 +54,6 @@ from synthfm.runs import RunDir
 
 STAGE = "consortium.compose"
 PROGRESS_FILE = "progress.jsonl"
-MANIFEST = "manifest.parquet"
 METADATA = ("age", "sex", "ethnicity", "device")
 PROVENANCE_COLUMNS = ["site", "origin", "generator_hash", "condition", "seed"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -22,6 +22,7 @@ from synthfm.io import atomic_write_text
 CARD_FILE = "dataset.yaml"
 SPLITS = ("train", "val", "test")
 Modality = Literal["fundus", "cxr", "volume"]
+MANIFEST = "manifest.parquet"  # the manifest file name of every card synthfm writes
 FILE_FORMATS = ("folder", "dicom", "nifti")  # source formats whose manifest names one file per row
 TaskType = Literal["binary", "multiclass", "ordinal", "multilabel"]
 

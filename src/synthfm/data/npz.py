@@ -16,13 +16,11 @@ import numpy as np
 import pandas as pd
 
 from synthfm.config import dump_config, validate_config
-from synthfm.data.card import CARD_FILE, SPLITS, DatasetCard, Modality, TaskType
+from synthfm.data.card import CARD_FILE, MANIFEST, SPLITS, DatasetCard, Modality, TaskType
 from synthfm.data.manifest import load_card
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path
 from synthfm.locks import folder_lock
-
-MANIFEST = "manifest.parquet"
 
 
 def _array(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:

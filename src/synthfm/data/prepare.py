@@ -10,20 +10,19 @@ import numpy as np
 import pandas as pd
 
 from synthfm.config import StrictModel
-from synthfm.data.card import CARD_FILE, FILE_FORMATS, SourceSpec, SplitSpec, write_card
+from synthfm.data.card import CARD_FILE, FILE_FORMATS, MANIFEST, SourceSpec, SplitSpec, write_card
+from synthfm.data.digest import path_digest
 from synthfm.data.images import encode_png, load_image
 from synthfm.data.manifest import ID, SPLIT, CardData, load_card
 from synthfm.data.preprocess import PrepareConfig, preprocess, quality_flag
 from synthfm.data.shard_index import open_random_access
 from synthfm.data.shards import ShardRecord, plan_shards, write_shards_resumable
-from synthfm.digest import path_digest
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path, atomic_write_bytes
 from synthfm.progress import progress_bar
 from synthfm.runs import RunDir
 
 PROGRESS_FILE = "progress.jsonl"
-MANIFEST = "manifest.parquet"
 
 
 class PrepareRun(StrictModel):

@@ -9,13 +9,11 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from synthfm.config import StrictModel
-from synthfm.data.card import SPLITS, SplitSpec, write_card
+from synthfm.data.card import MANIFEST, SPLITS, SplitSpec, write_card
 from synthfm.data.manifest import SPLIT, CardData, check_leakage, load_card
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path
 from synthfm.locks import folder_lock
-
-MANIFEST = "manifest.parquet"
 
 
 class SplitConfig(StrictModel):

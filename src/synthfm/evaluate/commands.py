@@ -1,4 +1,5 @@
-"""CLI for evaluation: `synthfm evaluate EXP...` and the `synthfm efficiency` group (labels, checkpoints).
+"""CLI for evaluation: `synthfm evaluate EXP...` and the `synthfm efficiency` group (labels; `checkpoints`, which
+adapts from every pretraining checkpoint, is adapt's command, added to the group by cli.py).
 
 Mount in cli.py with `app.command("evaluate")(evaluate_cli)` and `app.add_typer(efficiency_app, name="efficiency")`
 (imported from this module, which stays light: the work is imported inside each command).
@@ -68,18 +69,3 @@ def labels_cmd(
     results = load_results(runs)
     show(label_curve(results, metric, split, eval_set), "label-efficiency curves")
     show(labels_needed(results, reference, metric, split, eval_set), f"labels needed to match {reference}")
-
-
-@app.command("checkpoints")
-def checkpoints_cmd(
-    pretrain_run: Annotated[Path, typer.Argument(help="Pretraining run directory (its checkpoints/step_*)")],
-    config: Annotated[Path, typer.Argument(help="Adaptation YAML; its 'encoder' is replaced by each checkpoint")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (resumable)")],
-) -> None:
-    """Downstream score vs pretraining step: adapt from every checkpoint of a pretraining run."""
-    from synthfm.adapt.checkpoints import checkpoint_curve
-    from synthfm.adapt.config import AdaptConfig
-    from synthfm.config import load_config
-
-    curve = checkpoint_curve(pretrain_run, load_config(AdaptConfig, config), out)
-    show(curve[curve["metric"] == "auroc"], f"downstream AUROC vs pretraining step (table: {out})")

@@ -11,19 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from synthfm.adapt.config import AdaptConfig
-from synthfm.adapt.experiment import run_keys, run_path
-from synthfm.adapt.trainer import EXTERNAL_DIR, STAGE, read_predictions
-from synthfm.config import dump_config, validate_config
+from synthfm.config import dump_config
 from synthfm.data.card import read_card
-from synthfm.errors import SynthfmError
 from synthfm.evaluate.efficiency import FINETUNE_CURVE, finetune_curve, label_curve
 from synthfm.evaluate.fairness import FairnessConfig, fairness_frames
+from synthfm.evaluate.predictions import (
+    ExperimentGrid,
+    prediction_files,
+    read_experiment,
+    read_predictions,
+    run_keys,
+    run_path,
+)
 from synthfm.evaluate.results import (
     FAIRNESS_DIR,
-    INTERNAL,
     LABEL_CURVE,
     SUMMARY_COLUMNS,
     load_results,
@@ -31,40 +33,18 @@ from synthfm.evaluate.results import (
     write_table,
 )
 from synthfm.io import atomic_write_text
-from synthfm.runs import CONFIG_FILE, MARKER_FILE
 
 KEYS = ["eval_set", "split", "fraction"]
 GROUP_KEYS = [*KEYS, "attribute", "group"]
 
 
-def experiment_config(exp: str | Path) -> AdaptConfig:
-    """The adaptation config of a finished experiment directory."""
-    exp = Path(exp)
-    if not (exp / MARKER_FILE).is_file() or not (exp / CONFIG_FILE).is_file():
-        raise SynthfmError(f"{exp} is not a finished adaptation experiment (no {MARKER_FILE})",
-                           f"run 'synthfm adapt CONFIG -o {exp}' to the end first")
-    header = yaml.safe_load((exp / CONFIG_FILE).read_text())
-    if header.get("stage") != f"{STAGE}.experiment":
-        raise SynthfmError(f"{exp} holds a '{header.get('stage')}' run, not an adaptation experiment",
-                           "point at the folder given to 'synthfm adapt -o'")
-    return validate_config(AdaptConfig, header["config"], str(exp / CONFIG_FILE))
-
-
-def prediction_files(run: Path, cfg: AdaptConfig) -> list[tuple[str, str, Path]]:
-    """(evaluation set, split, file) of a run's saved test predictions: its own test splits and every external set."""
-    own = [(INTERNAL, s, run / f"predictions_{s}.parquet") for s in cfg.test_splits]
-    ext = [(f.parent.name, f.stem.removeprefix("predictions_"), f)
-           for f in sorted((run / EXTERNAL_DIR).glob("*/predictions_*.parquet"))]
-    return [*own, *ext]
-
-
-def fairness_runs(exp: Path, cfg: AdaptConfig, fcfg: FairnessConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+def fairness_runs(exp: Path, cfg: ExperimentGrid, fcfg: FairnessConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Subgroup and gap rows of every (fraction, seed[, repeat, fold], evaluation set, split) of an experiment."""
     task_type = read_card(cfg.card)[0].task(cfg.task).type
     subgroups, gaps = [], []
     for fraction, seed, repeat, fold in run_keys(cfg):
         cv = {} if repeat is None else {"repeat": repeat, "fold": fold}
-        for eval_set, split, path in prediction_files(run_path(exp, fraction, seed, repeat, fold), cfg):
+        for eval_set, split, path in prediction_files(run_path(exp, fraction, seed, repeat, fold), cfg.test_splits):
             frame = pd.read_parquet(path)
             _, y, p = read_predictions(frame)
             sub, gap = fairness_frames(task_type, frame, y, p, fcfg)
@@ -96,7 +76,7 @@ def evaluate_experiment(exp: str | Path, fcfg: FairnessConfig | None = None, met
                         ) -> dict[str, pd.DataFrame]:
     """Write and return the fairness tables and the label curve (of `metric`) of one finished experiment."""
     exp, fcfg = Path(exp), fcfg or FairnessConfig()
-    cfg = experiment_config(exp)
+    cfg = read_experiment(exp)
     subgroups, gaps = fairness_runs(exp, cfg, fcfg)
     gap_summary = summary_table(gaps.reindex(columns=[*KEYS, "attribute", "metric", "value"]),
                                 by=[*KEYS, "attribute", "metric"])

@@ -62,6 +62,17 @@ for _spec in (
     register_backbone(_spec)
 
 
+def image_size(encoder: nn.Module, size: int | None = None, name: str = "") -> int:
+    """The image size an encoder reads: `size` when given, else a ViT's own (its patch embedding's)."""
+    if size:
+        return int(size)
+    embed = getattr(encoder, "patch_embed", None)
+    if embed is None or not hasattr(embed, "img_size"):
+        raise SynthfmError(f"encoder {name or type(encoder).__name__} is not a ViT, so it has no built-in image size",
+                           "set image_size (e.g. the size the other arms are adapted at)")
+    return int(embed.img_size[0])
+
+
 def backbone_names() -> list[str]:
     """All registered backbone names."""
     return sorted(BACKBONES)

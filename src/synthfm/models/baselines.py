@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from synthfm.errors import SynthfmError
+from synthfm.models.encoders import RANDOM_PREFIX
 
 PIXELS = "pixels"
-RANDOM_PREFIX = "random:"
 
 
 class PixelEncoder(nn.Module):

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from synthfm import __version__
-from synthfm.digest import path_digest
+from synthfm.data.digest import path_digest
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json
 from synthfm.locks import folder_lock

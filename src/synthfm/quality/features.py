@@ -27,8 +27,9 @@ from synthfm.data.modality import preset
 from synthfm.data.readers import open_dataset
 from synthfm.data.transforms import to_tensor
 from synthfm.errors import SynthfmError
-from synthfm.models.backbones import create_backbone
+from synthfm.models.backbones import image_size as backbone_image_size
 from synthfm.models.checkpoint import from_pretrained, import_checkpoint
+from synthfm.models.encoders import random_backbone, resolve_encoder
 from synthfm.progress import progress_bar
 from synthfm.quality.config import DOMAIN, SpaceConfig
 
@@ -68,7 +69,7 @@ class TimmSpace(nn.Module):
         super().__init__()
         self.encoder = encoder.eval().requires_grad_(False)
         self.name = name
-        self.image_size = image_size or int(encoder.patch_embed.img_size[0])
+        self.image_size = backbone_image_size(encoder, image_size)
         self.channels = int(encoder.patch_embed.proj.in_channels)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
@@ -131,8 +132,8 @@ def space_name(cfg: SpaceConfig) -> str:
         return "inception"
     if cfg.kind == "dinov2":
         return f"dinov2-{cfg.backbone}"
-    if cfg.encoder.startswith("random:"):
-        return f"synthfm-random-{cfg.encoder.removeprefix('random:')}"
+    if random_backbone(cfg.encoder) is not None:
+        return f"synthfm-random-{random_backbone(cfg.encoder)}"
     return f"synthfm-{Path(cfg.encoder).name}"
 
 
@@ -148,9 +149,9 @@ def build_space(cfg: SpaceConfig, modality: str) -> nn.Module:
     if cfg.encoder == DOMAIN:
         raise SynthfmError("the domain space is resolved by the quality run before features are built",
                            "call run_quality, or give the encoder's save_pretrained dir")
-    if cfg.encoder.startswith("random:"):
+    if random_backbone(cfg.encoder) is not None:
         torch.manual_seed(cfg.seed)
-        model = create_backbone(cfg.encoder.removeprefix("random:"), p.channels, **cfg.backbone_overrides)
+        model = resolve_encoder(cfg.encoder, p.channels, overrides=cfg.backbone_overrides)
     else:
         model = from_pretrained(cfg.encoder)
         chans = int(model.patch_embed.proj.in_channels)

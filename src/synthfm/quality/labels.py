@@ -25,12 +25,13 @@ from scipy.optimize import nnls
 from torch.utils.data import DataLoader
 
 from synthfm.adapt.config import AdaptConfig
-from synthfm.adapt.trainer import BEST_FILE, Trainer, read_predictions, task_scores
-from synthfm.data.card import TaskSpec, resolve_path, write_card
+from synthfm.adapt.trainer import BEST_FILE, Trainer, task_scores
+from synthfm.data.card import MANIFEST, TaskSpec, resolve_path, write_card
 from synthfm.data.manifest import ID, SPLIT, CardData, write_table
 from synthfm.data.readers import open_dataset
 from synthfm.data.shards import shard_urls
 from synthfm.errors import SynthfmError
+from synthfm.evaluate.predictions import read_predictions
 from synthfm.io import atomic_path
 from synthfm.models.checkpoint import load_state
 from synthfm.quality.config import LabelCheckConfig
@@ -250,13 +251,13 @@ def write_filtered_card(synth: CardData, keep: np.ndarray, out: Path) -> Path:
     if synth.card.source.format == "shards":
         df[synth.card.source.path_column] = shard_refs(synth)
     df = df.loc[keep]
-    with atomic_path(out / "manifest.parquet", ".parquet") as tmp:
+    with atomic_path(out / MANIFEST, ".parquet") as tmp:
         write_table(df, tmp)
     source = synth.card.source.model_copy(update={"root": str(resolve_path(synth.card_dir, synth.card.source.root)
                                                               .resolve())})
     notes = (synth.card.provenance.notes + " " if synth.card.provenance.notes else "") + (
         f"filtered by synthfm quality label verification: {int(keep.sum())} of {len(keep)} rows kept")
     card = synth.card.model_copy(update={
-        "name": f"{synth.card.name}_verified", "manifest": "manifest.parquet", "source": source,
+        "name": f"{synth.card.name}_verified", "manifest": MANIFEST, "source": source,
         "provenance": synth.card.provenance.model_copy(update={"notes": notes})})
     return write_card(card, out)

@@ -17,15 +17,13 @@ from pathlib import Path
 import pandas as pd
 
 from synthfm.config import StrictModel
-from synthfm.data.card import DatasetCard, Provenance, SourceSpec, SplitSpec, card_file, write_card
+from synthfm.data.card import MANIFEST, DatasetCard, Provenance, SourceSpec, SplitSpec, card_file, write_card
+from synthfm.data.digest import path_digest
 from synthfm.data.manifest import ID, SPLIT, CardData, load_card
 from synthfm.data.shards import sample_refs
-from synthfm.digest import path_digest
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path
 from synthfm.runs import RunDir
-
-MANIFEST = "manifest.parquet"
 
 
 class MergeConfig(StrictModel):

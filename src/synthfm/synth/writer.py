@@ -18,6 +18,7 @@ from pydantic import Field
 from synthfm import __version__
 from synthfm.config import StrictModel
 from synthfm.data.card import (
+    MANIFEST,
     DatasetCard,
     MetadataSpec,
     Provenance,
@@ -37,7 +38,6 @@ from synthfm.synth.registry import GeneratorSpec, check_condition, generator_spe
 from synthfm.synth.targets import TargetConfig, joint_table, target_conditions
 
 PROGRESS_FILE = "progress.jsonl"
-MANIFEST = "manifest.parquet"
 SPLIT_NAMES = ("train", "val", "test")
 
 

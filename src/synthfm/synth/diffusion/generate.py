@@ -30,7 +30,16 @@ import torch
 
 from synthfm import __version__
 from synthfm.config import load_config
-from synthfm.data.card import DatasetCard, MetadataSpec, Provenance, SourceSpec, SplitSpec, TaskSpec, write_card
+from synthfm.data.card import (
+    MANIFEST,
+    DatasetCard,
+    MetadataSpec,
+    Provenance,
+    SourceSpec,
+    SplitSpec,
+    TaskSpec,
+    write_card,
+)
 from synthfm.data.manifest import load_card
 from synthfm.data.shards import ShardRecord, shard_name, write_shard
 from synthfm.errors import SynthfmError
@@ -44,7 +53,6 @@ from synthfm.synth.diffusion.generator import Generator, load_generator, to_uint
 from synthfm.synth.diffusion.sampling import sample, sampling_dtype
 from synthfm.synth.writer import image_seed
 
-MANIFEST = "manifest.parquet"
 SPLIT = "train"
 
 

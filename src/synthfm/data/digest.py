@@ -17,6 +17,8 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from synthfm.data.card import read_card, resolve_path
+from synthfm.data.manifest import read_table
 from synthfm.errors import SynthfmError
 
 _CHUNK = 1 << 20
@@ -99,9 +101,6 @@ def folder_files(folder: Path) -> list[Path]:
 
 def card_files(path: Path, images: bool = True) -> list[Path]:
     """Every file a card reads: its YAML, manifest, and (with `images`) the images, masks, shards or arrays."""
-    from synthfm.data.card import read_card, resolve_path
-    from synthfm.data.manifest import read_table
-
     card, card_dir = read_card(path)
     yaml_file = path / "dataset.yaml" if path.is_dir() else path
     manifest = resolve_path(card_dir, card.manifest)

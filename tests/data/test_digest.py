@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from synthfm import digest
-from synthfm.digest import card_files, file_digests, path_digest
+from synthfm.data import digest
+from synthfm.data.digest import card_files, file_digests, path_digest
 
 
 @pytest.fixture(autouse=True)
