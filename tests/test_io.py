@@ -43,3 +43,20 @@ def test_private_mode_holds_from_the_first_byte(tmp_path: Path, umask: object) -
     atomic_write_bytes(tmp_path / "salt", b"s" * 32, perms=0o600)
     assert (tmp_path / "salt").stat().st_mode & 0o777 == 0o600
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_write_table_by_suffix_and_pair(tmp_path: Path) -> None:
+    """One writer for tables: Parquet or CSV by suffix (no temporary left), both for a pair, others refused."""
+    import pandas as pd
+
+    from synthfm.io import write_table, write_table_pair
+
+    df = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    assert write_table(df, tmp_path / "t.csv") == "t.csv"
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), df)
+    write_table_pair(df, tmp_path / "both")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "both.parquet"), df)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "both.csv"), df)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["both.csv", "both.parquet", "t.csv"]
+    with pytest.raises(ValueError, match=r"not t\.json"):
+        write_table(df, tmp_path / "t.json")

@@ -13,7 +13,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def current_umask() -> int:
@@ -81,3 +84,19 @@ def atomic_write_bytes(target: str | Path, data: bytes, perms: int | None = None
 def atomic_write_json(target: str | Path, obj: Any) -> None:
     """Write JSON to `target` atomically."""
     atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> str:
+    """One table written atomically, as Parquet or CSV by the file's suffix; return the file's name."""
+    path = Path(path)
+    if path.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"write_table writes .parquet or .csv, not {path.name}")
+    with atomic_path(path, path.suffix) as tmp:
+        df.to_parquet(tmp, index=False) if path.suffix == ".parquet" else df.to_csv(tmp, index=False)
+    return path.name
+
+
+def write_table_pair(df: pd.DataFrame, stem: str | Path) -> None:
+    """One table as `stem.parquet` (typed, for code) and `stem.csv` (for people), each atomically."""
+    for suffix in (".parquet", ".csv"):
+        write_table(df, Path(f"{stem}{suffix}"))

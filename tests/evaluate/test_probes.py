@@ -11,7 +11,8 @@ import pytest
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.arms import arm_tables
 from synthfm.evaluate.probes import POOL_CHOICE, PROBES, choose_pool, headline_rows, probe_rows, write_probe_tables
-from synthfm.evaluate.results import RESULTS, tidy_rows, write_table
+from synthfm.evaluate.results import RESULTS, tidy_rows
+from synthfm.io import write_table_pair
 
 # Per pool: (validation AUROC, test AUROC) of seeds 0..2. Validation ranks mean > cls+mean > cls, test the reverse.
 AUROC = {"cls": ((0.70, 0.71, 0.69), (0.86, 0.85, 0.84)),
@@ -56,7 +57,7 @@ def write_experiment(path: Path, configured: dict[int, float], probes: pd.DataFr
     rows = [r for seed, v in configured.items()
             for r in tidy_rows({"test": {"auroc": v}}, experiment=path.name, **META, seed=seed)]
     path.mkdir(parents=True)
-    write_table(pd.DataFrame(rows), path / RESULTS)
+    write_table_pair(pd.DataFrame(rows), path / RESULTS)
     if probes is not None:
         write_probe_tables(probes.to_dict("records"), path, "val")
     return path

@@ -16,7 +16,8 @@ import pandas as pd
 from synthfm.adapt.config import AdaptConfig
 from synthfm.adapt.experiment import run_experiment
 from synthfm.errors import SynthfmError
-from synthfm.evaluate.results import TRAINING_CURVE, summary_table, write_table
+from synthfm.evaluate.results import TRAINING_CURVE, summary_table
+from synthfm.io import write_table_pair
 from synthfm.models.checkpoint import CONFIG_FILE
 from synthfm.pretrain.engine import checkpoint_dirs, export_encoder
 
@@ -44,6 +45,6 @@ def checkpoint_curve(pretrain_run: str | Path, cfg: AdaptConfig, out_dir: str | 
         frames.append(results.assign(pretrain_step=checkpoint_step(ckpt)))
     results = pd.concat(frames, ignore_index=True)
     curve = summary_table(results, by=CURVE_KEYS)
-    write_table(results, out / "training_results")
-    write_table(curve, out / TRAINING_CURVE)
+    write_table_pair(results, out / "training_results")
+    write_table_pair(curve, out / TRAINING_CURVE)
     return curve

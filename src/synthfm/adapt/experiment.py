@@ -21,7 +21,8 @@ from synthfm.data.card import read_card
 from synthfm.data.manifest import load_card
 from synthfm.evaluate.predictions import EXPERIMENT_STAGE, EXTERNAL_DIR, STAGE, run_keys, run_path
 from synthfm.evaluate.probes import write_probe_tables
-from synthfm.evaluate.results import INTERNAL, RESULTS, load_results, tidy_rows, write_table, write_tables
+from synthfm.evaluate.results import INTERNAL, RESULTS, load_results, tidy_rows, write_tables
+from synthfm.io import write_table_pair
 from synthfm.runs import RunDir
 
 
@@ -38,7 +39,7 @@ def run_experiment(cfg: AdaptConfig, out_dir: str | Path) -> pd.DataFrame:
     if top.open() == "done" and not missing_probes(cfg, out_dir):
         return load_results(out_dir)
     if cfg.cv is not None:  # fails early on too few patients; the record of which rows were where
-        write_table(cv_folds(cfg), Path(out_dir) / FOLDS_FILE)
+        write_table_pair(cv_folds(cfg), Path(out_dir) / FOLDS_FILE)
     for key in run_keys(cfg):
         single = cfg.single(*key)
         if not RunDir(run_path(out_dir, *key), STAGE, single).is_complete:

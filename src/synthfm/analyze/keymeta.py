@@ -33,7 +33,7 @@ from synthfm.analyze.indices import VESSEL_INDICES
 from synthfm.config import StrictModel
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.stats import holm
-from synthfm.io import atomic_path
+from synthfm.io import write_table
 from synthfm.runs import RunDir
 
 STAGE = "analyze.keymeta"
@@ -239,12 +239,6 @@ def analysis_table(cfg: KeyMetaConfig) -> tuple[pd.DataFrame, np.ndarray | None]
     return joined, feats[joined["_pos"].to_numpy()]
 
 
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """A table as CSV, atomically."""
-    with atomic_path(path, ".csv") as tmp:
-        df.to_csv(tmp, index=False)
-
-
 def run_keymeta(cfg: KeyMetaConfig, out: str | Path) -> Path:
     """Rank metadata fields in a run directory; return the ranked table's path."""
     run = RunDir(out, STAGE, cfg)
@@ -254,7 +248,7 @@ def run_keymeta(cfg: KeyMetaConfig, out: str | Path) -> Path:
     indices = cfg.indices or [c for c in DEFAULT_INDICES if c in table]
     result = key_metadata(table, cfg, _fields(table, cfg, indices), indices, features)
     for name, df in result.items():
-        write_csv(df, run.path / f"keymeta_{name}.csv")
+        write_table(df, run.path / f"keymeta_{name}.csv")
     key = result["ranked"].loc[result["ranked"]["key"], "field"].tolist()
     run.complete(fields=len(result["ranked"]), key_fields=key)
     return run.path / "keymeta_ranked.csv"

@@ -41,7 +41,7 @@ from synthfm.data.images import load_image
 from synthfm.data.manifest import ID, SPLIT, CardData, load_card
 from synthfm.data.readers import open_dataset
 from synthfm.errors import SynthfmError
-from synthfm.io import atomic_path
+from synthfm.io import write_table, write_table_pair
 from synthfm.progress import progress_bar
 from synthfm.runs import RunDir
 
@@ -257,12 +257,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 def write_tables(directory: Path, stem: str, df: pd.DataFrame) -> None:
     """The per-image table as Parquet and CSV, and its summary CSV (each written atomically)."""
-    with atomic_path(directory / f"{stem}.parquet", ".parquet") as tmp:
-        df.to_parquet(tmp, index=False)
-    with atomic_path(directory / f"{stem}.csv", ".csv") as tmp:
-        df.to_csv(tmp, index=False)
-    with atomic_path(directory / f"{stem.replace('morphology_', 'morphology_summary_')}.csv", ".csv") as tmp:
-        summary(df).to_csv(tmp, index=False)
+    write_table_pair(df, directory / stem)
+    write_table(summary(df), directory / f"{stem.replace('morphology_', 'morphology_summary_')}.csv")
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

@@ -45,9 +45,9 @@ from synthfm.config import StrictModel
 from synthfm.data.images import load_image
 from synthfm.data.manifest import ID, CardData, load_card
 from synthfm.errors import SynthfmError
-from synthfm.evaluate.results import summary_table, write_table
+from synthfm.evaluate.results import summary_table
 from synthfm.evaluate.stats import holm, paired_test
-from synthfm.io import atomic_write_json
+from synthfm.io import atomic_write_json, write_table_pair
 from synthfm.runs import RunDir
 
 STAGE = "analyze.vessel_study"
@@ -304,7 +304,7 @@ def run_vessel_study(cfg: VesselStudyConfig, out: str | Path) -> Path:
     per_image = pd.DataFrame(records, columns=["method", "seed", "image", "metric", "value"])
     summary, tests = summarise_study(per_image)
     for name, df in ((PER_IMAGE, per_image), (SUMMARY, summary), (TESTS, tests)):
-        write_table(df, run.path / name)
+        write_table_pair(df, run.path / name)
     atomic_write_json(run.path / "vessel_study.json", {
         "card": data.card.name, "test_images": test.ids, "train_images": len(train_rows), "seeds": cfg.seeds,
         "summary": summary.to_dict("records"), "tests": tests.to_dict("records"),

@@ -30,9 +30,8 @@ from synthfm.evaluate.results import (
     SUMMARY_COLUMNS,
     load_results,
     summary_table,
-    write_table,
 )
-from synthfm.io import atomic_write_text
+from synthfm.io import atomic_write_text, write_table_pair
 
 KEYS = ["eval_set", "split", "fraction"]
 GROUP_KEYS = [*KEYS, "attribute", "group"]
@@ -88,9 +87,9 @@ def evaluate_experiment(exp: str | Path, fcfg: FairnessConfig | None = None, met
               "gap_summary": gap_summary}
     tables = {name: df.assign(experiment=exp.name) for name, df in tables.items()}
     for name, df in tables.items():
-        write_table(df, exp / FAIRNESS_DIR / name)
+        write_table_pair(df, exp / FAIRNESS_DIR / name)
     atomic_write_text(exp / FAIRNESS_DIR / "config.yaml", dump_config(fcfg))
-    write_table(curve, exp / LABEL_CURVE)
+    write_table_pair(curve, exp / LABEL_CURVE)
     epochs = finetune_curve(exp, metric)  # training-time efficiency: the validation score after every epoch
-    write_table(epochs, exp / FINETUNE_CURVE)
+    write_table_pair(epochs, exp / FINETUNE_CURVE)
     return {**tables, LABEL_CURVE: curve, FINETUNE_CURVE: epochs}

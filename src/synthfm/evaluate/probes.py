@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 
 from synthfm.errors import SynthfmError
-from synthfm.evaluate.results import INTERNAL, tidy_rows, write_table
+from synthfm.evaluate.results import INTERNAL, tidy_rows
+from synthfm.io import write_table_pair
 
 PROBES = "probes"
 POOL_CHOICE = "pool_choice"
@@ -77,8 +78,8 @@ def write_probe_tables(rows: list[dict[str, Any]], out_dir: str | Path, val_spli
     if not rows:
         return None
     probes = pd.DataFrame(rows)
-    write_table(probes, Path(out_dir) / PROBES)
-    write_table(choose_pool(probes, val_split), Path(out_dir) / POOL_CHOICE)
+    write_table_pair(probes, Path(out_dir) / PROBES)
+    write_table_pair(choose_pool(probes, val_split), Path(out_dir) / POOL_CHOICE)
     return probes
 
 

@@ -37,7 +37,7 @@ from synthfm.evaluate.stats import (
     shapiro,
     summarise,
 )
-from synthfm.io import atomic_path
+from synthfm.io import write_table_pair
 
 RESULTS = "results"
 SUMMARY = "summary"
@@ -73,18 +73,11 @@ def summary_table(results: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFr
     return pd.DataFrame(rows, columns=[*by, *SUMMARY_COLUMNS])
 
 
-def write_table(df: pd.DataFrame, stem: str | Path) -> None:
-    """Write one table as `stem.parquet` and `stem.csv`, each atomically."""
-    for suffix in (".parquet", ".csv"):
-        with atomic_path(Path(f"{stem}{suffix}"), suffix) as tmp:
-            df.to_parquet(tmp, index=False) if suffix == ".parquet" else df.to_csv(tmp, index=False)
-
-
 def write_tables(results: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
     """Write results and their summary as Parquet and CSV (atomically); return the summary."""
     summary = summary_table(results)
     for name, df in ((RESULTS, results), (SUMMARY, summary)):
-        write_table(df, Path(out_dir) / name)
+        write_table_pair(df, Path(out_dir) / name)
     return summary
 
 

@@ -20,7 +20,7 @@ from synthfm.adapt.config import AdaptConfig
 from synthfm.config import StrictModel, validate_config
 from synthfm.data.preprocess import PrepareConfig
 from synthfm.data.splits import SplitConfig
-from synthfm.io import atomic_write_json, atomic_write_text
+from synthfm.io import atomic_write_json, atomic_write_text, write_table_pair
 from synthfm.pretrain.config import PretrainConfig, pretrain_config
 from synthfm.synth.writer import PhantomConfig
 
@@ -277,12 +277,11 @@ def _fairness_run(cfg: FairnessJob, out: Path) -> dict[str, Any]:
     """Compute the tables (written beside the experiment too) and keep copies in the job folder."""
     from synthfm.evaluate.experiment import evaluate_experiment
     from synthfm.evaluate.fairness import FairnessConfig
-    from synthfm.evaluate.results import write_table
 
     tables = evaluate_experiment(cfg.experiment, validate_config(FairnessConfig, cfg.fairness, "fairness"),
                                  cfg.metric)
     for name in ("subgroup_summary", "gap_summary"):
-        write_table(tables[name], out / name)
+        write_table_pair(tables[name], out / name)
     return {"subgroups": int(tables["subgroup_summary"].shape[0])}
 
 
@@ -300,12 +299,12 @@ def _efficiency_run(cfg: EfficiencyJob, out: Path) -> dict[str, Any]:
     import pandas as pd
 
     from synthfm.evaluate.efficiency import label_curve, labels_needed
-    from synthfm.evaluate.results import load_results, write_table
+    from synthfm.evaluate.results import load_results
 
     results = pd.concat([load_results(path).assign(experiment=name) for name, path in cfg.models.items()])
     needed = labels_needed(results, cfg.reference, cfg.metric, cfg.split)
-    write_table(label_curve(results, cfg.metric, cfg.split), out / "label_curve")
-    write_table(needed, out / "labels_needed")
+    write_table_pair(label_curve(results, cfg.metric, cfg.split), out / "label_curve")
+    write_table_pair(needed, out / "labels_needed")
     return {row["experiment"]: row["note"] for row in needed.to_dict("records")}
 
 
@@ -334,11 +333,10 @@ class ArmsJob(StrictModel):
 def _arms_run(cfg: ArmsJob, out: Path) -> dict[str, Any]:
     """Write arms_summary, arms_tests, arms_match (CSV + Parquet) and arms.json for the report."""
     from synthfm.evaluate.arms import arm_tables
-    from synthfm.evaluate.results import write_table
 
     tables = arm_tables(cfg.arms, [*cfg.baselines, *cfg.controls], cfg.reference, cfg.metrics, cfg.split)
     for name, df in tables.items():
-        write_table(df, out / f"arms_{name}")
+        write_table_pair(df, out / f"arms_{name}")
     doc = {**cfg.model_dump(), **{name: json.loads(df.to_json(orient="records")) for name, df in tables.items()}}
     atomic_write_json(out / "arms.json", doc)
     return {"tests": len(doc["tests"]), "significant": sum(bool(r["significant"]) for r in doc["tests"])}

@@ -31,6 +31,7 @@ from synthfm.data.manifest import ID, SPLIT, CardData, write_table
 from synthfm.data.readers import open_dataset
 from synthfm.data.shards import shard_urls
 from synthfm.errors import SynthfmError
+from synthfm.evaluate.metrics import confusion
 from synthfm.evaluate.predictions import read_predictions
 from synthfm.io import atomic_path
 from synthfm.models.checkpoint import load_state
@@ -123,11 +124,6 @@ def prob_of(task_type: str, scores: np.ndarray, labels: np.ndarray) -> np.ndarra
     if task_type == "binary":
         return np.where(labels == 1, scores, 1 - scores)
     return scores[np.arange(len(labels)), labels]
-
-
-def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
-    """Counts (k, k): rows true (or given) class, columns predicted class."""
-    return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
 
 
 def mislabelled_fraction(observed: np.ndarray, real_confusion: np.ndarray) -> np.ndarray:

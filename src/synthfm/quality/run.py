@@ -31,7 +31,7 @@ import pandas as pd
 
 from synthfm.data.manifest import ID, CardData, load_card
 from synthfm.errors import SynthfmError
-from synthfm.io import atomic_path, atomic_write_json
+from synthfm.io import atomic_write_json, write_table
 from synthfm.quality.config import DOMAIN, QualityConfig, SpaceConfig
 from synthfm.quality.domain import domain_encoder
 from synthfm.quality.features import build_space, extract, space_name
@@ -44,13 +44,6 @@ from synthfm.runs import RunDir
 
 STAGE = "quality"
 SUMMARY = "quality.json"
-
-
-def write_csv(df: pd.DataFrame, path: Path) -> str:
-    """Write a table atomically; return its file name."""
-    with atomic_path(path, ".csv") as tmp:
-        df.to_csv(tmp, index=False)
-    return path.name
 
 
 def real_partition(real: CardData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -230,9 +223,9 @@ class QualityRun:
         self.baselines["sharpness_ratio"] = (syn_s, real_s)
         base.append({"space": "pixels", "metric": "sharpness", "synthetic": syn_s, "real_pair": real_s,
                      "relative": syn_s / real_s, "relative_name": "sharpness_ratio", "n": n})
-        self.files["baseline"] = write_csv(pd.DataFrame(base), self.out / "baseline.csv")
+        self.files["baseline"] = write_table(pd.DataFrame(base), self.out / "baseline.csv")
         table = pd.DataFrame(rows)
-        self.files["fidelity"] = write_csv(table, self.out / "fidelity.csv")
+        self.files["fidelity"] = write_table(table, self.out / "fidelity.csv")
         overall = table[table["task"] == "all"]
         self.metrics.update({f"{r.metric}_{r.space}": float(r.value) for r in overall.itertuples()})
         per = table[(table["task"] != "all") & (table["metric"] == "FD")]
@@ -258,17 +251,17 @@ class QualityRun:
         dups = heldout[heldout["duplicate"]].drop(columns="duplicate")
         self.metrics.update(memorisation_metrics(table))
         self.metrics["real_duplicate_pairs"] = float(len(dups))
-        self.files["real_duplicates"] = write_csv(dups, self.out / "real_duplicates.csv")
+        self.files["real_duplicates"] = write_table(dups, self.out / "real_duplicates.csv")
         if len(dups):
             self.notes.append(f"data finding: {len(dups)} held-out real image(s) duplicate a real training image "
                               f"(pixel similarity >= {m.duplicate_similarity}); left out of the audit's calibration, "
                               "listed in real_duplicates.csv")
-        self.files["memorisation"] = write_csv(table, self.out / "memorisation.csv")
-        self.files["memorisation_calibration"] = write_csv(calib, self.out / "memorisation_calibration.csv")
+        self.files["memorisation"] = write_table(table, self.out / "memorisation.csv")
+        self.files["memorisation_calibration"] = write_table(calib, self.out / "memorisation_calibration.csv")
         drawn = thumbnail_grid(table, self.sf["pixels"], self.rf["pixels"], self.out / "near_copies.png", m.thumbnails)
         flagged = table[table["flagged"]].merge(pd.DataFrame(drawn, columns=["synthetic_id", "real_id", "grid_row"]),
                                                 on="synthetic_id", how="left")
-        self.files["near_copies"] = write_csv(flagged, self.out / "near_copies.csv")
+        self.files["near_copies"] = write_table(flagged, self.out / "near_copies.csv")
         self.files["near_copies_png"] = "near_copies.png"
 
     def labels(self) -> None:
@@ -282,7 +275,7 @@ class QualityRun:
         self.baselines.update(res.baselines)
         for name, df in (("label_predictions", res.predictions), ("label_agreement", res.agreement),
                          ("label_confusion", res.confusion)):
-            self.files[name] = write_csv(df, self.out / f"{name}.csv")
+            self.files[name] = write_table(df, self.out / f"{name}.csv")
         if self.cfg.labels.filtered_card:
             write_filtered_card(self.synth, res.keep, self.out / "filtered")
             self.files["filtered_card"] = "filtered/dataset.yaml"
@@ -294,15 +287,15 @@ class QualityRun:
         pred = (predicted_metadata(self.rf[first], self.sf[first], self.real, self.synth, self.train, self.heldout,
                                    self.cfg.metadata, self.cfg.seed) if self.cfg.metadata.predict else pd.DataFrame())
         self.metrics.update(metadata_metrics(dist, pred))
-        self.files["metadata_distributions"] = write_csv(dist, self.out / "metadata_distributions.csv")
-        self.files["metadata_predictions"] = write_csv(pred, self.out / "metadata_predictions.csv")
+        self.files["metadata_distributions"] = write_table(dist, self.out / "metadata_distributions.csv")
+        self.files["metadata_predictions"] = write_table(pred, self.out / "metadata_predictions.csv")
 
     def finish(self) -> dict[str, Any]:
         """Gate, gate.csv and quality.json."""
         suffixes = self.space_names + [t[0] for t in self.tasks]
         checks = evaluate_gate(self.metrics, self.cfg.gate, suffixes, self.baselines)
         columns = ["metric", "value", "bound", "threshold", "passed", "family", "synthetic", "real_baseline"]
-        self.files["gate"] = write_csv(pd.DataFrame(checks, columns=columns), self.out / "gate.csv")
+        self.files["gate"] = write_table(pd.DataFrame(checks, columns=columns), self.out / "gate.csv")
         summary = {"verdict": verdict(checks), "checks": checks, "metrics": self.metrics,
                    "spaces": self.space_names, "space_info": self.space_info, "synthetic": self.cfg.synthetic,
                    "real": self.cfg.real, "n_synthetic": len(self.synth), "n_real": len(self.real),
