@@ -99,5 +99,7 @@ def test_arms_verdict_says_plainly_when_nothing_helped(tables: dict[str, pd.Data
     doc = _doc(tables)
     doc["tests"] = [{**r, "significant": False} for r in doc["tests"]]
     lines = arms_verdict(doc)
-    assert "no difference was significant" in lines[0]
-    assert lines[-1].startswith("Verdict (probe): no pretraining arm beat random significantly.")
+    assert "no difference was significant; closest: real at 10% (+0.060, 95% CI [" in lines[0]
+    assert lines[-1].startswith("Verdict (probe): no pretraining arm beat random significantly (closest: synth at "
+                                "10% (+0.040, 95% CI [")
+    assert "Holm p=" in lines[-1] and "What could change this" in lines[-1]

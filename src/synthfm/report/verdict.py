@@ -100,6 +100,16 @@ def _signed(row: dict[str, Any]) -> str:
     return f"{row['arm']} {word} at {100 * float(row['fraction']):g}% ({diff})"
 
 
+def _closest(rows: list[dict[str, Any]]) -> str:
+    """'closest: ARM at F% (+d, 95% CI [lo, hi], Holm p)': the test row with the largest difference, or ''."""
+    best = max(rows, key=lambda r: r["mean_diff"], default=None)
+    if best is None:
+        return ""
+    return (f"closest: {best['arm']} at {100 * float(best['fraction']):g}% ("
+            + _difference(best["mean_diff"], best.get("diff_ci_low"), best.get("diff_ci_high"), best.get("p_holm"))
+            + ")")
+
+
 def _oriented(row: dict[str, Any], arm: str) -> dict[str, Any]:
     """A test row as `arm` minus the other arm (a row tested the other way round has its sign flipped)."""
     if row["arm"] == arm:
@@ -129,15 +139,12 @@ def control_lines(doc: dict[str, Any], metric: str) -> list[str]:
                      for r in rows if r["arm"] == arm]
             lines.append(f"{arm} minus {control} ({title}, {where}): " + "; ".join(parts) + ".")
         wins = sorted({r["arm"] for r in rows if r["significant"] and r["mean_diff"] > 0})
-        closest = max(rows, key=lambda r: r["mean_diff"], default=None)
         if wins:
             lines.append(f"Verdict ({title}): {', '.join(wins)} beat {control} significantly on {where} "
                          "(paired t-tests over seeds, Holm-corrected with the other arms' tests).")
-        elif closest is not None:
-            lines.append(f"Verdict ({title}): no pretrained arm beat {control} significantly on {where}; closest: "
-                         f"{closest['arm']} at {100 * float(closest['fraction']):g}% ("
-                         + _difference(closest["mean_diff"], closest.get("diff_ci_low"), closest.get("diff_ci_high"),
-                                       closest.get("p_holm")) + ").")
+        elif rows:
+            lines.append(f"Verdict ({title}): no pretrained arm beat {control} significantly on {where}; "
+                         f"{_closest(rows)}.")
     return lines
 
 
@@ -145,8 +152,8 @@ def _baseline_line(doc: dict[str, Any], base: str, metric: str, n_family: int) -
     """Which arms differed significantly from one baseline, in one sentence."""
     rows = [r for r in doc["tests"] if r["baseline"] == base and r["metric"] == metric]
     hits = [_signed(r) for r in rows if r["significant"]]
-    found = "; ".join(hits) + (". No other difference was significant." if hits else "") if hits else \
-        "no difference was significant."
+    found = "; ".join(hits) + ". No other difference was significant." if hits else \
+        "no difference was significant" + (f"; {_closest(rows)}." if rows else ".")
     cv = any(r.get("test") == CORRECTED_T for r in rows)
     how = ("Nadeau-Bengio corrected resampled t-tests over CV folds" if cv else "paired t-tests over seeds")
     mdes = [r["detectable_diff"] for r in rows if isinstance(r.get("detectable_diff"), float)
@@ -187,7 +194,8 @@ def arms_verdict(doc: dict[str, Any]) -> list[str]:
         lines.append(f"Verdict ({title}): mixed against {floor} — gains for {', '.join(gains)}, losses for "
                      f"{', '.join(losses)}. " + WHAT_WOULD_CHANGE_IT)
     else:
-        lines.append(f"Verdict ({title}): no pretraining arm beat {floor} significantly"
+        closest = f" ({_closest(tested)})" if tested else ""
+        lines.append(f"Verdict ({title}): no pretraining arm beat {floor} significantly{closest}"
                      + (f"; {', '.join(losses)} did worse. " if losses else ". ") + WHAT_WOULD_CHANGE_IT)
     return [line for line in lines if line]
 
