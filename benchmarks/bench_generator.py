@@ -57,13 +57,13 @@ from synthfm.data.transforms import build_transform
 from synthfm.hardware import cpu_bf16_flags
 from synthfm.models.checkpoint import load_state
 from synthfm.pretrain.config import pretrain_config
+from synthfm.pretrain.diffusion import drop_conditions, noise_like, sample_draws
 from synthfm.pretrain.engine import Engine, pretrain
 from synthfm.quality.features import grey_maps
 from synthfm.quality.fidelity import frechet_distance, prdc
 from synthfm.synth.diffusion.conditions import card_conditions
 from synthfm.synth.diffusion.config import SamplerConfig
 from synthfm.synth.diffusion.generator import Generator, load_generator, to_uint8
-from synthfm.synth.diffusion.objective import drop_conditions, noise_like, sample_draws
 from synthfm.synth.diffusion.sampling import sample, sampling_dtype
 from synthfm.synth.writer import PhantomConfig, render_phantom
 

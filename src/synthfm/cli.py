@@ -312,6 +312,7 @@ def _mount() -> None:
     from synthfm.consortium.commands import hub_app, site_app
     from synthfm.evaluate.commands import app as efficiency_app
     from synthfm.evaluate.commands import evaluate_cli
+    from synthfm.pretrain.commands import train_cmd as generator_train_cmd
     from synthfm.quality.commands import quality as quality_cmd
     from synthfm.synth.diffusion.commands import app as diffusion_app
 
@@ -324,6 +325,7 @@ def _mount() -> None:
     app.add_typer(site_app, name="site")
     app.add_typer(hub_app, name="hub")
     app.add_typer(analyze_app, name="analyze")
+    diffusion_app.command("train")(generator_train_cmd)
     synth_app.add_typer(diffusion_app)
 
 

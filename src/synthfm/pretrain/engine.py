@@ -63,7 +63,7 @@ class Objective(Protocol):
 
 def build_diffusion(cfg: PretrainConfig) -> Objective:
     """The conditional diffusion generator's objective (imported on use: diffusers is heavy)."""
-    from synthfm.synth.diffusion.objective import build_diffusion as build
+    from synthfm.pretrain.diffusion import build_diffusion as build
 
     return build(cfg)
 

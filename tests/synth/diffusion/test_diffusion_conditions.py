@@ -9,6 +9,7 @@ import torch
 
 from synthfm.data.manifest import load_card
 from synthfm.errors import SynthfmError
+from synthfm.pretrain.diffusion import drop_conditions
 from synthfm.synth.diffusion.conditions import (
     ConditionSchema,
     card_conditions,
@@ -18,7 +19,6 @@ from synthfm.synth.diffusion.conditions import (
     schema_from_card,
 )
 from synthfm.synth.diffusion.config import DEFAULT_TEMPLATE
-from synthfm.synth.diffusion.objective import drop_conditions
 
 EDGES = (0.0, 40.0, 70.0, 120.0)
 
@@ -82,12 +82,14 @@ def test_prompt_template_renders_given_fields_only() -> None:
 
 
 def test_cli_app_has_train_and_generate(tmp_path) -> None:
-    """The Typer sub-app offers train and generate; training a non-diffusion config is a clear error."""
+    """`synthfm synth` offers train (pretrain's command, mounted by cli) and generate; training a non-diffusion
+    config is a clear error."""
     from typer.testing import CliRunner
 
-    from synthfm.synth.diffusion.commands import app, train_command
+    from synthfm.cli import app
+    from synthfm.pretrain.commands import train_command
 
-    result = CliRunner().invoke(app, ["--help"])
+    result = CliRunner().invoke(app, ["synth", "--help"])
     assert result.exit_code == 0 and "train" in result.output and "generate" in result.output
     (tmp_path / "mae.yaml").write_text("objective: mae\nstages: [{name: a, sources: [{source: rasd}], steps: 1}]\n")
     with pytest.raises(SynthfmError, match="not 'diffusion'"):

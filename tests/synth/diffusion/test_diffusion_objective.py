@@ -13,11 +13,11 @@ from diffusers import DDPMScheduler
 
 from synthfm.errors import SynthfmError
 from synthfm.pretrain.config import pretrain_config
+from synthfm.pretrain.diffusion import build_diffusion, edm_sigmas, min_snr_weight
 from synthfm.pretrain.engine import pretrain
 from synthfm.synth.diffusion.config import SamplerConfig
 from synthfm.synth.diffusion.generator import load_generator
 from synthfm.synth.diffusion.model import sampling_scheduler
-from synthfm.synth.diffusion.objective import build_diffusion, edm_sigmas, min_snr_weight
 from synthfm.synth.diffusion.sampling import sample
 
 

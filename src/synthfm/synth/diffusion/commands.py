@@ -1,4 +1,8 @@
-"""`synthfm synth train CONFIG OUT` and `synthfm synth generate CONFIG OUT` (a Typer sub-app mounted by cli.py)."""
+"""`synthfm synth generate CONFIG OUT` and `synth merge` (a Typer sub-app mounted by cli.py).
+
+`synth train` trains a generator through the pretraining engine, so it is pretrain's command
+(synthfm.pretrain.commands), added to this group by cli.py.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from synthfm.errors import SynthfmError
-
 app = typer.Typer(no_args_is_help=True, help="Conditional diffusion generators: train on cards, generate cards.")
-
-
-def train_command(config: str | Path, out: str | Path) -> dict:
-    """Train (or resume) a diffusion generator config through the pretraining engine; return the run summary."""
-    from synthfm.pretrain.config import load_pretrain_config
-    from synthfm.pretrain.engine import pretrain
-
-    cfg = load_pretrain_config(config)
-    if cfg.objective != "diffusion":
-        raise SynthfmError(f"{config} has objective {cfg.objective!r}, not 'diffusion'",
-                           "set 'objective: diffusion' (or use 'synthfm pretrain run' for encoders)")
-    return pretrain(cfg, out)
 
 
 def generate_command(config: str | Path, out: str | Path, rank: int | None = None,
@@ -33,15 +23,6 @@ def generate_command(config: str | Path, out: str | Path, rank: int | None = Non
     from synthfm.synth.diffusion.generate import generate
 
     return generate(load_config(GenerateConfig, config), out, rank, world)
-
-
-@app.command("train")
-def train_cmd(
-    config: Annotated[Path, typer.Argument(help="Pretraining YAML with objective: diffusion")],
-    out: Annotated[Path, typer.Argument(help="Run directory (the generator is exported to OUT/generator)")],
-) -> None:
-    """Train a conditional diffusion generator on cards; `accelerate launch -m synthfm.pretrain.engine` for GPUs."""
-    typer.echo(json.dumps(train_command(config, out)))
 
 
 @app.command("generate")
