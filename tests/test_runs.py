@@ -112,3 +112,22 @@ def test_resume_sweeps_a_killed_writers_temporaries(tmp_path: Path) -> None:
     assert RunDir(tmp_path / "r", "demo", Cfg()).open() == "resume"
     assert not any(p.exists() for p in stray) and not (tmp_path / "r/ckpt/.step_00000004.tmp").exists()
     assert (tmp_path / "r/encoder/model.safetensors").read_text() == "kept"
+
+
+def test_read_run_config_types_what_a_run_recorded(tmp_path: Path) -> None:
+    """One loader for a run folder's config: typed, stage-checked; a folder without a run reads as no header."""
+    from synthfm.runs import read_header, read_run_config
+
+    run = RunDir(tmp_path / "r", "demo", Cfg(steps=7))
+    run.open()
+    assert read_header(run.path)["stage"] == "demo"
+    assert read_run_config(run.path, Cfg) == Cfg(steps=7)
+    assert read_run_config(run.path, Cfg, "demo").steps == 7
+    with pytest.raises(SynthfmError, match="holds a 'demo' run, not a 'adapt' run"):
+        read_run_config(run.path, Cfg, "adapt")
+    assert read_header(tmp_path / "nothing") == {}
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.yaml").write_text("- a list, not a header\n")
+    assert read_header(tmp_path / "bad") == {}
+    with pytest.raises(SynthfmError, match="no readable run"):
+        read_run_config(tmp_path / "bad", Cfg)

@@ -18,15 +18,18 @@ import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel
 
 from synthfm import __version__
+from synthfm.config import validate_config
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json, atomic_write_text
 from synthfm.locks import LOCK_FILE, acquire, is_secondary_rank, release
+
+M = TypeVar("M", bound=BaseModel)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -73,6 +76,31 @@ def sweep_temporaries(folder: Path) -> list[Path]:
         else:
             p.unlink(missing_ok=True)
     return found
+
+
+def read_header(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's config.yaml header (stage, version, commit, config hash, resolved config); {} without one.
+
+    An unreadable or non-mapping file reads as {} too: callers treat it as "no run recorded here".
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        header = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def read_run_config(run_dir: str | Path, model: type[M], stage: str | None = None) -> M:
+    """The typed config a run folder recorded, checked to be of `stage` when given."""
+    header, where = read_header(run_dir), Path(run_dir) / CONFIG_FILE
+    if not header:
+        raise SynthfmError(f"{run_dir} holds no readable run ({CONFIG_FILE} missing or not a mapping)",
+                           "point at a run folder that synthfm wrote")
+    if stage is not None and header.get("stage") != stage:
+        raise SynthfmError(f"{run_dir} holds a '{header.get('stage')}' run, not a '{stage}' run",
+                           f"point at the folder of a {stage} run")
+    return validate_config(model, header.get("config"), str(where))
 
 
 class RunDir:

@@ -5,25 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from synthfm.adapt.config import AdaptConfig
 from synthfm.adapt.trainer import BEST_FILE, fit_image_size, load_encoder, make_classifier
-from synthfm.config import validate_config
 from synthfm.data.manifest import load_card
 from synthfm.errors import SynthfmError
+from synthfm.evaluate.predictions import STAGE
 from synthfm.models.checkpoint import load_state
+from synthfm.runs import CONFIG_FILE, read_run_config
 
 
 def load_adapted(run_dir: str | Path) -> tuple[nn.Module, AdaptConfig]:
     """The best classifier of a finished adaptation run, and its AdaptConfig."""
     run_dir = Path(run_dir)
-    if not (run_dir / BEST_FILE).is_file() or not (run_dir / "config.yaml").is_file():
+    if not (run_dir / BEST_FILE).is_file() or not (run_dir / CONFIG_FILE).is_file():
         raise SynthfmError(f"{run_dir} is not a finished adaptation run ({BEST_FILE} or config.yaml missing)",
                            "point at one seed's run folder of 'synthfm adapt' (it holds best.safetensors)")
-    cfg = validate_config(AdaptConfig, yaml.safe_load((run_dir / "config.yaml").read_text())["config"],
-                          str(run_dir / "config.yaml"))
+    cfg = read_run_config(run_dir, AdaptConfig, STAGE)
     data = load_card(cfg.card, check_files=False)
     task = data.card.task(cfg.task)
     torch.manual_seed(cfg.seeds[0])  # as the trainer does: a random-init probe's encoder is rebuilt, not saved

@@ -45,7 +45,7 @@ from synthfm.models.checkpoint import (
 )
 from synthfm.models.modelcard import README, timm_args
 from synthfm.models.pooling import native_pool
-from synthfm.runs import MARKER_FILE
+from synthfm.runs import MARKER_FILE, read_header
 
 CLASSIFIER_FORMAT = "synthfm.classifier/1"
 ONNX_FILE = "model.onnx"
@@ -256,7 +256,7 @@ def write_model_card(exp_dir: str | Path) -> Path | None:
     """README.md model card of a finished experiment's selected run (`find_run`), in the experiment folder."""
     model_dir = Path(exp_dir)
     run = find_run(model_dir)
-    if yaml.safe_load((run / "config.yaml").read_text())["config"]["encoder"] == PIXELS:
+    if read_header(run).get("config", {}).get("encoder") == PIXELS:
         return None  # the raw-pixel baseline: no model to describe
     _, info = classifier_from_run(run)
     run_dir = Path(info["source_run"])

@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import yaml
 from torch.utils.data import Dataset, TensorDataset
 
 from synthfm.adapt.config import AdaptConfig
-from synthfm.config import validate_config
 from synthfm.data.card import read_card
 from synthfm.evaluate.knn import knn_scores
 from synthfm.evaluate.metrics import task_auroc, task_metrics
@@ -32,7 +30,7 @@ from synthfm.evaluate.probes import PROBES, probe_rows
 from synthfm.evaluate.results import INTERNAL
 from synthfm.locks import acquire, release
 from synthfm.models.pooling import POOLS, pooled_dim, resolve_pool
-from synthfm.runs import CONFIG_FILE, MARKER_FILE
+from synthfm.runs import MARKER_FILE, read_header, read_run_config
 
 if TYPE_CHECKING:
     from synthfm.adapt.trainer import Trainer
@@ -126,10 +124,9 @@ def backfill_probes(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """A run finished before probes existed gets them (one feature pass, the same recipe); its head is kept."""
     from synthfm.adapt.trainer import Trainer
 
-    header = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
-    if header.get("stage") != STAGE or "metrics" not in summary:
+    if read_header(run_dir).get("stage") != STAGE or "metrics" not in summary:
         return summary
-    cfg = validate_config(AdaptConfig, header["config"], str(run_dir / CONFIG_FILE))
+    cfg = read_run_config(run_dir, AdaptConfig, STAGE)
     if not wants_probes(cfg):
         return summary
     lock = acquire(run_dir)

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.results import INTERNAL, load_results, summary_table
-from synthfm.runs import CONFIG_FILE, METRICS_FILE, read_jsonl
+from synthfm.runs import METRICS_FILE, read_header, read_jsonl
 
 MODEL = ("experiment",)
 FINETUNE_CURVE = "finetune_curve"
@@ -83,7 +82,7 @@ def labels_needed(results: pd.DataFrame | str, reference: str, metric: str = "au
 # ---- training-time efficiency ------------------------------------------------------------------------------
 def _created(run: Path) -> float | None:
     """When a run directory was created (its config header), as a Unix time."""
-    header = yaml.safe_load((run / CONFIG_FILE).read_text()) if (run / CONFIG_FILE).is_file() else {}
+    header = read_header(run)
     try:
         return datetime.strptime(str(header.get("created")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except ValueError:

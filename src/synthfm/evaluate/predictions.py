@@ -18,14 +18,12 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict
 
-from synthfm.config import validate_config
 from synthfm.data.card import TaskSpec
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.results import INTERNAL
-from synthfm.runs import CONFIG_FILE, MARKER_FILE
+from synthfm.runs import CONFIG_FILE, MARKER_FILE, read_header, read_run_config
 
 STAGE = "adapt"  # the stage name in an adaptation run's config.yaml header
 EXPERIMENT_STAGE = f"{STAGE}.experiment"
@@ -90,12 +88,10 @@ def read_experiment(exp: str | Path) -> ExperimentGrid:
     if not (exp / MARKER_FILE).is_file() or not (exp / CONFIG_FILE).is_file():
         raise SynthfmError(f"{exp} is not a finished adaptation experiment (no {MARKER_FILE})",
                            f"run 'synthfm adapt CONFIG -o {exp}' to the end first")
-    header = yaml.safe_load((exp / CONFIG_FILE).read_text())
-    if not isinstance(header, dict) or header.get("stage") != EXPERIMENT_STAGE:
-        stage = header.get("stage") if isinstance(header, dict) else None
-        raise SynthfmError(f"{exp} holds a '{stage}' run, not an adaptation experiment",
+    if read_header(exp).get("stage") != EXPERIMENT_STAGE:
+        raise SynthfmError(f"{exp} holds a '{read_header(exp).get('stage')}' run, not an adaptation experiment",
                            "point at the folder given to 'synthfm adapt -o'")
-    return validate_config(ExperimentGrid, header.get("config"), str(exp / CONFIG_FILE))
+    return read_run_config(exp, ExperimentGrid)
 
 
 def prediction_files(run: Path, test_splits: list[str]) -> list[tuple[str, str, Path]]:
