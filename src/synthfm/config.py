@@ -76,6 +76,19 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel], sour
     )
 
 
+def check_block(model: type[BaseModel], data: dict[str, Any], **set_later: Any) -> dict[str, Any]:
+    """`data` unchanged, once it validates as `model` (`set_later`: keys its job fills in where `data` has none).
+
+    For a nested block a job passes on as written (so the job's key stays what it was): a typo in it fails when
+    the pipeline is planned, before any job runs, not when its job starts.
+    """
+    try:
+        model.model_validate({**set_later, **data})
+    except ValidationError as err:
+        raise ValueError(describe_validation_error(err, model, "this block").message) from None
+    return data
+
+
 def validate_config(model: type[M], data: Any, source: str) -> M:
     """Validate a mapping as `model`, raising SynthfmError that names bad keys."""
     if data is None:

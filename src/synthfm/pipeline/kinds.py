@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from synthfm.adapt.config import AdaptConfig
-from synthfm.config import StrictModel, validate_config
+from synthfm.config import StrictModel, check_block, validate_config
 from synthfm.data.preprocess import PrepareConfig
 from synthfm.data.splits import SplitConfig
 from synthfm.io import atomic_write_json, atomic_write_text, write_table_pair
@@ -205,6 +205,14 @@ class QualityJob(StrictModel):
     real: str = Field(description="real card, usually ${data.<job>}")
     config: dict[str, Any] = Field(default_factory=dict, description="QualityConfig keys (spaces, gate, ...)")
 
+    @field_validator("config")
+    @classmethod
+    def _quality_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """QualityConfig keys, checked when the pipeline is planned."""
+        from synthfm.quality.config import QualityConfig
+
+        return check_block(QualityConfig, value)
+
 
 def _quality_run(cfg: QualityJob, out: Path) -> dict[str, Any]:
     """Run every check, write the tables, then apply the gate (the domain encoder cached in the pipeline's root)."""
@@ -271,6 +279,14 @@ class FairnessJob(StrictModel):
     experiment: str = Field(description="adaptation experiment, usually ${adapt.<job>}")
     fairness: dict[str, Any] = Field(default_factory=dict, description="FairnessConfig keys (attributes, min_n...)")
     metric: str = "auroc"
+
+    @field_validator("fairness")
+    @classmethod
+    def _fairness_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """FairnessConfig keys, checked when the pipeline is planned."""
+        from synthfm.evaluate.fairness import FairnessConfig
+
+        return check_block(FairnessConfig, value)
 
 
 def _fairness_run(cfg: FairnessJob, out: Path) -> dict[str, Any]:
@@ -347,6 +363,14 @@ class CheckpointsJob(StrictModel):
 
     pretrain: str = Field(description="pretraining job (${pretrain.<job>}) or run folder")
     adapt: dict[str, Any] = Field(description="AdaptConfig keys; 'encoder' is set to each checkpoint")
+
+    @field_validator("adapt")
+    @classmethod
+    def _adapt_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """AdaptConfig keys (the encoder is each checkpoint's), checked when the pipeline is planned."""
+        from synthfm.adapt.config import AdaptConfig
+
+        return check_block(AdaptConfig, value, encoder="checkpoint")
 
 
 def _pretrain_folder(ref: str) -> Path:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from synthfm.config import StrictModel
+from synthfm.config import StrictModel, check_block
 
 DOMAIN = "domain"
 
@@ -87,6 +87,14 @@ class LabelCheckConfig(StrictModel):
     task_map: dict[str, str] = Field(default_factory=dict, description="real task name -> synthetic task name")
     adapt: dict[str, Any] = Field(default_factory=dict,
                                   description="AdaptConfig keys (encoder, policy, epochs, ...); card/task are set")
+
+    @field_validator("adapt")
+    @classmethod
+    def _adapt_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """AdaptConfig keys, checked with the config (card and task are the real card's, set later)."""
+        from synthfm.adapt.config import AdaptConfig
+
+        return check_block(AdaptConfig, value, card="real card", task="task", encoder="the space's encoder")
     min_prob: float | None = Field(None, gt=0, lt=1, description="keep if P(given) >= this; default: argmax agrees")
     filtered_card: bool = True
 
