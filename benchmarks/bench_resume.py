@@ -106,7 +106,7 @@ def commands(work: Path) -> dict[str, Any]:
     return {
         "pretrain": lambda out: synthfm("pretrain", "run", work / "pretrain.yaml", "-o", out),
         "phantom": lambda out: synthfm("synth", "phantom", "-o", out, "--n", "32", "--size", "48"),
-        "generate": lambda out: synthfm("synth", "generate", work / "generate.yaml", out),
+        "generate": lambda out: synthfm("synth", "generate", work / "generate.yaml", "-o", out),
         "adapt": lambda out: synthfm("adapt", work / "adapt.yaml", "-o", out),
         "pipeline": lambda out: synthfm("run", work / "pipeline.yaml", "-o", out),
         "site run": lambda out: synthfm("site", "run", work / "site.yaml", "--key", work / "keys" / "site_a.key",

@@ -260,7 +260,7 @@ def _engine(cfg: dict[str, Any], out: Path, seconds: float) -> dict[str, Any]:
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(cfg))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "synthfm.pretrain.engine", str(path), str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "synthfm", "pretrain", "run", str(path), "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         proc.wait(timeout=seconds)

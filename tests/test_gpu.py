@@ -30,7 +30,7 @@ pytestmark = pytest.mark.gpu
 # The resumed run must make the same kernel choices as the clean one: deterministic algorithms, fixed cuBLAS
 # workspace (scatter-add in the MAE gather's backward is otherwise non-deterministic on CUDA).
 DETERMINISTIC = ("import sys, torch; torch.use_deterministic_algorithms(True); "
-                 "from synthfm.pretrain.engine import main; sys.exit(main(sys.argv[1:]))")
+                 "from synthfm.cli import main; main(['pretrain', 'run', sys.argv[1], '-o', sys.argv[2]])")
 
 
 @pytest.fixture(scope="module")

@@ -194,7 +194,7 @@ def pretrain_run_cmd(
 
     summary = pretrain(load_pretrain_config(config), out)
     if os.environ.get("RANK", "0") == "0":
-        console.print(f"pretraining finished: {summary}; encoder in [bold]{out / 'encoder'}[/]")
+        console.print(f"pretraining finished: {summary}; encoder in [bold]{out / 'encoder'}[/]", soft_wrap=True)
 
 
 @pretrain_app.command("export")

@@ -190,8 +190,9 @@ def test_kill_minus_nine_resume_gives_identical_weights(cache: Path, tmp_path: P
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
     pretrain(pretrain_config(data), tmp_path / "clean")  # also renders the phantom into the shared cache
     env = {**os.environ, "SYNTHFM_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "synthfm.pretrain.engine", str(tmp_path / "cfg.yaml"),
-                             str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "synthfm", "pretrain", "run", str(tmp_path / "cfg.yaml"),
+                             "-o", str(tmp_path / "killed")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = tmp_path / "killed" / "checkpoints" / "step_00000004"
     deadline = time.time() + 60
     while not first.is_dir() and proc.poll() is None and time.time() < deadline:
@@ -241,7 +242,7 @@ def test_accelerate_launch_two_processes_matches_single_process(cache: Path, tmp
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", "synthfm.pretrain.engine", str(tmp_path / "cfg.yaml"), str(tmp_path / "ddp")]
+           "-m", "synthfm", "pretrain", "run", str(tmp_path / "cfg.yaml"), "-o", str(tmp_path / "ddp")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr[-3000:]
     single_cfg = pretrain_config(tiny(cache, stage, batch_size=8, checkpoint_every=3))

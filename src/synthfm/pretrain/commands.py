@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +26,10 @@ def train_command(config: str | Path, out: str | Path) -> dict:
 
 def train_cmd(
     config: Annotated[Path, typer.Argument(help="Pretraining YAML with objective: diffusion")],
-    out: Annotated[Path, typer.Argument(help="Run directory (the generator is exported to OUT/generator)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (the generator is exported to "
+                                                          "OUT/generator; resumes if interrupted)")],
 ) -> None:
-    """Train a conditional diffusion generator on cards; `accelerate launch -m synthfm.pretrain.engine` for GPUs."""
-    typer.echo(json.dumps(train_command(config, out)))
+    """Train a conditional diffusion generator on cards; `accelerate launch -m synthfm synth train` for GPUs."""
+    summary = train_command(config, out)
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(json.dumps(summary))

@@ -1,25 +1,22 @@
 """The pretraining engine: one loop that every objective plugs into, over a curriculum of stages.
 
-Device placement, DDP and mixed precision go through Hugging Face Accelerate (`accelerate launch -m
-synthfm.pretrain.engine CONFIG OUT`). The optimiser is AdamW (fused where the device has the kernel) with a
-step-based linear warm-up and cosine decay per stage; stage k continues from stage k-1's weights and
-optimiser state. Every `checkpoint_every` steps a checkpoint directory is written under a temporary name and
-renamed into place: weights (safetensors), optimiser/scaler state and per-rank RNG state (torch.save of
-tensors and numbers, read back with weights_only=True), and the position (stage, step). Data order is a pure
-function of (seed, position), so a run killed with SIGKILL and resumed ends with the same weights as one that
-was never interrupted.
+Device placement, DDP and mixed precision go through Hugging Face Accelerate (`accelerate launch -m synthfm pretrain
+run CONFIG -o OUT`, or `... synth train ...` for a generator). The optimiser is AdamW (fused where the device has
+the kernel) with a step-based linear warm-up and cosine decay per stage; stage k continues from stage k-1's weights
+and optimiser state. Every `checkpoint_every` steps a checkpoint directory is written under a temporary name and
+renamed into place: weights (safetensors), optimiser/scaler state and per-rank RNG state (torch.save of tensors and
+numbers, read back with weights_only=True), and the position (stage, step). Data order is a pure function of (seed,
+position), so a run killed with SIGKILL and resumed ends with the same weights as one that was never interrupted.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
 import os
 import random
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -38,7 +35,7 @@ from synthfm import hardware
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json, atomic_write_text
 from synthfm.models.checkpoint import load_state, save_pretrained, save_state
-from synthfm.pretrain.config import OptimConfig, PretrainConfig, StageConfig, load_pretrain_config, pretrain_config
+from synthfm.pretrain.config import OptimConfig, PretrainConfig, StageConfig, pretrain_config
 from synthfm.pretrain.data import MixtureDataset, MixturePlan, PlanBatchSampler, collate, open_source
 from synthfm.pretrain.dino import build_dino
 from synthfm.pretrain.mae import build_mae, peak_lr
@@ -504,23 +501,3 @@ def export_encoder(run_dir: str | Path, out_dir: str | Path | None = None,
     state = json.loads((found[-1] / "state.json").read_text())
     return export_objective(objective, Path(out_dir or run_dir / "export"), global_step=state["global_step"],
                             source_run=str(run_dir))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m synthfm.pretrain.engine CONFIG OUT` (also under `accelerate launch -m`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="pretraining YAML")
-    parser.add_argument("out", help="run directory")
-    args = parser.parse_args(argv)
-    try:
-        summary = pretrain(load_pretrain_config(args.config), args.out)
-    except SynthfmError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if os.environ.get("RANK", "0") == "0":
-        print(json.dumps(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -72,8 +72,8 @@ def test_kill_minus_nine_generation_resumes_byte_identical(clean: Path, trained:
     out = tmp_path / "killed"
     (tmp_path / "gen.yaml").write_text(yaml.safe_dump(gen_config(trained)))
     env = {**os.environ, "SYNTHFM_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "synthfm.synth.diffusion.generate", str(tmp_path / "gen.yaml"),
-                             str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "synthfm", "synth", "generate", str(tmp_path / "gen.yaml"),
+                             "-o", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while not list(out.glob("progress-*.jsonl")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)

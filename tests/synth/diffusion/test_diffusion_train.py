@@ -107,8 +107,9 @@ def test_kill_minus_nine_training_resumes_identically(phantoms: dict[str, Path],
                                 "norm_num_groups": 4}})
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
     env = {**os.environ, "SYNTHFM_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "synthfm.pretrain.engine", str(tmp_path / "cfg.yaml"),
-                             str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "synthfm", "synth", "train", str(tmp_path / "cfg.yaml"),
+                             "-o", str(tmp_path / "killed")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     pretrain(pretrain_config(data), tmp_path / "clean")
     first = tmp_path / "killed" / "checkpoints" / "step_00000004"
     deadline = time.time() + 240

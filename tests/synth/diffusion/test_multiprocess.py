@@ -22,13 +22,13 @@ from synthfm.pretrain.engine import checkpoint_dirs, pretrain
 from synthfm.runs import RunDir
 
 
-def launch(module: str, config: Path, out: Path) -> subprocess.CompletedProcess:
-    """`accelerate launch --multi_gpu --num_processes 2 -m MODULE CONFIG OUT` on CPU (gloo)."""
+def launch(command: str, config: Path, out: Path) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2 -m synthfm synth COMMAND CONFIG -o OUT` on CPU (gloo)."""
     env = {**os.environ, "SYNTHFM_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "ACCELERATE_USE_CPU": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", module, str(config), str(out)]
+           "-m", "synthfm", "synth", command, str(config), "-o", str(out)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -39,7 +39,7 @@ def test_two_process_generator_training_matches_one_process(phantoms: dict[str, 
     cards = [phantoms["train0"], phantoms["train1"]]
     data = diffusion_config(cards, 6, batch_size=4, log_every=2, checkpoint_every=3)
     (tmp_path / "gen.yaml").write_text(yaml.safe_dump(data))
-    done = launch("synthfm.pretrain.engine", tmp_path / "gen.yaml", tmp_path / "ddp")
+    done = launch("train", tmp_path / "gen.yaml", tmp_path / "ddp")
     assert done.returncode == 0, done.stderr[-3000:]
     single_cfg = pretrain_config(diffusion_config(cards, 6, batch_size=8, log_every=2, checkpoint_every=3))
     pretrain(single_cfg, tmp_path / "single")
@@ -63,7 +63,7 @@ def test_two_process_sharded_generation_matches_one_process(trained: Path, tmp_p
     cfg = {"generator": str(trained / "generator"), "n": 16, "seed": 3, "shard_size": 4, "batch_size": 4,
            "sampler": {"name": "dpmpp", "steps": 5, "guidance_scale": 2.0}}
     (tmp_path / "gen.yaml").write_text(yaml.safe_dump(cfg))
-    done = launch("synthfm.synth.diffusion.generate", tmp_path / "gen.yaml", tmp_path / "ddp")
+    done = launch("generate", tmp_path / "gen.yaml", tmp_path / "ddp")
     assert done.returncode == 0, done.stderr[-3000:]
     generate(GenerateConfig(**cfg), tmp_path / "single")
     shards = {r: {p.name: p.read_bytes() for p in sorted((tmp_path / r / "shards").glob("*.tar"))}

@@ -1,4 +1,4 @@
-"""`synthfm synth generate CONFIG OUT` and `synth merge` (a Typer sub-app mounted by cli.py).
+"""`synthfm synth generate CONFIG -o OUT` and `synth merge` (a Typer sub-app mounted by cli.py).
 
 `synth train` trains a generator through the pretraining engine, so it is pretrain's command
 (synthfm.pretrain.commands), added to this group by cli.py.
@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,12 +29,15 @@ def generate_command(config: str | Path, out: str | Path, rank: int | None = Non
 @app.command("generate")
 def generate_cmd(
     config: Annotated[Path, typer.Argument(help="GenerateConfig YAML (generator, n, sampler, target, ...)")],
-    out: Annotated[Path, typer.Argument(help="Output folder: WebDataset shards + manifest + dataset.yaml")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: WebDataset shards + manifest + "
+                                                          "dataset.yaml (resumes if interrupted)")],
     rank: Annotated[Optional[int], typer.Option(help="This job's index when not under accelerate")] = None,  # noqa: UP045
     world: Annotated[Optional[int], typer.Option(help="Number of jobs sharing OUT")] = None,  # noqa: UP045
 ) -> None:
     """Generate N images to a target distribution of conditions as a dataset card (resumable, multi-process)."""
-    typer.echo(json.dumps(generate_command(config, out, rank, world)))
+    summary = generate_command(config, out, rank, world)
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(json.dumps(summary))
 
 
 @app.command("merge")

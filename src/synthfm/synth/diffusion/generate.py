@@ -12,12 +12,10 @@ conditions, generator hash, sampler and seed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
 import math
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,6 @@ import pyarrow.parquet as pq
 import torch
 
 from synthfm import __version__
-from synthfm.config import load_config
 from synthfm.data.card import (
     MANIFEST,
     DatasetCard,
@@ -359,22 +356,3 @@ def finalise(run: RunDir, gen: Generator, cfg: GenerateConfig, name: str, count:
         run.complete(**summary)
     (run.path / ".finalise.lock").unlink(missing_ok=True)
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m synthfm.synth.diffusion.generate CONFIG OUT` (also under `accelerate launch -m`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="generation YAML")
-    parser.add_argument("out", help="output directory (becomes a dataset card)")
-    args = parser.parse_args(argv)
-    try:
-        summary = generate(load_config(GenerateConfig, args.config), args.out)
-    except SynthfmError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
