@@ -131,7 +131,9 @@ def test_arms_verdict_flags_chance_level_and_falling_curves() -> None:
               {"arm": "random", "metric": "accuracy", "fraction": 0.1, "mean": 0.435, "ci_low": 0.435,
                "ci_high": 0.435, "chance": 0.435, "at_chance": True},
               {"arm": "random", "metric": "auroc", "fraction": 1.0, "mean": 0.7, "ci_low": 0.68, "ci_high": 0.72,
-               "chance": 0.5, "at_chance": False}]
+               "chance": 0.5, "at_chance": False},
+              {"arm": "mae", "metric": "accuracy", "fraction": 0.2, "mean": 0.12, "ci_low": 0.04, "ci_high": 0.2,
+               "chance": 0.435, "at_chance": True}]
     falls = [{"arm": "mae", "metric": "auroc", "from_fraction": 0.2, "from_mean": 0.71, "to_fraction": 1.0,
               "to_mean": 0.66, "drop": 0.05}]
     lines = arms_verdict(_arms_doc(chance, falls))
@@ -140,6 +142,7 @@ def test_arms_verdict_flags_chance_level_and_falling_curves() -> None:
     warn = next(line for line in lines if "at chance level" in line)
     assert "mae at 10% (auroc 0.520, 95% CI 0.470-0.570, reaches 0.5)" in warn
     assert "random at 10% (accuracy 0.435, 95% CI 0.435-0.435, reaches the majority-class rate 0.435)" in warn
+    assert "mae at 20% (accuracy 0.120, 95% CI 0.040-0.200, below the majority-class rate 0.435)" in warn
     assert "random at 100%" not in warn
     assert any("mae auroc 0.710 at 20% → 0.660 at 100%" in line for line in lines)
     assert not [line for line in arms_verdict(_arms_doc([], [])) if "Warning" in line]

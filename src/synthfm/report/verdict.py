@@ -42,11 +42,15 @@ def chance_lines(rows: list[dict[str, Any]], key: str) -> list[str]:
     """One warning per model at chance level (AUROC CI reaching 0.5, accuracy CI reaching the majority rate)."""
     hits = [r for r in rows if r.get("at_chance")]
     parts = [f"{r[key]} at {100 * float(r['fraction']):g}% ({r['metric']} {r['mean']:.3f}, 95% CI "
-             f"{r['ci_low']:.3f}-{r['ci_high']:.3f}, " + ("reaches 0.5" if r["metric"] == "auroc" else
-                                                        f"reaches the majority-class rate {r['chance']:.3f}") + ")"
-             for r in hits]
-    return [f"Warning: at chance level — {'; '.join(parts)}. Such a model cannot be told from guessing, so its "
-            "comparisons say little."] if parts else []
+             f"{r['ci_low']:.3f}-{r['ci_high']:.3f}, " + _chance_relation(r) + ")" for r in hits]
+    return [f"Warning: at chance level — {'; '.join(parts)}. Such a model does no better than guessing (or than "
+            "always naming the commonest class) on that metric, so its comparisons on it say little."] if parts else []
+
+
+def _chance_relation(row: dict[str, Any]) -> str:
+    """'reaches 0.5' / 'below the majority-class rate 0.435': where the CI lies against chance."""
+    level = "0.5" if row["metric"] == "auroc" else f"the majority-class rate {row['chance']:.3f}"
+    return f"{'below' if row['ci_high'] < row['chance'] else 'reaches'} {level}"
 
 
 def fall_lines(rows: list[dict[str, Any]], key: str) -> list[str]:
