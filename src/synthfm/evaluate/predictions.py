@@ -88,8 +88,9 @@ def read_experiment(exp: str | Path) -> ExperimentGrid:
     if not (exp / MARKER_FILE).is_file() or not (exp / CONFIG_FILE).is_file():
         raise SynthfmError(f"{exp} is not a finished adaptation experiment (no {MARKER_FILE})",
                            f"run 'synthfm adapt CONFIG -o {exp}' to the end first")
-    if read_header(exp).get("stage") != EXPERIMENT_STAGE:
-        raise SynthfmError(f"{exp} holds a '{read_header(exp).get('stage')}' run, not an adaptation experiment",
+    stage = read_header(exp).get("stage")
+    if stage != EXPERIMENT_STAGE:
+        raise SynthfmError(f"{exp} holds a '{stage}' run, not an adaptation experiment",
                            "point at the folder given to 'synthfm adapt -o'")
     return read_run_config(exp, ExperimentGrid)
 

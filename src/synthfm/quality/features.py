@@ -132,8 +132,8 @@ def space_name(cfg: SpaceConfig) -> str:
         return "inception"
     if cfg.kind == "dinov2":
         return f"dinov2-{cfg.backbone}"
-    if random_backbone(cfg.encoder) is not None:
-        return f"synthfm-random-{random_backbone(cfg.encoder)}"
+    if (backbone := random_backbone(cfg.encoder)) is not None:
+        return f"synthfm-random-{backbone}"
     return f"synthfm-{Path(cfg.encoder).name}"
 
 
