@@ -28,11 +28,11 @@ def _confounded(n: int = 240, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def test_age_bands_follow_the_paper() -> None:
-    """Ages fall into <40, 40-70 and >70."""
+    """Ages fall into the papers' <40, 40-70 and >=70, labelled as everywhere else (0-40, 40-70, 70-120)."""
     cfg = KeyMetaConfig()
     got = subgroups(pd.Series(np.arange(20.0, 90.0, 5.0)), "age", cfg)
-    assert sorted(got.unique()) == ["40-70", "<40", ">70"]
-    assert got.iloc[0] == "<40" and got.iloc[-1] == ">70" and got.iloc[6] == "40-70"
+    assert sorted(got.unique()) == ["0-40", "40-70", "70-120"]
+    assert got.iloc[0] == "0-40" and got.iloc[-1] == "70-120" and got.iloc[6] == "40-70" and got.iloc[10] == "70-120"
 
 
 def test_planted_field_ranks_first_and_stratification_removes_a_confounded_one() -> None:

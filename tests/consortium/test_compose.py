@@ -19,9 +19,9 @@ from synthfm.consortium.deidentify import DeidConfig, deidentify_card
 from synthfm.consortium.generators import GeneratorConfig, GeneratorKind
 from synthfm.consortium.simulate import ConsortiumConfig, SimSite, site_data
 from synthfm.consortium.site import SiteConfig, run_site
-from synthfm.consortium.summary import band_of
 from synthfm.consortium.verify import BundleRejected, verify_bundle
 from synthfm.data.manifest import load_card
+from synthfm.data.vocabulary import band_index
 from synthfm.errors import SynthfmError
 
 from .conftest import PRIORS, SIZE
@@ -114,8 +114,8 @@ def composed_cells(df: pd.DataFrame, variables: list[str]) -> pd.Series:
     cols = []
     for v in variables:
         if v == AGE_BAND:
-            cols.append(pd.Series(np.array(["[0,40)", "[40,70)", "[70,120)"])[band_of(df["age"].to_numpy(), [0, 40, 70,
-                                                                                                             120])]))
+            bands = band_index(df["age"].to_numpy(), [0, 40, 70, 120], clip=False)
+            cols.append(pd.Series(np.array(["[0,40)", "[40,70)", "[70,120)"])[bands]))
         else:
             cols.append(df[v].astype(str).reset_index(drop=True))
     return pd.Series(list(zip(*cols, strict=True))).value_counts()

@@ -16,13 +16,13 @@ from synthfm.consortium.summary import (
     Noise,
     PrivacyConfig,
     SummaryConfig,
-    band_of,
     check_summary,
     draw_conditions,
     merge_bins,
     summarize,
     suppress,
 )
+from synthfm.data.vocabulary import band_index
 from synthfm.errors import SynthfmError
 
 SCHEMA = phantom_schema(GeneratorConfig())
@@ -62,10 +62,6 @@ def test_merge_bins_by_hand() -> None:
     assert merge_bins(np.array([3, 8, 12, 2]), 10) == [(0, 1, 11), (2, 3, 14)]
     assert merge_bins(np.array([10, 10]), 10) == [(0, 0, 10), (1, 1, 10)]
     assert merge_bins(np.array([4, 5]), 10) == []
-
-
-def test_band_of_edges() -> None:
-    assert band_of(np.array([0.0, 39.9, 40.0, 119.0, 120.0, np.nan]), [0, 40, 70, 120]).tolist() == [0, 0, 1, 2, -1, -1]
 
 
 def test_small_cells_are_never_shown() -> None:
@@ -164,7 +160,7 @@ def _cells(rows: list[dict], variables: list[str]) -> pd.Series:
         key = []
         for v in variables:
             if v == AGE_BAND:
-                key.append(bands[int(band_of(np.array([c["age"]]), [0, 40, 70, 120])[0])])
+                key.append(bands[int(band_index(c["age"], [0, 40, 70, 120], clip=False))])
             elif v in labels:
                 key.append(labels[v][c[v]])
             else:

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from synthfm.evaluate.fairness import (
-    age_band,
+    attribute_groups,
     bootstrap_auroc,
     gaps,
     rates,
@@ -18,8 +18,10 @@ from synthfm.evaluate.fairness import (
 )
 
 
-def test_age_bands() -> None:
-    assert age_band(pd.Series([20, 40, 69.9, 70, None])).tolist()[:4] == ["<40", "40-70", "40-70", ">70"]
+def test_age_groups_follow_the_configured_edges() -> None:
+    frame = pd.DataFrame({"age": [20, 40, 69.9, 70, None]})
+    assert attribute_groups(frame, "age").tolist()[:4] == ["0-40", "40-70", "40-70", "70-120"]
+    assert attribute_groups(frame, "age", [0, 50, 120]).tolist()[:4] == ["0-50", "0-50", "50-120", "50-120"]
 
 
 def test_planted_gap_found() -> None:

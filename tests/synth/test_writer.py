@@ -15,10 +15,11 @@ from scipy.stats import chisquare
 from synthfm.data.images import load_image
 from synthfm.data.manifest import load_card
 from synthfm.data.readers import open_dataset
+from synthfm.data.vocabulary import AGE_EDGES
 from synthfm.errors import SynthfmError
 from synthfm.synth.fundus import FUNDUS_TASKS, FundusPhantom
 from synthfm.synth.registry import generator_spec
-from synthfm.synth.targets import AGE_EDGES, TargetConfig
+from synthfm.synth.targets import TargetConfig
 from synthfm.synth.writer import PhantomConfig, plan_conditions, render_phantom
 
 ORIGINAL_GENERATE = FundusPhantom.generate

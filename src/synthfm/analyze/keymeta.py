@@ -1,6 +1,6 @@
 """Key-metadata identification (Zhou et al., Fig. 5): which metadata fields split the data most.
 
-For every metadata field, its values define subgroups (age in the paper's bands <40 / 40-70 / >70, other
+For every metadata field, its values define subgroups (age in bands, by default the papers' <40 / 40-70 / >=70, other
 numbers in quantile bins); every other field is a confounder held fixed by stratification: the data are cut
 into strata with one value of each confounder, and
 
@@ -31,6 +31,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from synthfm.analyze.indices import VESSEL_INDICES
 from synthfm.config import StrictModel
+from synthfm.data.vocabulary import AGE_EDGES, age_bands
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.stats import holm
 from synthfm.io import write_table
@@ -50,7 +51,8 @@ class KeyMetaConfig(StrictModel):
     confounders: dict[str, list[str]] = Field(default_factory=dict,
                                               description="field -> fields held fixed (default: all others)")
     indices: list[str] | None = Field(None, description="morphology indices (default: those found)")
-    age_edges: list[float] = Field(default_factory=lambda: [40.0, 70.0])
+    age_edges: list[float] = Field(default_factory=lambda: list(AGE_EDGES), min_length=3,
+                                   description="age band edges, outer bands open-ended (data/vocabulary.py)")
     numeric_bins: int = Field(3, ge=2, description="quantile bins of other numeric fields")
     min_group: int = Field(5, ge=2, description="smallest subgroup inside a stratum")
     alpha: float = Field(0.05, gt=0, lt=1)
@@ -62,10 +64,7 @@ def subgroups(values: pd.Series, name: str, cfg: KeyMetaConfig) -> pd.Series:
     numeric = pd.to_numeric(values, errors="coerce")
     if numeric.notna().all() and values.nunique() > 8:
         if name == "age":
-            edges = [-np.inf, *cfg.age_edges, np.inf]
-            names = [f"<{cfg.age_edges[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(cfg.age_edges, cfg.age_edges[1:],
-                                                                                    strict=False)]
-            return pd.cut(numeric, edges, labels=[*names, f">{cfg.age_edges[-1]:g}"], right=False).astype(str)
+            return age_bands(numeric, cfg.age_edges).astype(str)
         return pd.qcut(numeric, cfg.numeric_bins, duplicates="drop").astype(str)
     return values.astype(str)
 

@@ -31,12 +31,12 @@ from synthfm.consortium.generators import (
 )
 from synthfm.data.manifest import load_card
 from synthfm.data.modality import preset
+from synthfm.data.vocabulary import AGE_EDGES
 from synthfm.io import atomic_write_json
 from synthfm.synth.diffusion.conditions import schema_from_card
 from synthfm.synth.diffusion.config import SamplerConfig
 from synthfm.synth.diffusion.generator import load_generator, to_uint8
 from synthfm.synth.diffusion.sampling import sample
-from synthfm.synth.targets import AGE_EDGES
 
 WITHHELD = "withheld by the consortium site kit: only summary.json describes the training data"
 SAMPLER_KEY = "consortium_sampler"

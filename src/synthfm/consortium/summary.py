@@ -31,8 +31,8 @@ from pydantic import Field, model_validator
 
 from synthfm.config import StrictModel
 from synthfm.consortium.conditions import AGE_BAND, PATIENT, CardSchema
+from synthfm.data.vocabulary import AGE_EDGES, band_index, interval_labels
 from synthfm.errors import SynthfmError
-from synthfm.synth.targets import AGE_EDGES
 
 FORMAT = "synthfm.consortium.summary/1"
 AGE = "age"
@@ -77,19 +77,6 @@ class SummaryConfig(StrictModel):
         return self
 
 
-def band_names(edges: list[float]) -> list[str]:
-    """Band labels like '[40,70)'."""
-    return [f"[{a:g},{b:g})" for a, b in itertools.pairwise(edges)]
-
-
-def band_of(ages: np.ndarray, edges: list[float]) -> np.ndarray:
-    """Band index per age (-1 when missing or outside the edges)."""
-    ages = np.asarray(ages, dtype=float)
-    idx = np.searchsorted(np.asarray(edges), ages, side="right") - 1
-    ok = np.isfinite(ages) & (idx >= 0) & (idx < len(edges) - 1)
-    return np.where(ok, idx, -1)
-
-
 def domains(schema: CardSchema, table: pd.DataFrame, cfg: SummaryConfig) -> dict[str, list[str]]:
     """The public value set of every tabulated variable present in the table."""
     out: dict[str, list[str]] = {}
@@ -99,7 +86,7 @@ def domains(schema: CardSchema, table: pd.DataFrame, cfg: SummaryConfig) -> dict
         if var.kind in ("label", "category"):
             out[var.name] = list(var.values)
         elif var.name == AGE:
-            out[AGE_BAND] = band_names(cfg.age_bands)
+            out[AGE_BAND] = interval_labels(cfg.age_bands)
     return out
 
 
@@ -128,7 +115,7 @@ def resolve_blocks(cfg: SummaryConfig, schema: CardSchema, present: dict[str, li
 def codes(table: pd.DataFrame, var: str, domain: list[str], cfg: SummaryConfig) -> np.ndarray:
     """Index into the variable's domain per row (-1 when missing)."""
     if var == AGE_BAND:
-        return band_of(table[AGE].to_numpy(dtype=float), cfg.age_bands)
+        return band_index(table[AGE].to_numpy(dtype=float), cfg.age_bands, clip=False)  # public domain only
     col = table[var]
     if pd.api.types.is_integer_dtype(col):
         return col.to_numpy(dtype=np.int64)
@@ -246,7 +233,7 @@ def merge_bins(counts: np.ndarray, k: int) -> list[tuple[int, int, int]]:
 def age_histogram(ages: np.ndarray, cfg: SummaryConfig, noise: Noise, bands: list[float]) -> dict[str, Any]:
     """The age histogram, bins merged within each band so every released bin holds >= k."""
     edges = np.asarray(cfg.age_bins)
-    fine = band_of(ages, cfg.age_bins)
+    fine = band_index(ages, cfg.age_bins, clip=False)
     counts = noise.apply(np.bincount(fine[fine >= 0], minlength=len(edges) - 1))
     bins = []
     for lo, hi in itertools.pairwise(bands):

@@ -15,9 +15,9 @@ from scipy.stats import rankdata
 
 from synthfm.config import StrictModel
 from synthfm.data.manifest import ID, CardData
+from synthfm.data.vocabulary import AGE_EDGES, age_bands
 from synthfm.evaluate.metrics import task_metrics
 
-AGE_BANDS = ((0.0, 40.0, "<40"), (40.0, 70.0, "40-70"), (70.0, 200.0, ">70"))
 IMAGE_ID = "image_id"
 RATE_PREFIXES = ("tpr", "fpr")
 
@@ -26,21 +26,15 @@ class FairnessConfig(StrictModel):
     """Which attributes to split by, when a subgroup is too small, and the bootstrap of subgroup metrics."""
 
     attributes: list[str] = Field(default_factory=lambda: ["age", "sex", "ethnicity", "site"],
-                                  description="card metadata fields; 'age' is grouped into <40, 40-70, >70")
+                                  description="card metadata fields; 'age' is grouped into bands (age_edges)")
+    age_edges: list[float] = Field(default_factory=lambda: list(AGE_EDGES), min_length=2,
+                                   description="age band edges: the papers' <40, 40-70, >=70 by default, labelled "
+                                               "0-40, 40-70, 70-120 (outer bands open-ended)")
     min_n: int = Field(30, ge=1, description="fewer images than this: reported as too small")
     min_per_class: int = Field(5, ge=1, description="fewer images of some class than this: too small")
     threshold: float = Field(0.5, gt=0, lt=1, description="binary / multilabel decision threshold for the rates")
     n_boot: int = Field(1000, ge=0, description="bootstrap resamples of each subgroup's AUROC (0: no CI)")
     seed: int = 0
-
-
-def age_band(age: pd.Series) -> pd.Series:
-    """Age in the paper's bands: <40, 40–70, >70 (missing stays missing)."""
-    a = pd.to_numeric(age, errors="coerce")
-    out = pd.Series(pd.NA, index=age.index, dtype="string")
-    for lo, hi, name in AGE_BANDS:
-        out[(a >= lo) & (a < hi)] = name
-    return out
 
 
 def row_metadata(data: CardData, rows: np.ndarray) -> pd.DataFrame:
@@ -51,10 +45,10 @@ def row_metadata(data: CardData, rows: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def attribute_groups(frame: pd.DataFrame, attribute: str) -> pd.Series:
+def attribute_groups(frame: pd.DataFrame, attribute: str, age_edges: list[float] | None = None) -> pd.Series:
     """The subgroup of every row for one attribute (age banded; others as text; missing stays missing)."""
     col = frame[attribute]
-    return age_band(col) if attribute == "age" else col.astype("string")
+    return age_bands(col, age_edges or AGE_EDGES) if attribute == "age" else col.astype("string")
 
 
 def rates(task_type: str, y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -159,7 +153,7 @@ def fairness_frames(task_type: str, frame: pd.DataFrame, y: np.ndarray, p: np.nd
     """Subgroup rows and gap rows over every configured attribute present in `frame` (the predictions)."""
     tables, gap_rows = [], []
     for attribute in (a for a in cfg.attributes if a in frame.columns):
-        table = subgroup_table(task_type, y, p, attribute_groups(frame, attribute), cfg=cfg)
+        table = subgroup_table(task_type, y, p, attribute_groups(frame, attribute, cfg.age_edges), cfg=cfg)
         if table.empty:
             continue
         tables.append(table.assign(attribute=attribute))

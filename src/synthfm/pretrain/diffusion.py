@@ -28,11 +28,11 @@ from synthfm.data.manifest import CardData, load_card
 from synthfm.data.readers import open_dataset
 from synthfm.data.shard_index import IndexedShardDataset
 from synthfm.data.transforms import Transform, to_tensor
+from synthfm.data.vocabulary import band_index, band_labels
 from synthfm.errors import SynthfmError
 from synthfm.pretrain.config import PretrainConfig, SourceConfig
 from synthfm.synth.diffusion.conditions import (
     ConditionSchema,
-    band_labels,
     card_conditions,
     merge_schemas,
     schema_from_card,
@@ -273,7 +273,7 @@ def training_counts(cfg: PretrainConfig, schema: ConditionSchema, cache: Path) -
 def _band_ranges(ages: np.ndarray, edges: tuple[float, ...]) -> list[tuple[str, float, float]]:
     """(band label, youngest, oldest) of the recorded ages in each band."""
     ages = ages[~np.isnan(ages)]
-    bands = np.clip(np.digitize(ages, edges[1:-1]), 0, len(edges) - 2)
+    bands = band_index(ages, edges)
     labels = band_labels(edges)
     return [(labels[k], float(ages[bands == k].min()), float(ages[bands == k].max())) for k in np.unique(bands)]
 

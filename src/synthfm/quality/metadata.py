@@ -22,6 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from synthfm.data.manifest import CardData
+from synthfm.data.vocabulary import sex_codes
 from synthfm.quality.config import MetadataConfig
 
 EXCLUDED = ("patient_id",)
@@ -92,12 +93,6 @@ def distribution_table(real: CardData, synth: CardData, cfg: MetadataConfig,
                                  "n_real": int(ri.sum()), "n_synthetic": int(si.sum()),
                                  **compare(real.df[rc][ri], synth.df[sc][si], numeric)})
     return pd.DataFrame(rows)
-
-
-def sex_codes(values: pd.Series) -> np.ndarray:
-    """'F'/'female'/... -> 0, 'M'/'male' -> 1, anything else -> -1."""
-    first = values.astype(str).str.strip().str.upper().str[:1]
-    return np.where(first == "F", 0, np.where(first == "M", 1, -1))
 
 
 def predicted_metadata(real_feat: np.ndarray, synth_feat: np.ndarray, real: CardData, synth: CardData,

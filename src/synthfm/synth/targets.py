@@ -11,9 +11,8 @@ from pydantic import Field
 
 from synthfm.config import StrictModel
 from synthfm.data.manifest import load_card
+from synthfm.data.vocabulary import AGE_EDGES, band_index, normalise_sex
 from synthfm.errors import SynthfmError
-
-AGE_EDGES = (0.0, 40.0, 70.0, 120.0)
 
 
 class TargetConfig(StrictModel):
@@ -22,12 +21,6 @@ class TargetConfig(StrictModel):
     card: str
     task_map: dict[str, str] = Field(default_factory=dict, description="real task name -> generator task name")
     age_edges: tuple[float, ...] = AGE_EDGES
-
-
-def _sex(value: Any) -> str | None:
-    """Normalise sex values like 'female', 'F', 'm' to 'F'/'M'."""
-    text = str(value).strip().upper()[:1]
-    return text if text in ("F", "M") else None
 
 
 def joint_table(card: str | Path, cfg: TargetConfig, tasks: dict[str, list[str]]) -> pd.DataFrame:
@@ -44,10 +37,10 @@ def joint_table(card: str | Path, cfg: TargetConfig, tasks: dict[str, list[str]]
     meta = data.card.metadata
     if meta.age:
         ages = pd.to_numeric(data.df[meta.age], errors="coerce").to_numpy(dtype=float)
-        cols["age_band"] = np.digitize(ages, cfg.age_edges[1:-1])
+        cols["age_band"] = band_index(ages, cfg.age_edges)
         cols["_age"] = ages
     if meta.sex:
-        cols["sex"] = [_sex(v) for v in data.df[meta.sex]]
+        cols["sex"] = [normalise_sex(v) for v in data.df[meta.sex]]
     if not cols:
         raise SynthfmError(f"{card} shares no task, age or sex with the generator",
                            "declare task_map, or metadata.age / metadata.sex in the card")

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from synthfm.data.manifest import CardData
+from synthfm.data.vocabulary import band_label, band_labels, normalise_sex
 from synthfm.errors import SynthfmError
 from synthfm.synth.registry import GeneratorSpec, task_type
-from synthfm.synth.targets import _sex
 
 STANDARD_METADATA = ("age", "sex", "ethnicity", "site", "device", "quality")
 
@@ -50,22 +50,11 @@ class CondField:
         if self.edges is not None and not isinstance(value, str):
             return band_label(self.edges, float(value))
         if self.name == "sex" and self.kind == "metadata":
-            return _sex(value) or str(value)
+            return normalise_sex(value) or str(value)
         text = str(value)
         if self.kind == "task" and text not in self.values and isinstance(value, (int, np.integer)):
             return self.values[int(value)] if 0 <= int(value) < len(self.values) else text
         return text
-
-
-def band_label(edges: tuple[float, ...], age: float) -> str:
-    """'lo-hi' of the band holding `age` (the outer bands are open-ended)."""
-    k = int(np.clip(np.digitize(age, edges[1:-1]), 0, len(edges) - 2))
-    return f"{edges[k]:g}-{edges[k + 1]:g}"
-
-
-def band_labels(edges: tuple[float, ...]) -> tuple[str, ...]:
-    """Every band's label."""
-    return tuple(f"{edges[k]:g}-{edges[k + 1]:g}" for k in range(len(edges) - 1))
 
 
 @dataclass

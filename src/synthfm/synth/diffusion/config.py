@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from synthfm.config import StrictModel
-from synthfm.synth.targets import AGE_EDGES
+from synthfm.data.vocabulary import AGE_EDGES
 
 DEFAULT_TEMPLATE = ("a {{ modality }} image{% for k, v in conditions.items() if v is not none %}, "
                     "{{ k | replace('_', ' ') }} {{ v }}{% endfor %}")
