@@ -7,8 +7,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from synthfm.consortium.simulate import load_consortium_config, run_consortium
+from synthfm.consortium.simulate import ConsortiumConfig, load_consortium_config, run_consortium
 from synthfm.consortium.verify import IMAGE_MAGIC, VerifyConfig, verify_bundle
 from synthfm.data.manifest import load_card
 
@@ -84,3 +85,14 @@ def test_shipped_config_describes_three_different_sites() -> None:
     assert len(cfg.sites) == 3 and {s.path for s in cfg.sites} == {"bundle", "images"}
     for key in ("age_mean", "ethnicity", "device"):
         assert len({json.dumps(s.priors[key]) for s in cfg.sites}) == 3
+
+
+@pytest.mark.parametrize(("block", "named"), [
+    ({"sites": [{"name": "a", "priors": {"age_man": 50}}]}, "age_man"),
+    ({"sites": [{"name": "a"}], "pretrain": {"config": {"recipe": "mae_vit_tiny_demo", "optm": {}}}}, "optm"),
+    ({"sites": [{"name": "a"}], "evaluate": {"config": {"polcy": "linear_probe"}}}, "polcy"),
+])
+def test_a_typo_in_a_nested_block_fails_when_the_config_is_read(block: dict, named: str) -> None:
+    """Priors, the pretraining and the probe blocks are checked before any site runs, not when their step starts."""
+    with pytest.raises(ValidationError, match=named):
+        ConsortiumConfig.model_validate(block)

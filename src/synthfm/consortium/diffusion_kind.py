@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from synthfm.config import StrictModel, validate_config
+from synthfm.config import StrictModel, check_block, validate_config
 from synthfm.consortium.conditions import CardSchema, Variable
 from synthfm.consortium.generators import (
     GENERATOR_FILE,
@@ -34,7 +34,7 @@ from synthfm.data.modality import preset
 from synthfm.data.vocabulary import AGE_EDGES
 from synthfm.io import atomic_write_json
 from synthfm.synth.diffusion.conditions import schema_from_card
-from synthfm.synth.diffusion.config import SamplerConfig
+from synthfm.synth.diffusion.config import DiffusionConfig, SamplerConfig
 from synthfm.synth.diffusion.generator import load_generator, to_uint8
 from synthfm.synth.diffusion.sampling import sample
 
@@ -52,6 +52,27 @@ class DiffusionOptions(StrictModel):
     sampler: dict[str, Any] = Field(default_factory=dict, description="SamplerConfig the hub samples with")
     age_edges: list[float] = Field(default_factory=lambda: list(AGE_EDGES), min_length=2)
     max_categories: int = Field(64, ge=2)
+
+    @field_validator("diffusion")
+    @classmethod
+    def _diffusion_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """DiffusionConfig keys (conditions and age edges are the site kit's), checked when the config is read."""
+        return check_block(DiffusionConfig, value)
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """SamplerConfig keys, checked when the config is read."""
+        return check_block(SamplerConfig, value)
+
+    @field_validator("pretrain")
+    @classmethod
+    def _pretrain_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Other PretrainConfig keys (objective, sizes and stages are the site kit's), checked when read."""
+        from synthfm.pretrain.config import PretrainConfig
+
+        return check_block(PretrainConfig, value, objective="diffusion",
+                           stages=[{"name": "site", "steps": 1, "sources": [{"source": "site card"}]}])
 
 
 def options(cfg: GeneratorConfig) -> DiffusionOptions:
@@ -176,4 +197,4 @@ def diffusion_architecture(directory: Path) -> Architecture:
 
 
 KIND = GeneratorKind(diffusion_schema, train_diffusion, DiffusionGenerator, unprotected_counts,
-                     files=diffusion_files, architecture=diffusion_architecture)
+                     files=diffusion_files, architecture=diffusion_architecture, options=DiffusionOptions)

@@ -20,9 +20,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from synthfm.config import StrictModel
+from synthfm.config import StrictModel, check_block
 from synthfm.consortium.conditions import CardSchema, schema_from_spec
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json
@@ -44,6 +44,20 @@ class GeneratorConfig(StrictModel):
     name: str = Field("fundus_phantom", description="phantom: fundus_phantom | cxr_phantom")
     size: int = Field(64, ge=16, le=2048)
     options: dict[str, Any] = Field(default_factory=dict, description="kind-specific training options")
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> GeneratorConfig:
+        """The options validate as the kind's options model when the config is read, not when a site trains."""
+        kind = generator_kind(self.kind)
+        try:
+            check_block(kind.options, self.options)
+        except ValueError as err:
+            raise ValueError(f"options of generator kind '{self.kind}': {err}") from None
+        return self
+
+
+class NoOptions(StrictModel):
+    """A kind that takes no options (the phantom kind): any key given is a typo."""
 
 
 class ConditionalGenerator(Protocol):
@@ -97,6 +111,7 @@ class GeneratorKind:
     files: Callable[[Path], list[str]] = lambda _: [GENERATOR_FILE, WEIGHTS_FILE]
     architecture: Callable[[Path], Architecture] = lambda _: {}
     partial_weights: bool = False
+    options: type[BaseModel] = NoOptions  # the model `generator.options` must validate as
 
 
 def _object(ref: str) -> Any:

@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from synthfm.config import StrictModel, read_yaml, validate_config
+from synthfm.config import StrictModel, check_block, read_yaml, validate_config
 from synthfm.consortium.audit import AuditConfig
 from synthfm.consortium.compose import ComposeConfig, RealSource, compose
 from synthfm.consortium.deidentify import DeidConfig, deidentify_card
@@ -71,6 +71,15 @@ class PretrainStep(StrictModel):
     steps: int = Field(20, ge=1)
     config: dict[str, Any] = Field(default_factory=lambda: dict(TINY_PRETRAIN))
 
+    @field_validator("config")
+    @classmethod
+    def _pretrain_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """PretrainConfig keys (the composed card is the stage's source), checked when the config is read."""
+        from synthfm.pretrain.config import PretrainConfig
+
+        return check_block(PretrainConfig, value, stages=[{"name": "composed", "steps": 1,
+                                                           "sources": [{"source": "composed card"}]}])
+
 
 class EvaluateStep(StrictModel):
     """Per-site adaptation of the pretrained encoder (an AdaptConfig mapping without card/encoder)."""
@@ -79,6 +88,14 @@ class EvaluateStep(StrictModel):
     task: str = "dr_grade"
     compare_random: bool = Field(True, description="also probe a random-init encoder of the same backbone")
     config: dict[str, Any] = Field(default_factory=lambda: dict(TINY_PROBE))
+
+    @field_validator("config")
+    @classmethod
+    def _adapt_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """AdaptConfig keys (card, task and encoder are each site's), checked when the config is read."""
+        from synthfm.adapt.config import AdaptConfig
+
+        return check_block(AdaptConfig, value, card="site card", task="task", encoder="consortium encoder")
 
 
 class ConsortiumConfig(StrictModel):
@@ -101,6 +118,17 @@ class ConsortiumConfig(StrictModel):
         names = [check_site_name(s.name).strip() for s in self.sites]
         if len(set(names)) != len(names):
             raise ValueError(f"site names must be unique, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _site_priors(self) -> ConsortiumConfig:
+        """Every site's priors are overrides the generator's phantom accepts (a typo fails before any site runs)."""
+        factory = generator_spec(self.generator.name).factory
+        for site in self.sites:
+            try:
+                factory(**site.priors)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"sites '{site.name}' priors: {err}") from None
         return self
 
 
