@@ -31,6 +31,7 @@ from synthfm.data.transforms import Transform, to_tensor
 from synthfm.data.vocabulary import band_index, band_labels
 from synthfm.errors import SynthfmError
 from synthfm.pretrain.config import PretrainConfig, SourceConfig
+from synthfm.pretrain.objective import Objective, register_objective
 from synthfm.synth.diffusion.conditions import (
     ConditionSchema,
     card_conditions,
@@ -167,7 +168,7 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
-class DiffusionObjective:
+class DiffusionObjective(Objective):
     """Denoising objective over a Generator; trained modules: the denoiser and its EMA copy."""
 
     export_name = "generator"
@@ -313,6 +314,7 @@ def build_generator(cfg: PretrainConfig) -> tuple[Generator, Any]:
     return Generator("pixel", model, sched, schema, cfg.image_size, cfg.in_chans, modality), None
 
 
+@register_objective("diffusion")
 def build_diffusion(cfg: PretrainConfig) -> DiffusionObjective:
     """The engine's factory for objective 'diffusion'."""
     gen, pipe = build_generator(cfg)

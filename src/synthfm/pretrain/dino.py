@@ -33,6 +33,7 @@ from torchvision.transforms import v2 as T
 
 from synthfm.models.backbones import backbone_geometry, create_backbone
 from synthfm.pretrain.config import DINOConfig, PretrainConfig
+from synthfm.pretrain.objective import Objective, register_objective
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # how sources normalise (RaSD exactly; card presets approximately)
 
@@ -376,7 +377,7 @@ class DINOv2(nn.Module):
                       "masked_fraction": mask.float().mean()}
 
 
-class DINOv2Objective:
+class DINOv2Objective(Objective):
     """The DINOv2 objective for the engine: one module, multi-crop views, a teacher update after each step."""
 
     def __init__(self, model: DINOv2, views: MultiCrop) -> None:
@@ -403,6 +404,7 @@ class DINOv2Objective:
         return self.model(batch)
 
 
+@register_objective("dinov2")
 def build_dino(cfg: PretrainConfig) -> DINOv2Objective:
     """Student backbone (dynamic size, padded to whole patches, for local crops), DINO head, EMA teacher, views."""
     overrides = {"dynamic_img_size": True, "dynamic_img_pad": True, **cfg.backbone_overrides}

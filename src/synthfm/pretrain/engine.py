@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,46 +34,18 @@ from torch.utils.data import DataLoader
 from synthfm import hardware
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json, atomic_write_text
-from synthfm.models.checkpoint import load_state, save_pretrained, save_state
+from synthfm.models.checkpoint import load_state, save_state
+from synthfm.pretrain import dino, rasd_objective  # noqa: F401  (register their objectives)
 from synthfm.pretrain.config import OptimConfig, PretrainConfig, StageConfig, pretrain_config
 from synthfm.pretrain.data import MixtureDataset, MixturePlan, PlanBatchSampler, collate, open_source
-from synthfm.pretrain.dino import build_dino
-from synthfm.pretrain.mae import build_mae, peak_lr
-from synthfm.pretrain.rasd_objective import build_rasd
+from synthfm.pretrain.mae import peak_lr
+from synthfm.pretrain.objective import Objective, build_objective
 from synthfm.progress import progress_bar
 from synthfm.runs import CONFIG_FILE, METRICS_FILE, RunDir
 
 CHECKPOINTS = "checkpoints"
 MACHINE_FILE = "machine.json"  # what `auto` resolved to on the machine that ran (not part of the config hash)
 NO_DECAY = ("pos_embed", "cls_token", "reg_token", "mask_token")
-
-
-class Objective(Protocol):
-    """A self-supervised objective: its trained modules by name, its loss on a batch, the encoder to export."""
-
-    def modules(self) -> dict[str, nn.Module]: ...
-
-    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
-
-    def encoder(self) -> nn.Module: ...
-
-
-def build_diffusion(cfg: PretrainConfig) -> Objective:
-    """The conditional diffusion generator's objective (imported on use: diffusers is heavy)."""
-    from synthfm.pretrain.diffusion import build_diffusion as build
-
-    return build(cfg)
-
-
-OBJECTIVES: dict[str, Callable[[PretrainConfig], Objective]] = {"mae": build_mae, "rasd": build_rasd,
-                                                           "dinov2": build_dino, "diffusion": build_diffusion}
-
-
-def export_objective(objective: Objective, directory: Path, **extra: Any) -> Path:
-    """Save what an objective exports: its own `export` (e.g. a generator), else its encoder via save_pretrained."""
-    if hasattr(objective, "export"):
-        return objective.export(directory, **extra)
-    return save_pretrained(objective.encoder(), directory, **extra)
 
 
 class TrainModule(nn.Module):
@@ -208,7 +180,7 @@ class Engine:
                 warnings.warn(warning, stacklevel=2)
         self.acc = accelerator or Accelerator(mixed_precision=precision)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.objective = OBJECTIVES[cfg.objective](cfg)
+        self.objective = build_objective(cfg)
         module = TrainModule(self.objective).to(self.acc.device)
         self.compiled: bool | None = None  # decided here when explicit, in fit() for 'auto' (it needs the plan)
         if cfg.compile is True:
@@ -265,7 +237,7 @@ class Engine:
 
     def views(self) -> Callable[[torch.Tensor], dict[str, torch.Tensor]] | None:
         """The objective's per-sample view transform (multi-crop), if it has one."""
-        return self.objective.views() if hasattr(self.objective, "views") else None
+        return self.objective.views()
 
     # ---- data -------------------------------------------------------------------------------------------
     def stage_plan(self, index: int) -> StagePlan:
@@ -273,9 +245,10 @@ class Engine:
         stage = self.cfg.stages[index]
         cache = Path(self.cfg.cache_dir) if self.cfg.cache_dir else self.run.path / "sources"
         with self.acc.main_process_first():
-            own = hasattr(self.objective, "open_source")  # an objective's own sources augment per sample
-            sources = [self.objective.open_source(s, cache) if own
-                       else open_source(s, self.image_size, self.cfg.in_chans, None, cache) for s in stage.sources]
+            opened = [self.objective.open_source(s, cache) for s in stage.sources]
+            own = all(d is not None for d in opened)  # an objective's own sources augment per sample
+            sources = [d if d is not None else open_source(s, self.image_size, self.cfg.in_chans, None, cache)
+                       for d, s in zip(opened, stage.sources, strict=True)]
         lengths = [len(s) for s in sources]
         seed = self.cfg.seed * 1000 + index
         steps, warmup = stage_schedule(stage, self.cfg.optim, sum(lengths), self.global_batch)
@@ -430,8 +403,7 @@ class Engine:
             with self.phase("data"):
                 micro = [next(data) for _ in range(accum)]
             logs = self.train_step(micro)
-            if hasattr(self.objective, "after_step"):  # e.g. the DINOv2 teacher EMA
-                self.objective.after_step(step, sp.steps)
+            self.objective.after_step(step, sp.steps)  # e.g. the DINOv2 teacher EMA
             self.pos.step, self.pos.global_step = step + 1, self.pos.global_step + 1
             self._accumulate(logs, self.global_batch)
             if self.pos.step % self.cfg.log_every == 0 or self.pos.step == sp.steps:
@@ -442,12 +414,12 @@ class Engine:
     @property
     def export_name(self) -> str:
         """The exported module's directory name: 'encoder', or the objective's own (e.g. 'generator')."""
-        return getattr(self.objective, "export_name", "encoder")
+        return self.objective.export_name
 
     def export(self, directory: Path, **extra: Any) -> None:
         """Save the encoder with save_pretrained, or what the objective exports (main process)."""
         if self.acc.is_main_process:
-            export_objective(self.objective, directory, global_step=self.pos.global_step, **extra)
+            self.objective.export(directory, global_step=self.pos.global_step, **extra)
 
     def fit(self) -> dict[str, Any]:
         """Run (or resume) every stage; return the run's summary."""
@@ -496,8 +468,8 @@ def export_encoder(run_dir: str | Path, out_dir: str | Path | None = None,
     found = [Path(checkpoint)] if checkpoint is not None else checkpoint_dirs(run_dir)
     if not found:
         raise SynthfmError(f"{run_dir} has no checkpoint yet", "wait for the first checkpoint_every steps")
-    objective = OBJECTIVES[cfg.objective](cfg)
+    objective = build_objective(cfg)
     TrainModule(objective).load_state_dict(load_state(found[-1] / "model.safetensors"))
     state = json.loads((found[-1] / "state.json").read_text())
-    return export_objective(objective, Path(out_dir or run_dir / "export"), global_step=state["global_step"],
+    return objective.export(Path(out_dir or run_dir / "export"), global_step=state["global_step"],
                             source_run=str(run_dir))

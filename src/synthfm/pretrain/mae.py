@@ -19,7 +19,7 @@ from synthfm.models.backbones import backbone_geometry, create_backbone
 from synthfm.models.vit3d import is_volume_encoder
 from synthfm.pretrain.config import MAEConfig, PretrainConfig
 from synthfm.pretrain.data import counter_uniform
-from synthfm.pretrain.objective import SingleModuleObjective
+from synthfm.pretrain.objective import SingleModuleObjective, register_objective
 
 PAPER_BATCH = 1792  # 4 GPUs x 448 (Zhou et al., RETFound / FM-MEH MAE)
 
@@ -196,6 +196,7 @@ def build_encoder(cfg: PretrainConfig) -> nn.Module:
     return encoder
 
 
+@register_objective("mae")
 def build_mae(cfg: PretrainConfig) -> MAEObjective:
     """Build the encoder from the registry and wrap it in a masked autoencoder (the 3D one for a volume encoder)."""
     encoder = build_encoder(cfg)

@@ -32,7 +32,7 @@ from synthfm.models.backbones import backbone_geometry
 from synthfm.models.vit3d import is_volume_encoder
 from synthfm.pretrain.config import PretrainConfig, RaSDObjectiveConfig
 from synthfm.pretrain.mae import build_encoder, sample_noise
-from synthfm.pretrain.objective import SingleModuleObjective
+from synthfm.pretrain.objective import SingleModuleObjective, register_objective
 
 RASD_RECIPES: dict[str, dict[str, Any]] = {
     # CPU demo and tests: ViT-Ti/8 at 64 px on on-the-fly RaSD images with their structure masks.
@@ -154,6 +154,7 @@ class RaSDObjective(SingleModuleObjective):
         return self.model(batch["image"], batch["mask"], batch.get("seed"))
 
 
+@register_objective("rasd")
 def build_rasd(cfg: PretrainConfig) -> RaSDObjective:
     """Build the encoder from the registry and attach the projection head (the 3D objective for a volume encoder)."""
     encoder = build_encoder(cfg)
