@@ -134,3 +134,37 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root, jobs = run_pipeline(write(base / "tiny.yaml", tiny_pipeline()), base / "run", say=lambda s: None)
     assert [j.status for j in jobs] == ["ran"] * len(jobs)
     return root
+
+
+# ---- the tiny conditional generator (diffusion objective, generation, consortium) --------------------------
+TINY_UNET = {"block_out_channels": [16, 32], "attention": [False, False], "layers_per_block": 1, "norm_num_groups": 8}
+
+
+def tiny_config(cards: list[Path], steps: int, **kw: Any) -> dict[str, Any]:
+    """A tiny pixel-space generator at 8 px conditioned on cataract, batch 32, x0 prediction, EMA."""
+    cfg = {"objective": "diffusion", "image_size": 8, "batch_size": 32, "log_every": 20, "checkpoint_every": 1000,
+           "diffusion": {"conditions": ["cataract"], "unet": TINY_UNET, "ema_decay": 0.999,
+                         "prediction_type": "sample"},
+           "optim": {"lr": 2e-3, "warmup_steps": 10, "weight_decay": 0.0},
+           "stages": [{"name": "main", "sources": [{"source": str(c)} for c in cards], "steps": steps}]}
+    return {**cfg, **kw}
+
+
+@pytest.fixture(scope="session")
+def diffusion_config() -> Callable[..., dict[str, Any]]:
+    """The tiny generator config builder: (cards, steps, **top-level overrides) -> config mapping."""
+    return tiny_config
+
+
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Fundus phantom cards at 16 px: training (64 without / 64 with cataract) and held-out (32 + 32)."""
+    from synthfm.synth.writer import PhantomConfig, render_phantom
+
+    root = tmp_path_factory.mktemp("phantoms")
+    cards = {}
+    for name, n, seed in (("train", 64, 0), ("held", 32, 10)):
+        for c in (0, 1):
+            cards[f"{name}{c}"] = render_phantom(root / f"{name}{c}", PhantomConfig(n=n, size=16, seed=seed + c,
+                                                                                   condition={"cataract": c}))
+    return cards

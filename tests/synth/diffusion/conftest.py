@@ -15,19 +15,6 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from synthfm.pretrain.config import pretrain_config
 from synthfm.pretrain.engine import pretrain
-from synthfm.synth.writer import PhantomConfig, render_phantom
-
-TINY_UNET = {"block_out_channels": [16, 32], "attention": [False, False], "layers_per_block": 1, "norm_num_groups": 8}
-
-
-def tiny_config(cards: list[Path], steps: int, **kw: Any) -> dict[str, Any]:
-    """A tiny pixel-space generator at 8 px conditioned on cataract, batch 32, x0 prediction, EMA."""
-    cfg = {"objective": "diffusion", "image_size": 8, "batch_size": 32, "log_every": 20, "checkpoint_every": 1000,
-           "diffusion": {"conditions": ["cataract"], "unet": TINY_UNET, "ema_decay": 0.999,
-                         "prediction_type": "sample"},
-           "optim": {"lr": 2e-3, "warmup_steps": 10, "weight_decay": 0.0},
-           "stages": [{"name": "main", "sources": [{"source": str(c)} for c in cards], "steps": steps}]}
-    return {**cfg, **kw}
 
 
 @contextlib.contextmanager
@@ -55,29 +42,12 @@ def _single_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def diffusion_config() -> Callable[..., dict[str, Any]]:
-    """The tiny generator config builder: (cards, steps, **top-level overrides) -> config mapping."""
-    return tiny_config
-
-
-@pytest.fixture(scope="session")
-def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Fundus phantom cards at 16 px: training (64 without / 64 with cataract) and held-out (32 + 32)."""
-    root = tmp_path_factory.mktemp("phantoms")
-    cards = {}
-    for name, n, seed in (("train", 64, 0), ("held", 32, 10)):
-        for c in (0, 1):
-            cards[f"{name}{c}"] = render_phantom(root / f"{name}{c}", PhantomConfig(n=n, size=16, seed=seed + c,
-                                                                                   condition={"cataract": c}))
-    return cards
-
-
-@pytest.fixture(scope="session")
-def trained(phantoms: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(phantoms: dict[str, Path], diffusion_config: Callable[..., dict[str, Any]],
+            tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cataract-conditional generator trained through the engine for 160 steps (the run directory)."""
     run = tmp_path_factory.mktemp("trained") / "run"
     with one_thread():
-        pretrain(pretrain_config(tiny_config([phantoms["train0"], phantoms["train1"]], 160)), run)
+        pretrain(pretrain_config(diffusion_config([phantoms["train0"], phantoms["train1"]], 160)), run)
     return run
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,15 @@ from synthfm.synth.diffusion.config import SamplerConfig
 from synthfm.synth.diffusion.generator import load_generator
 from synthfm.synth.diffusion.model import sampling_scheduler
 from synthfm.synth.diffusion.sampling import sample
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine: torch on one thread, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_min_snr_weights_by_hand() -> None:
