@@ -193,10 +193,10 @@ class Context:
         """{split: rows, 'all': rows} of a card made earlier in the plan, or read from disk."""
         key = str(ref)
         if key not in self.cards:
+            from synthfm.data.card import card_yaml
             from synthfm.data.manifest import load_card
-            from synthfm.pipeline.kinds import card_file
 
-            data = load_card(card_file(ref), check_files=False)
+            data = load_card(card_yaml(ref), check_files=False)
             counts = {s: len(data.indices(s)) for s in ("train", "val", "test")}
             self.cards[key] = {**counts, "all": len(data)}
             self.channels[key] = data.channels

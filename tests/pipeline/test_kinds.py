@@ -47,7 +47,7 @@ def test_controls_must_be_arms_and_stay_out_of_the_key_when_unset() -> None:
     import pytest
     from pydantic import ValidationError
 
-    from synthfm.pipeline.kinds import ArmsJob
+    from synthfm.evaluate.jobs import ArmsJob
 
     arms = {"random": "a", "pixels": "b"}
     with pytest.raises(ValidationError, match=r"'controls' names \['CNN'\], which are not arms"):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from synthfm.adapt.jobs import CheckpointsJob
 from synthfm.config import validate_config
 from synthfm.errors import SynthfmError
-from synthfm.pipeline.kinds import CheckpointsJob, FairnessJob, QualityJob
+from synthfm.evaluate.jobs import FairnessJob
+from synthfm.quality.jobs import QualityJob
 
 
 @pytest.mark.parametrize(("model", "data", "named"), [

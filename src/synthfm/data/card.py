@@ -224,6 +224,12 @@ def card_file(path: str | Path) -> Path:
     return path
 
 
+def card_yaml(path: str | Path) -> Path:
+    """A card folder or its YAML file, as the YAML path (not checked: a pipeline names cards not made yet)."""
+    p = Path(path)
+    return p / CARD_FILE if p.is_dir() or not p.suffix else p
+
+
 def read_card(path: str | Path) -> tuple[DatasetCard, Path]:
     """Read and validate a card; return it with the folder its relative paths start from."""
     f = card_file(path)
