@@ -29,3 +29,19 @@ def test_a_valid_block_is_kept_as_written() -> None:
     job = validate_config(QualityJob, {"synthetic": "s", "real": "r", "config": {"gate": {"stop_on_fail": False}}},
                           "pipeline.yaml")
     assert job.config == {"gate": {"stop_on_fail": False}}
+
+
+def test_kinds_are_collected_from_their_stages_and_a_clash_is_refused() -> None:
+    """Every section has kinds, each from the stage package that owns it; one kind defined twice is an error."""
+    import pytest
+
+    from synthfm.jobs import Kind
+    from synthfm.pipeline.kinds import KINDS, collect
+    from synthfm.pipeline.spec import STAGES
+
+    assert list(KINDS) == list(STAGES) and all(KINDS[s] for s in STAGES)
+    assert KINDS["synth"]["generator"].run.__module__ == "synthfm.pretrain.jobs"
+    assert KINDS["evaluate"]["arms"].run.__module__ == "synthfm.evaluate.jobs"
+    kind = Kind(lambda raw, where: raw, lambda cfg, out: {})
+    with pytest.raises(ValueError, match=r"\['x'\] of section 'data' are defined twice"):
+        collect({"data": {"x": kind}}, {"data": {"x": kind}})
