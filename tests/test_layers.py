@@ -21,7 +21,7 @@ STAGES = {name for name, rank in RANK.items() if rank == 5}
 # Which stage may import which: a stage reads the results of those before it in the pipeline.
 STAGE_ARROWS = {
     "evaluate": set(),
-    "report": {"evaluate"},
+    "report": {"evaluate", "analyze"},
     "synth": set(),
     "pretrain": {"synth"},
     "adapt": {"evaluate", "pretrain"},

@@ -32,3 +32,4 @@ def model_kind(model: type[BaseModel]) -> Callable[[Any, str], BaseModel]:
 
 
 JobKinds = dict[str, dict[str, Kind]]  # pipeline section -> kind name -> kind
+PLAN_FILE = "pipeline.json"  # a pipeline root's plan: every job, its key, folder and status (the report reads it)

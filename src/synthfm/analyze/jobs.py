@@ -11,6 +11,8 @@ from pydantic import BaseModel
 from synthfm.config import validate_config
 from synthfm.jobs import JobKinds, Kind
 
+STUDY_FILE = "vessel_study.json"  # the vessel study's verdict and table, read by the report
+
 
 def _analysis_kind(module: str, model: str, func: str, inputs: Callable[[Any], list[str]], help: str) -> Kind:
     """A kind whose config model and run function live in synthfm.analyze.<module> (imported on use)."""

@@ -28,6 +28,7 @@ from PIL import Image
 from pydantic import Field
 from scipy import stats
 
+from synthfm.analyze.jobs import STUDY_FILE
 from synthfm.analyze.morphology import _resize, read_mask
 from synthfm.analyze.unet import (
     Example,
@@ -305,7 +306,7 @@ def run_vessel_study(cfg: VesselStudyConfig, out: str | Path) -> Path:
     summary, tests = summarise_study(per_image)
     for name, df in ((PER_IMAGE, per_image), (SUMMARY, summary), (TESTS, tests)):
         write_table_pair(df, run.path / name)
-    atomic_write_json(run.path / "vessel_study.json", {
+    atomic_write_json(run.path / STUDY_FILE, {
         "card": data.card.name, "test_images": test.ids, "train_images": len(train_rows), "seeds": cfg.seeds,
         "summary": summary.to_dict("records"), "tests": tests.to_dict("records"),
         "verdict": verdict_lines(data.card.name, len(rows_test), summary, tests)})

@@ -9,6 +9,14 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from synthfm.config import StrictModel, check_block, validate_config
+from synthfm.evaluate.results import (
+    ARMS_FILE,
+    COMPARISON_FILE,
+    GAP_SUMMARY,
+    LABEL_CURVE,
+    LABELS_NEEDED,
+    SUBGROUP_SUMMARY,
+)
 from synthfm.io import atomic_write_json, write_table_pair
 from synthfm.jobs import JobKinds, Kind, model_kind
 
@@ -32,7 +40,7 @@ def _compare_run(cfg: CompareJob, out: Path) -> dict[str, Any]:
     with atomic_path(out / "comparison.csv", ".csv") as tmp:
         table.to_csv(tmp, index=False)
     records = json.loads(table.to_json(orient="records"))
-    atomic_write_json(out / "comparison.json", {"a": cfg.a, "b": cfg.b, "label_a": cfg.label_a,
+    atomic_write_json(out / COMPARISON_FILE, {"a": cfg.a, "b": cfg.b, "label_a": cfg.label_a,
                                                 "label_b": cfg.label_b, "metric": cfg.metric,
                                                 "split": cfg.split, "rows": records})
     return {"rows": len(records)}
@@ -59,9 +67,9 @@ def _fairness_run(cfg: FairnessJob, out: Path) -> dict[str, Any]:
 
     tables = evaluate_experiment(cfg.experiment, validate_config(FairnessConfig, cfg.fairness, "fairness"),
                                  cfg.metric)
-    for name in ("subgroup_summary", "gap_summary"):
+    for name in (SUBGROUP_SUMMARY, GAP_SUMMARY):
         write_table_pair(tables[name], out / name)
-    return {"subgroups": int(tables["subgroup_summary"].shape[0])}
+    return {"subgroups": int(tables[SUBGROUP_SUMMARY].shape[0])}
 
 class EfficiencyJob(StrictModel):
     """Label-efficiency curves of several experiments and the label fraction each needs to match a reference."""
@@ -80,8 +88,8 @@ def _efficiency_run(cfg: EfficiencyJob, out: Path) -> dict[str, Any]:
 
     results = pd.concat([load_results(path).assign(experiment=name) for name, path in cfg.models.items()])
     needed = labels_needed(results, cfg.reference, cfg.metric, cfg.split)
-    write_table_pair(label_curve(results, cfg.metric, cfg.split), out / "label_curve")
-    write_table_pair(needed, out / "labels_needed")
+    write_table_pair(label_curve(results, cfg.metric, cfg.split), out / LABEL_CURVE)
+    write_table_pair(needed, out / LABELS_NEEDED)
     return {row["experiment"]: row["note"] for row in needed.to_dict("records")}
 
 class ArmsJob(StrictModel):
@@ -113,7 +121,7 @@ def _arms_run(cfg: ArmsJob, out: Path) -> dict[str, Any]:
     for name, df in tables.items():
         write_table_pair(df, out / f"arms_{name}")
     doc = {**cfg.model_dump(), **{name: json.loads(df.to_json(orient="records")) for name, df in tables.items()}}
-    atomic_write_json(out / "arms.json", doc)
+    atomic_write_json(out / ARMS_FILE, doc)
     return {"tests": len(doc["tests"]), "significant": sum(bool(r["significant"]) for r in doc["tests"])}
 
 

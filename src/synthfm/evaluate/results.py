@@ -42,8 +42,12 @@ from synthfm.io import write_table_pair
 RESULTS = "results"
 SUMMARY = "summary"
 FAIRNESS_DIR = "fairness"
-FAIRNESS_TABLES = ("subgroups", "subgroup_summary", "gaps", "gap_summary")
+SUBGROUP_SUMMARY, GAP_SUMMARY = "subgroup_summary", "gap_summary"
+FAIRNESS_TABLES = ("subgroups", SUBGROUP_SUMMARY, "gaps", GAP_SUMMARY)
 LABEL_CURVE = "label_curve"
+LABELS_NEEDED = "labels_needed"
+COMPARISON_FILE = "comparison.json"
+ARMS_FILE = "arms.json"
 TRAINING_CURVE = "training_curve"
 INTERNAL = "internal"
 SUMMARY_COLUMNS = ("n", "mean", "sd", "ci_low", "ci_high", "boot_low", "boot_high")

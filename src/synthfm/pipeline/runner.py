@@ -26,6 +26,7 @@ from synthfm import __version__
 from synthfm.data.digest import path_digest
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json
+from synthfm.jobs import PLAN_FILE
 from synthfm.locks import folder_lock
 from synthfm.pipeline.kinds import KINDS, Kind
 from synthfm.pipeline.spec import STAGES, JobSpec, PipelineSpec, load_spec, refs_in, substitute
@@ -33,7 +34,6 @@ from synthfm.runs import config_hash, git_commit
 
 JOB_FILE = "job.json"
 LOG_FILE = "job.log"
-PLAN_FILE = "pipeline.json"
 log = logging.getLogger("synthfm")
 
 

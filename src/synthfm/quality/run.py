@@ -32,6 +32,7 @@ import pandas as pd
 from synthfm.data.manifest import ID, CardData, load_card
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json, write_table
+from synthfm.models.modelcard import GATE_FILE
 from synthfm.quality.config import DOMAIN, QualityConfig, SpaceConfig
 from synthfm.quality.domain import domain_encoder
 from synthfm.quality.features import build_space, extract, space_name
@@ -43,7 +44,7 @@ from synthfm.quality.metadata import distribution_table, metadata_metrics, predi
 from synthfm.runs import RunDir
 
 STAGE = "quality"
-SUMMARY = "quality.json"
+SUMMARY = GATE_FILE  # the gate verdict a model card cites
 
 
 def real_partition(real: CardData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

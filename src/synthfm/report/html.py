@@ -24,8 +24,20 @@ import pandas as pd
 import yaml
 
 from synthfm import __version__
+from synthfm.analyze.jobs import STUDY_FILE
 from synthfm.errors import SynthfmError
+from synthfm.evaluate.results import (
+    ARMS_FILE,
+    COMPARISON_FILE,
+    GAP_SUMMARY,
+    LABEL_CURVE,
+    LABELS_NEEDED,
+    SUBGROUP_SUMMARY,
+    TRAINING_CURVE,
+)
 from synthfm.io import atomic_write_text
+from synthfm.jobs import PLAN_FILE
+from synthfm.models.modelcard import GATE_FILE
 from synthfm.report import figures
 from synthfm.report.verdict import arms_verdict, chance_lines, fall_lines, gate_lines, verdict
 
@@ -174,7 +186,7 @@ def downstream_section(run: Run) -> Section:
     blocks = [table(keep[[c for c in cols if c in keep]], "mean over seeds with the 95% CI (1.96·sd/√n) and "
                                                           "a bootstrap CI")]
     for j in run.stage("evaluate", "compare"):
-        comp = json.loads((Path(j["dir"]) / "comparison.json").read_text())
+        comp = json.loads((Path(j["dir"]) / COMPARISON_FILE).read_text())
         df = pd.DataFrame(comp["rows"])
         blocks.append(table(df, f"{j['name']}: {comp['label_a'] or comp['a']} vs {comp['label_b'] or comp['b']} "
                                 f"({comp['split']} {comp['metric']}; {TESTS_CAPTION}, Holm across rows; "
@@ -186,7 +198,7 @@ def arms_blocks(run: Run) -> list[str]:
     """Each many-arm comparison: per-arm curves with CI bands, the mean ± CI table, the tests, labels to match."""
     blocks = []
     for j in run.stage("evaluate", "arms"):
-        doc = json.loads((Path(j["dir"]) / "arms.json").read_text())
+        doc = json.loads((Path(j["dir"]) / ARMS_FILE).read_text())
         title = doc.get("title") or j["name"]
         summ, tests = pd.DataFrame(doc["summary"]), pd.DataFrame(doc["tests"])
         blocks.append(f"<h3>{esc(title)}</h3>")
@@ -213,8 +225,8 @@ def efficiency_section(run: Run) -> Section:
     """Label-efficiency curves with CI bands, and the labels each model needs to match the reference."""
     blocks = []
     for j in run.stage("evaluate", "efficiency"):
-        curve = pd.read_csv(Path(j["dir"]) / "label_curve.csv").rename(columns={"experiment": "model"})
-        needed = pd.read_csv(Path(j["dir"]) / "labels_needed.csv")
+        curve = pd.read_csv(Path(j["dir"]) / f"{LABEL_CURVE}.csv").rename(columns={"experiment": "model"})
+        needed = pd.read_csv(Path(j["dir"]) / f"{LABELS_NEEDED}.csv")
         blocks.append(image(figures.efficiency_curves(curve, f"evaluate.{j['name']}", f"test {curve['metric'].iat[0]}"),
                             f"label efficiency: {j['name']}"))
         blocks.append(table(needed[["experiment", "reference", "target", "fraction_needed", "note"]],
@@ -232,8 +244,8 @@ def fairness_section(run: Run) -> Section:
     """Subgroup AUROC with CIs per attribute and the gap figures, from saved predictions."""
     blocks = []
     for j in run.stage("evaluate", "fairness"):
-        summ = _internal(pd.read_csv(Path(j["dir"]) / "subgroup_summary.csv"))
-        gaps = pd.read_csv(Path(j["dir"]) / "gap_summary.csv")
+        summ = _internal(pd.read_csv(Path(j["dir"]) / f"{SUBGROUP_SUMMARY}.csv"))
+        gaps = pd.read_csv(Path(j["dir"]) / f"{GAP_SUMMARY}.csv")
         if summ.empty:
             blocks.append(para(f"evaluate.{j['name']}: the predictions carry no subgroup metadata."))
             continue
@@ -252,7 +264,7 @@ def training_section(run: Run) -> Section:
     """Downstream score against the pretraining checkpoint it started from."""
     blocks = []
     for j in run.stage("evaluate", "checkpoints"):
-        curve = _internal(pd.read_csv(Path(j["dir"]) / "training_curve.csv"))
+        curve = _internal(pd.read_csv(Path(j["dir"]) / f"{TRAINING_CURVE}.csv"))
         test = curve[(curve["metric"] == "auroc") & (curve["split"] == "test")]
         test = test[test["fraction"] == test["fraction"].max()]
         blocks.append(image(figures.step_curve(test, f"evaluate.{j['name']}", "test AUROC"),
@@ -305,19 +317,19 @@ def verdict_lines(run: Run) -> list[str]:
     """Verdict sentences from every comparison job."""
     comps = []
     for j in run.stage("evaluate", "compare"):
-        comp = json.loads((Path(j["dir"]) / "comparison.json").read_text())
+        comp = json.loads((Path(j["dir"]) / COMPARISON_FILE).read_text())
         comp["label_a"] = comp["label_a"] or j["config"]["a"]
         comp["label_b"] = comp["label_b"] or j["config"]["b"]
         comps.append(comp)
     lines = [line for j in run.stage("evaluate", "arms")
-             for line in arms_verdict(json.loads((Path(j["dir"]) / "arms.json").read_text()))]
+             for line in arms_verdict(json.loads((Path(j["dir"]) / ARMS_FILE).read_text()))]
     lines += [line for j in run.stage("analyze", "vessel_study")  # the study writes its own sentences
-              for line in json.loads((Path(j["dir"]) / "vessel_study.json").read_text())["verdict"]]
+              for line in json.loads((Path(j["dir"]) / STUDY_FILE).read_text())["verdict"]]
     lines = lines + verdict(comps) if comps or not lines else lines
     lines += limit_lines(run)
-    gates = [j for j in run.jobs if j["stage"] == "quality" and (Path(j["dir"]) / "quality.json").is_file()]
+    gates = [j for j in run.jobs if j["stage"] == "quality" and (Path(j["dir"]) / GATE_FILE).is_file()]
     return lines + [line for j in gates  # a gate that stopped the run still says why
-                    for line in gate_lines(f"quality.{j['name']}", json.loads((Path(j["dir"]) / "quality.json")
+                    for line in gate_lines(f"quality.{j['name']}", json.loads((Path(j["dir"]) / GATE_FILE)
                                                                                 .read_text()))]
 
 
@@ -331,7 +343,7 @@ SECTIONS: list[Callable[[Run], Section]] = [
 def load_run(root: str | Path, grid: int = 8) -> Run:
     """Read a pipeline run's plan."""
     root = Path(root)
-    plan_file = root / "pipeline.json"
+    plan_file = root / PLAN_FILE
     if not plan_file.is_file():
         raise SynthfmError(f"{root} is not a pipeline run (no pipeline.json)",
                            "point at the folder `synthfm run` wrote (its root, e.g. runs/demo)")
