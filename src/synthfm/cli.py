@@ -14,6 +14,7 @@ from rich.table import Table
 
 from synthfm import __version__
 from synthfm.errors import SynthfmError
+from synthfm.synth.registry import GENERATORS
 
 console = Console()
 err_console = Console(stderr=True)
@@ -281,7 +282,7 @@ OPTION_PARAMS = {"format": "fmt"}  # config key -> the command's parameter name,
 def phantom_cmd(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the new card")],
-    generator: Annotated[str, typer.Option(help="fundus_phantom | cxr_phantom")] = "fundus_phantom",
+    generator: Annotated[str, typer.Option(help=" | ".join(GENERATORS))] = "fundus_phantom",
     n: Annotated[int, typer.Option(help="Number of images")] = 200,
     size: Annotated[int, typer.Option(help="Image side in pixels")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,

@@ -10,7 +10,6 @@ installed). A new kind is a new entry, never an `if` in the callers.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,28 +19,26 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from synthfm.config import StrictModel, check_block
 from synthfm.consortium.conditions import CardSchema, schema_from_spec
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json
 from synthfm.models.checkpoint import load_state, save_state
-from synthfm.synth.registry import generator_spec
+from synthfm.synth.registry import check_generator_name, generator_spec
 
 GENERATOR_FILE = "generator.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "synthfm.consortium.generator/1"
 DIFFUSION_FORMAT = "synthfm.generator/1"  # what synthfm.synth.diffusion exports
-PHANTOM_METADATA = {"fundus_phantom": "synthfm.synth.fundus:FUNDUS_METADATA",
-                    "cxr_phantom": "synthfm.synth.cxr:CXR_METADATA"}
 
 
 class GeneratorConfig(StrictModel):
     """Which generator a site trains, at what image size, with kind-specific options."""
 
     kind: Literal["phantom", "diffusion"] = "phantom"
-    name: str = Field("fundus_phantom", description="phantom: fundus_phantom | cxr_phantom")
+    name: str = Field("fundus_phantom", description="phantom: a registered procedural generator (synth/registry.py)")
     size: int = Field(64, ge=16, le=2048)
     options: dict[str, Any] = Field(default_factory=dict, description="kind-specific training options")
 
@@ -91,7 +88,13 @@ class PhantomFile(StrictModel):
 
     format: Literal["synthfm.consortium.generator/1"]
     kind: Literal["phantom"]
-    name: Literal["fundus_phantom", "cxr_phantom"]
+    name: str = Field(max_length=64)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        """A registered procedural generator."""
+        return check_generator_name(value)
     size: int = Field(ge=16, le=2048)
     weights: Literal["model.safetensors"] = "model.safetensors"
     fitted_from: str = Field("released summary (no image, no row)", max_length=256)
@@ -114,21 +117,13 @@ class GeneratorKind:
     options: type[BaseModel] = NoOptions  # the model `generator.options` must validate as
 
 
-def _object(ref: str) -> Any:
-    """Import 'module:attribute'."""
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 # ----------------------------------------------------------------------------- phantom kind
 
 
 def phantom_schema(cfg: GeneratorConfig, card: Path | None = None) -> CardSchema:
     """The phantom's tasks and metadata as a condition vocabulary (public: it does not depend on the card)."""
-    if cfg.name not in PHANTOM_METADATA:
-        raise SynthfmError(f"unknown phantom generator {cfg.name!r}", f"use one of {sorted(PHANTOM_METADATA)}")
     spec = generator_spec(cfg.name)
-    return schema_from_spec(spec.tasks, spec.task_types, _object(PHANTOM_METADATA[cfg.name]), spec.modality)
+    return schema_from_spec(spec.tasks, spec.task_types, spec.metadata_values, spec.modality)
 
 
 def _proportions(counts: dict[str, int], values: list[str]) -> np.ndarray | None:
@@ -156,24 +151,6 @@ def fit_priors(summary: dict[str, Any], schema: CardSchema) -> dict[str, torch.T
     return out
 
 
-def _fundus_overrides(priors: dict[str, np.ndarray]) -> dict[str, Any]:
-    """FundusPhantom prior overrides from fitted priors (prevalences fitted marginally, so no age doubling)."""
-    out: dict[str, Any] = {"age_dependent_prevalence": False}
-    for name, p in priors.items():
-        if name == "age":
-            out["age_mean"], out["age_sd"] = float(np.clip(p[0], 20, 90)), float(max(p[1], 1.0))
-        elif name in ("amd", "glaucoma", "cataract"):
-            out[name] = float(p[1])
-        else:
-            out[name] = [float(x) for x in p / p.sum()]
-    return out
-
-
-PRIOR_OVERRIDES: dict[str, Callable[[dict[str, np.ndarray]], dict[str, Any]]] = {
-    "fundus_phantom": _fundus_overrides,
-}
-
-
 class PhantomGenerator:
     """A procedural phantom with fitted priors: conditions fix labels/metadata, priors fill the rest."""
 
@@ -181,8 +158,9 @@ class PhantomGenerator:
 
     def __init__(self, name: str, size: int, priors: dict[str, np.ndarray]) -> None:
         self.name, self.size, self.priors = name, size, priors
-        overrides = PRIOR_OVERRIDES.get(name, lambda _: {})(priors)
-        self.phantom = generator_spec(name).factory(**overrides) if overrides else generator_spec(name).factory()
+        spec = generator_spec(name)
+        overrides = spec.fit_overrides(priors) if spec.fit_overrides else {}
+        self.phantom = spec.factory(**overrides)
 
     def sample(self, conditions: list[dict[str, Any]], seeds: list[int], size: int | None = None) -> list[np.ndarray]:
         """Render one image per (condition, seed)."""

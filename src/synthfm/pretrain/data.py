@@ -42,6 +42,7 @@ from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_text
 from synthfm.pretrain.config import SourceConfig
 from synthfm.synth.rasd import RaSDConfig, RaSDStream
+from synthfm.synth.registry import phantom_for_channels
 from synthfm.synth.writer import PhantomConfig, render_phantom
 
 Key = tuple[int, int, int]  # (source, index within source, round = how often this source was exhausted before)
@@ -188,7 +189,7 @@ def open_source(src: SourceConfig, size: int, channels: int, scale: tuple[float,
         return RaSDSource(size, channels, src.n, src.seed, scale)
     card: str | Path = src.source
     if src.source == "phantom":
-        generator = "fundus_phantom" if channels == 3 else "cxr_phantom"
+        generator = phantom_for_channels(channels)
         card = render_phantom(cache / f"{generator}_n{src.n}_s{size}_seed{src.seed}",
                               PhantomConfig(generator=generator, n=src.n, size=max(size, 16), seed=src.seed))
     if scale is None:

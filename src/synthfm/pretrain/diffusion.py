@@ -43,22 +43,8 @@ from synthfm.synth.diffusion.generator import Generator
 from synthfm.synth.diffusion.model import EMA, ConditionalUNet, train_scheduler, training_schedule, unet_kwargs
 from synthfm.synth.diffusion.noise import DROPOUT, NOISE, TIMESTEP, normals, uniforms
 from synthfm.synth.diffusion.stable_diffusion import TextConditioner, load_pipeline
-from synthfm.synth.registry import generator_spec
+from synthfm.synth.registry import generator_spec, phantom_for_channels
 from synthfm.synth.writer import PhantomConfig, render_phantom
-
-
-def phantom_name(channels: int) -> str:
-    """The phantom behind a 'phantom' source: fundus for RGB, chest X-ray for one channel (as in pretraining)."""
-    return "fundus_phantom" if channels == 3 else "cxr_phantom"
-
-
-def phantom_values(name: str) -> dict[str, Any]:
-    """The metadata values a procedural phantom draws."""
-    if name == "fundus_phantom":
-        from synthfm.synth.fundus import FUNDUS_METADATA as values
-    else:
-        from synthfm.synth.cxr import CXR_METADATA as values
-    return dict(values)
 
 
 def source_card(src: SourceConfig, size: int, channels: int, cache: Path) -> Path:
@@ -68,7 +54,7 @@ def source_card(src: SourceConfig, size: int, channels: int, cache: Path) -> Pat
                            "train the diffusion objective on cards or 'phantom' sources")
     if src.source != "phantom":
         return Path(src.source)
-    name = phantom_name(channels)
+    name = phantom_for_channels(channels)
     return render_phantom(cache / f"{name}_n{src.n}_s{size}_seed{src.seed}",
                           PhantomConfig(generator=name, n=src.n, size=max(size, 16), seed=src.seed))
 
@@ -77,8 +63,8 @@ def source_schema(src: SourceConfig, cfg: PretrainConfig) -> tuple[ConditionSche
     """The condition fields and modality of one source, without rendering anything."""
     d = cfg.diffusion
     if src.source == "phantom":
-        spec = generator_spec(phantom_name(cfg.in_chans))
-        return schema_from_spec(spec, phantom_values(phantom_name(cfg.in_chans)), d.age_edges), spec.modality
+        spec = generator_spec(phantom_for_channels(cfg.in_chans))
+        return schema_from_spec(spec, spec.metadata_values, d.age_edges), spec.modality
     source_card(src, 0, cfg.in_chans, Path())  # rasd is an error
     data = load_card(src.source, check_files=False)
     return schema_from_card(data, d.age_edges, d.max_categories), data.card.modality

@@ -869,6 +869,21 @@ def _tree_stats(batches: list[VesselBatch], frame: Frame) -> dict[str, Any]:
             "vessel_length_px": length * frame.radius_px, "tortuosity_index": float(all_ratios.mean())}
 
 
+def fitted_overrides(priors: dict[str, Any]) -> dict[str, Any]:
+    """FundusPhantom overrides from priors fitted to released counts (class / category proportions, age as
+    [mean, sd]); prevalences are fitted marginally, so the age doubling is off."""
+    out: dict[str, Any] = {"age_dependent_prevalence": False}
+    for name, p in priors.items():
+        p = np.asarray(p, dtype=float)
+        if name == "age":
+            out["age_mean"], out["age_sd"] = float(np.clip(p[0], 20, 90)), float(max(p[1], 1.0))
+        elif name in ("amd", "glaucoma", "cataract"):
+            out[name] = float(p[1])
+        else:
+            out[name] = [float(x) for x in p / p.sum()]
+    return out
+
+
 class FundusPhantom:
     """Procedural colour fundus photographs with exact masks (see the module docstring).
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from synthfm import __version__
 from synthfm.config import StrictModel
@@ -34,7 +34,7 @@ from synthfm.io import atomic_path, atomic_write_bytes
 from synthfm.progress import progress_bar
 from synthfm.runs import RunDir
 from synthfm.synth.base import PhantomSample
-from synthfm.synth.registry import GeneratorSpec, check_condition, generator_spec, task_type
+from synthfm.synth.registry import GeneratorSpec, check_condition, check_generator_name, generator_spec, task_type
 from synthfm.synth.targets import TargetConfig, joint_table, target_conditions
 
 PROGRESS_FILE = "progress.jsonl"
@@ -44,7 +44,7 @@ SPLIT_NAMES = ("train", "val", "test")
 class PhantomConfig(StrictModel):
     """What to render: generator, count, size, format, fixed condition or a target card to match."""
 
-    generator: Literal["fundus_phantom", "cxr_phantom"] = "fundus_phantom"
+    generator: str = Field("fundus_phantom", description="a registered procedural generator (synth/registry.py)")
     n: int = Field(200, ge=1)
     size: int = Field(256, ge=16, le=2048)
     seed: int = 0
@@ -57,6 +57,12 @@ class PhantomConfig(StrictModel):
                                    description="generator prior overrides, e.g. dr_grade: [0.2, 0.2, 0.2, 0.2, 0.2]")
     target: TargetConfig | None = None
     omit_when_default: ClassVar[tuple[str, ...]] = ("priors",)
+
+    @field_validator("generator")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        """A registered procedural generator."""
+        return check_generator_name(value)
 
 
 def image_seed(seed: int, i: int) -> int:
