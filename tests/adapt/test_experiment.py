@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from synthfm.adapt.experiment import run_experiment
 from synthfm.evaluate.predictions import run_path
@@ -58,3 +59,21 @@ def test_experiment_tables(tiny_cfg, tmp_path: Path) -> None:
     assert list(preds.columns) == ["index", "y", "score", "image_id", "patient_id", "age", "sex", "ethnicity",
                                    "device"] and len(preds) == 16
     assert pd.read_parquet(tmp_path / "results.parquet").equals(results)
+
+
+def test_the_card_is_read_once_per_experiment(tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four runs (2 fractions x 2 seeds) share the card the experiment loaded; none reads and checks it again."""
+    from synthfm.adapt import experiment, trainer
+
+    reads = []
+    real = experiment.load_card
+
+    def counting(path, *args, **kwargs):
+        reads.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "load_card", counting)
+    monkeypatch.setattr(trainer, "load_card", counting)
+    cfg = tiny_cfg(policy="linear_probe", epochs=1, seeds=[0, 1], label_fractions=[0.5, 1.0])
+    results = run_experiment(cfg, tmp_path / "exp")
+    assert len(reads) == 1 and results["seed"].nunique() == 2 and results["fraction"].nunique() == 2

@@ -18,7 +18,7 @@ from synthfm.adapt.external import resolve_externals
 from synthfm.adapt.probes import collect_probes, missing_probes
 from synthfm.adapt.trainer import adapt_one
 from synthfm.data.card import read_card
-from synthfm.data.manifest import load_card
+from synthfm.data.manifest import CardData, load_card
 from synthfm.evaluate.predictions import EXPERIMENT_STAGE, EXTERNAL_DIR, STAGE, run_keys, run_path
 from synthfm.evaluate.probes import write_probe_tables
 from synthfm.evaluate.results import INTERNAL, RESULTS, load_results, tidy_rows, write_tables
@@ -26,9 +26,9 @@ from synthfm.io import write_table_pair
 from synthfm.runs import RunDir
 
 
-def cv_folds(cfg: AdaptConfig) -> pd.DataFrame:
+def cv_folds(cfg: AdaptConfig, data: CardData | None = None) -> pd.DataFrame:
     """The fold assignment of a cv config (repeat, fold, role, row, patient, stratum)."""
-    data = load_card(cfg.card)
+    data = data if data is not None else load_card(cfg.card)
     return fold_table(data, data.card.task(cfg.task), cfg.cv)
 
 
@@ -38,12 +38,15 @@ def run_experiment(cfg: AdaptConfig, out_dir: str | Path) -> pd.DataFrame:
     top = RunDir(out_dir, EXPERIMENT_STAGE, cfg)
     if top.open() == "done" and not missing_probes(cfg, out_dir):
         return load_results(out_dir)
+    data: CardData | None = None  # read and checked once, for every run that is not finished yet
     if cfg.cv is not None:  # fails early on too few patients; the record of which rows were where
-        write_table_pair(cv_folds(cfg), Path(out_dir) / FOLDS_FILE)
+        data = load_card(cfg.card)
+        write_table_pair(cv_folds(cfg, data), Path(out_dir) / FOLDS_FILE)
     for key in run_keys(cfg):
         single = cfg.single(*key)
         if not RunDir(run_path(out_dir, *key), STAGE, single).is_complete:
-            adapt_one(single, run_path(out_dir, *key))
+            data = data if data is not None else load_card(cfg.card)
+            adapt_one(single, run_path(out_dir, *key), data)
     results = collect_results(cfg, out_dir)
     write_tables(results, out_dir)
     write_probe_tables(collect_probes(cfg, out_dir), out_dir, cfg.val_split)

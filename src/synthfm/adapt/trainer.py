@@ -244,12 +244,13 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class Trainer:
     """Adapts one encoder to one card task for one (label fraction, seed), in its own run directory."""
 
-    def __init__(self, cfg: AdaptConfig, out_dir: str | Path) -> None:
+    def __init__(self, cfg: AdaptConfig, out_dir: str | Path, data: CardData | None = None) -> None:
+        """`data`: the card already loaded by the experiment (else it is read and checked here)."""
         if len(cfg.seeds) != 1 or len(cfg.label_fractions) != 1:
             raise SynthfmError("a Trainer runs one seed and one label fraction", "use cfg.single(fraction, seed)")
         self.cfg, self.seed, self.fraction = cfg, cfg.seeds[0], cfg.label_fractions[0]
         self.run = RunDir(out_dir, STAGE, cfg)
-        self.data = load_card(cfg.card)
+        self.data = data if data is not None else load_card(cfg.card)
         self.task = self.data.card.task(cfg.task)
         self.externals = resolve_externals(cfg, self.data)
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision)
@@ -519,6 +520,7 @@ def patience_spent(patience: int | None, epoch: int, best: dict[str, Any]) -> bo
     return patience is not None and best["best_epoch"] is not None and epoch - 1 - best["best_epoch"] >= patience
 
 
-def adapt_one(cfg: AdaptConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Run (or resume, or skip if finished) one (label fraction, seed) adaptation in `out_dir`."""
-    return Trainer(cfg, out_dir).fit()
+def adapt_one(cfg: AdaptConfig, out_dir: str | Path, data: CardData | None = None) -> dict[str, Any]:
+    """Run (or resume, or skip if finished) one (label fraction, seed) adaptation in `out_dir` (`data`: the loaded
+    card, passed down by an experiment so that it is read and checked once, not once per run)."""
+    return Trainer(cfg, out_dir, data).fit()
