@@ -21,6 +21,7 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -164,3 +165,13 @@ def precision_warning(requested: str, device: torch.device) -> str | None:
     return (f"mixed_precision: bf16 on a {device.type} without native bf16 ({platform.processor() or 'this CPU'} "
             f"reports none of avx512_bf16/amx_bf16): a bf16 matmul measured {slow:.1f}x the time of fp32 here; "
             "set mixed_precision: auto (fp32 on this machine) unless the recipe must run in bf16")
+
+
+def checked_precision(requested: str, main_process: bool = True) -> str:
+    """Accelerate's mixed_precision for a config value, with `precision_warning` raised once (main process)."""
+    precision = resolve_precision(requested)
+    if main_process:
+        warning = precision_warning(precision, default_device())
+        if warning is not None:
+            warnings.warn(warning, stacklevel=3)
+    return precision

@@ -39,3 +39,19 @@ def test_pixels_config_needs_image_size_and_probe() -> None:
     with pytest.raises(ValidationError, match="nothing to train"):
         AdaptConfig(**{**BASE, "encoder": "pixels"}, image_size=32)
     assert AdaptConfig(**{**BASE, "encoder": "pixels"}, image_size=32, policy="linear_probe").image_size == 32
+
+
+@pytest.mark.parametrize(("native", "expected"), [(False, "no"), (True, "bf16")])
+def test_auto_precision_of_adaptation_follows_native_bf16(monkeypatch: pytest.MonkeyPatch, native: bool,
+                                                          expected: str) -> None:
+    """`auto` (the default) is bf16 only with native bf16, recorded resolved; on an fp32 machine the config hash is
+    the one adaptation configs had before `auto` existed (explicit 'no')."""
+    from synthfm import hardware
+    from synthfm.runs import config_hash
+
+    monkeypatch.setattr(hardware, "native_bf16", lambda device_type=None: native)
+    base = {"card": "c", "task": "t", "encoder": "random:vit_tiny_p8_64"}
+    cfg = AdaptConfig(**base)
+    assert cfg.mixed_precision == expected and cfg.model_dump()["mixed_precision"] == expected
+    assert AdaptConfig(**base, mixed_precision="bf16").mixed_precision == "bf16"
+    assert (config_hash(cfg) == config_hash(AdaptConfig(**base, mixed_precision="no"))) is (not native)

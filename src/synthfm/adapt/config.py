@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from synthfm.config import StrictModel
+from synthfm.hardware import resolve_precision
 from synthfm.models.baselines import PIXELS, pixels_problem
 
 
@@ -106,7 +107,10 @@ class AdaptConfig(StrictModel):
     val_split: str = "val"
     test_splits: list[str] = Field(default_factory=lambda: ["test"])
     num_workers: int = Field(0, ge=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", validate_default=True,
+        description="'auto': bf16 where the device computes it natively, else fp32 ('no'); resolved when the "
+                    "config is read, so the run records the choice (synthfm.hardware)")
     external: list[ExternalEval] = Field(default_factory=list, description="cards to test on besides this one")
     export_encoder: bool = Field(False, description="finetune: also save the best epoch's encoder as a "
                                                     "save_pretrained dir `encoder/` in each run directory")
@@ -125,6 +129,12 @@ class AdaptConfig(StrictModel):
                                                    "of the card's fixed splits (see synthfm.adapt.cv)")
     omit_when_default: ClassVar[tuple[str, ...]] = ("external", "export_encoder", "pool", "probes", "class_balance",
                                                     "blr", "patience", "cv")
+
+    @field_validator("mixed_precision")
+    @classmethod
+    def _resolve_precision(cls, value: str) -> str:
+        """'auto' becomes this machine's choice (an fp32 machine records 'no', as configs did before 'auto')."""
+        return resolve_precision(value)
 
     @model_validator(mode="after")
     def _pixels_need_size_and_probe(self) -> AdaptConfig:

@@ -31,6 +31,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from synthfm import hardware
 from synthfm.adapt.balance import balanced_sampler, class_weights, integer_labels, weighted_loss
 from synthfm.adapt.config import AdaptConfig
 from synthfm.adapt.cv import fold_datasets
@@ -253,7 +254,7 @@ class Trainer:
         self.data = data if data is not None else load_card(cfg.card)
         self.task = self.data.card.task(cfg.task)
         self.externals = resolve_externals(cfg, self.data)
-        self.acc = Accelerator(mixed_precision=cfg.mixed_precision)
+        self.acc = Accelerator(mixed_precision=hardware.checked_precision(cfg.mixed_precision))
         if self.acc.num_processes > 1:
             raise SynthfmError("adaptation runs in one process", "run it without 'accelerate launch' on several GPUs")
         self.model = self._build_model()

@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -173,11 +172,8 @@ class Engine:
         self.cfg = cfg
         self.run = RunDir(out_dir, "pretrain", cfg)
         self.threads = hardware.set_threads()
-        precision = hardware.resolve_precision(cfg.mixed_precision)
-        if accelerator is None and os.environ.get("RANK", "0") == "0":
-            warning = hardware.precision_warning(precision, hardware.default_device())
-            if warning is not None:
-                warnings.warn(warning, stacklevel=2)
+        precision = hardware.checked_precision(cfg.mixed_precision,
+                                               accelerator is None and os.environ.get("RANK", "0") == "0")
         self.acc = accelerator or Accelerator(mixed_precision=precision)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.objective = build_objective(cfg)
