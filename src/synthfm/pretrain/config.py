@@ -127,7 +127,8 @@ class PretrainConfig(StrictModel):
     """A pretraining run: objective, backbone, data curriculum, optimiser, checkpointing."""
 
     recipe: str | None = Field(None, description="named base config (see synthfm.pretrain.mae.MAE_RECIPES)")
-    objective: Literal["mae", "rasd", "dinov2", "diffusion"] = "mae"
+    objective: str = Field("mae", description="a registered objective: mae, dinov2, rasd, diffusion, ... "
+                                              "(synthfm.pretrain.objective)")
     backbone: str = "vit_tiny_p8_64"
     in_chans: int = Field(3, ge=1)
     backbone_overrides: dict[str, Any] = Field(default_factory=dict)
@@ -155,6 +156,14 @@ class PretrainConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     cache_dir: str | None = Field(None, description="where phantom sources are rendered (default: run/sources)")
     omit_when_default: ClassVar[tuple[str, ...]] = ("compile",)
+
+    @field_validator("objective")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        """A registered objective (a new one is its own module plus the register_objective decorator)."""
+        from synthfm.pretrain.objective import check_objective
+
+        return check_objective(value)
 
     @field_validator("mixed_precision")
     @classmethod

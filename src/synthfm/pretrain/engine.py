@@ -34,7 +34,6 @@ from synthfm import hardware
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json, atomic_write_text
 from synthfm.models.checkpoint import load_state, save_state
-from synthfm.pretrain import dino, rasd_objective  # noqa: F401  (register their objectives)
 from synthfm.pretrain.config import OptimConfig, PretrainConfig, StageConfig, pretrain_config
 from synthfm.pretrain.data import MixtureDataset, MixturePlan, PlanBatchSampler, collate, open_source
 from synthfm.pretrain.mae import peak_lr

@@ -14,6 +14,7 @@ the first time that objective is asked for.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,7 @@ class SingleModuleObjective(Objective):
 
 Builder = Callable[["PretrainConfig"], Objective]
 OBJECTIVES: dict[str, Builder] = {}
+BUILTIN_MODULES = ("synthfm.pretrain.mae", "synthfm.pretrain.dino", "synthfm.pretrain.rasd_objective")  # light
 
 
 def _where(builder: Builder) -> str:
@@ -99,8 +101,33 @@ def register_objective(name: str) -> Callable[[Builder], Builder]:
     return add
 
 
+def _load_builtins() -> None:
+    """Import the built-in objectives' modules (each registers its objective)."""
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def _module_exists(name: str) -> bool:
+    """Whether `synthfm.pretrain.<name>` is a module (found without importing it)."""
+    try:
+        return importlib.util.find_spec(f"synthfm.pretrain.{name}") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_objective(name: str) -> str:
+    """A known objective's name: registered by a built-in module, or the name of a module that registers it on
+    import (checked without importing it, so validating a config does not load e.g. diffusers)."""
+    _load_builtins()
+    if name in OBJECTIVES or (name.isidentifier() and _module_exists(name)):
+        return name
+    raise ValueError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES)} (or a module "
+                     f"synthfm/pretrain/<name>.py that registers one)")
+
+
 def build_objective(cfg: PretrainConfig) -> Objective:
     """The registered objective of a config, built (its module imported on first use when not yet loaded)."""
+    _load_builtins()
     if cfg.objective not in OBJECTIVES:
         module = f"synthfm.pretrain.{cfg.objective}"
         try:
