@@ -60,3 +60,17 @@ def test_write_table_by_suffix_and_pair(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["both.csv", "both.parquet", "t.csv"]
     with pytest.raises(ValueError, match=r"not t\.json"):
         write_table(df, tmp_path / "t.json")
+
+
+def test_one_file_hash_and_the_files_of_a_folder(tmp_path: Path) -> None:
+    """file_sha256 is the SHA-256 of the bytes; folder_files skips hidden files and hidden folders at any depth."""
+    import hashlib
+
+    from synthfm.io import file_sha256, folder_files
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".cache").mkdir()
+    for rel in ("b.txt", "sub/a.txt", ".lock", "sub/.x.tmp", ".cache/c.txt"):
+        (tmp_path / rel).write_bytes(rel.encode() * 3)
+    assert [p.relative_to(tmp_path).as_posix() for p in folder_files(tmp_path)] == ["b.txt", "sub/a.txt"]
+    assert file_sha256(tmp_path / "b.txt") == hashlib.sha256(b"b.txtb.txtb.txt").hexdigest()

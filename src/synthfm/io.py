@@ -8,6 +8,7 @@ pass `mode` for a file that must stay private (a signing key).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -84,6 +85,22 @@ def atomic_write_bytes(target: str | Path, data: bytes, perms: int | None = None
 def atomic_write_json(target: str | Path, obj: Any) -> None:
     """Write JSON to `target` atomically."""
     atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (the one file hash: input digests, bundles, generators)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def folder_files(folder: str | Path) -> list[Path]:
+    """The files of a folder, sorted, without hidden ones at any depth (an interrupted atomic write's `.x.tmp`)."""
+    root = Path(folder)
+    return [p for p in sorted(root.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> str:

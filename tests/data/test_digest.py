@@ -37,8 +37,8 @@ def test_unchanged_fingerprint_is_not_reread_and_a_touch_keeps_the_digest(tmp_pa
     f = tmp_path / "a.bin"
     f.write_bytes(b"x" * 1000)
     reads: list[str] = []
-    real = digest._sha
-    monkeypatch.setattr(digest, "_sha", lambda p: reads.append(p.name) or real(p))
+    real = digest.file_sha256
+    monkeypatch.setattr(digest, "file_sha256", lambda p: reads.append(Path(p).name) or real(p))
     first = file_digests([f])
     assert file_digests([f]) == first and reads == ["a.bin"]
     os.utime(f, ns=(1, 1))  # size+mtime changed: hashed in full again, same bytes -> same digest

@@ -25,8 +25,7 @@ from typing import Literal
 from pydantic import Field
 
 from synthfm.config import StrictModel
-from synthfm.consortium.generators import file_sha256
-from synthfm.io import atomic_path
+from synthfm.io import atomic_path, file_sha256
 
 BUNDLE_FILE = "bundle.json"
 MANIFEST_FILE = "MANIFEST.json"

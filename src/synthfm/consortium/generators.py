@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from synthfm.config import StrictModel, check_block
 from synthfm.consortium.conditions import CardSchema, schema_from_spec
 from synthfm.errors import SynthfmError
-from synthfm.io import atomic_write_json
+from synthfm.io import atomic_write_json, file_sha256, folder_files
 from synthfm.models.checkpoint import load_state, save_state
 from synthfm.synth.registry import check_generator_name, generator_spec
 
@@ -262,15 +262,6 @@ def load_generator(directory: str | Path) -> ConditionalGenerator:
     return generator_kind(read_generator_config(directory)["kind"]).load(Path(directory))
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def generator_files(directory: str | Path) -> list[str]:
     """The files a generator folder declares (relative paths): its kind decides, from generator.json."""
     directory = Path(directory)
@@ -282,7 +273,5 @@ def generator_hash(directory: str | Path) -> str:
 
     Hidden files (an interrupted atomic write's `.name.*.tmp`) are not part of a generator and are skipped."""
     root = Path(directory)
-    lines = [f"{p.relative_to(root).as_posix()}\0{file_sha256(p)}\n"
-             for p in sorted(root.rglob("*"))
-             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    lines = [f"{p.relative_to(root).as_posix()}\0{file_sha256(p)}\n" for p in folder_files(root)]
     return hashlib.sha256("".join(lines).encode()).hexdigest()

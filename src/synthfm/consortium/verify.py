@@ -62,7 +62,6 @@ from synthfm.consortium.generators import (
     KINDS,
     GeneratorConfig,
     GeneratorKind,
-    file_sha256,
     generator_files,
     generator_hash,
     generator_kind,
@@ -83,7 +82,7 @@ from synthfm.consortium.schemas import (
 )
 from synthfm.consortium.summary import check_summary
 from synthfm.errors import SynthfmError
-from synthfm.io import atomic_write_text
+from synthfm.io import atomic_write_text, file_sha256
 
 TEXT_SUFFIXES = (".json", ".txt", ".md")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib", ".npy", ".npz", ".h5", ".pb")

@@ -20,8 +20,7 @@ from pathlib import Path
 from synthfm.data.card import read_card, resolve_path
 from synthfm.data.manifest import read_table
 from synthfm.errors import SynthfmError
-
-_CHUNK = 1 << 20
+from synthfm.io import file_sha256, folder_files
 
 
 def cache_path() -> Path:
@@ -52,15 +51,6 @@ def _cache() -> Iterator[sqlite3.Connection | None]:
         con.close()
 
 
-def _sha(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_digests(paths: Iterable[Path]) -> dict[str, str]:
     """SHA-256 per file (resolved path -> hex; 'absent' for a missing file), reusing unchanged cached ones."""
     out: dict[str, str] = {}
@@ -79,7 +69,7 @@ def file_digests(paths: Iterable[Path]) -> dict[str, str]:
             if row and tuple(row[:3]) == (st.st_size, st.st_mtime_ns, st.st_ino):
                 out[key] = row[3]
                 continue
-            out[key] = _sha(Path(key))
+            out[key] = file_sha256(key)
             if con is not None:
                 con.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)",
                             (key, st.st_size, st.st_mtime_ns, st.st_ino, out[key]))
@@ -92,11 +82,6 @@ def combine(digests: dict[str, str]) -> str:
     for name in sorted(digests):
         h.update(f"{name}\0{digests[name]}\n".encode())
     return h.hexdigest()[:16]
-
-
-def folder_files(folder: Path) -> list[Path]:
-    """Every regular file under a folder, hidden temporaries and locks excepted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 def card_files(path: Path, images: bool = True) -> list[Path]:

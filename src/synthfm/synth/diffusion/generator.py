@@ -115,7 +115,10 @@ class Generator:
 
 
 def content_hash(directory: Path) -> str:
-    """SHA-256 (16 hex digits) over every file of an exported generator but generator.json: names and bytes."""
+    """SHA-256 (16 hex digits) over every file of an exported generator but generator.json: names and bytes.
+
+    The `hash` stored in generator.json and checked on load, so its recipe is fixed (a consortium bundle's signed
+    generator hash is another, over `io.file_sha256` of each file)."""
     h = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != INFO_FILE):
         h.update(str(path.relative_to(directory)).encode())
