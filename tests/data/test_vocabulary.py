@@ -45,3 +45,20 @@ def test_sex_spellings() -> None:
     assert [normalise_sex(v) for v in ["female", " m", "F", "Male", "x", None, float("nan"), 1]] == [
         "F", "M", "F", "M", None, None, None, None]
     assert sex_codes(pd.Series(["F", "male", "unknown", None])).tolist() == [0, 1, -1, -1]
+
+
+def test_task_labels_under_the_generator_s_names(make_card) -> None:
+    """Mapped and same-named tasks are kept (class indices), tasks the generator lacks are skipped, and a task
+    whose class count differs from the generator's is one error naming both."""
+    import pytest
+
+    from synthfm.data.manifest import load_card
+    from synthfm.data.vocabulary import mapped_task_labels
+    from synthfm.errors import SynthfmError
+
+    data = load_card(make_card(n=6), check_files=False)
+    got = mapped_task_labels(data, {"grade": "dr_grade"}, {"dr_grade": ["a", "b", "c"], "other": ["x"]}, "card t")
+    assert list(got) == ["dr_grade"] and got["dr_grade"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert mapped_task_labels(data, {}, {"dr_grade": ["a", "b", "c"]}, "card t") == {}
+    with pytest.raises(SynthfmError, match=r"card t: task 'grade' has 3 classes, the generator's 'grade' has 5"):
+        mapped_task_labels(data, {}, {"grade": list("abcde")}, "card t")

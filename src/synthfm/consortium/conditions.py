@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from synthfm.config import StrictModel
 from synthfm.data.manifest import SPLIT, load_card
+from synthfm.data.vocabulary import mapped_task_labels
 from synthfm.errors import SynthfmError
 
 PATIENT = "_patient"
@@ -113,15 +114,8 @@ def condition_table(card: str | Path, schema: CardSchema, task_map: dict[str, st
         data = data.subset(np.flatnonzero(data.df[SPLIT].to_numpy() == split))
         if not len(data):
             raise SynthfmError(f"{where} has no rows in split '{split}'", "choose another split, or split: null")
-    task_map = task_map or {}
-    cols: dict[str, Any] = {}
-    for task in data.card.tasks:
-        name = task_map.get(task.name, task.name)
-        if name in schema.names("label") and task.type != "multilabel":
-            if len(task.classes) != len(schema.get(name).values):
-                raise SynthfmError(f"{where}: task '{task.name}' has {len(task.classes)} classes, the generator's "
-                                   f"'{name}' has {len(schema.get(name).values)}", "map it to a matching task")
-            cols[name] = data.labels[task.name].astype(int)
+    labels = mapped_task_labels(data, task_map or {}, schema.labels(), where)
+    cols: dict[str, Any] = {name: y.astype(int) for name, y in labels.items()}
     meta = data.card.metadata.columns()
     for var in schema.variables:
         if var.kind == "label" or var.name not in meta:

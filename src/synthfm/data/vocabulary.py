@@ -1,4 +1,5 @@
-"""The metadata vocabulary every stage shares: age bands and sex codes, in one place.
+"""The condition vocabulary every stage shares: age bands, sex codes and a card's task labels under a generator's
+task names, in one place.
 
 Age is grouped into bands by edges (default: the papers' <40, 40-70 and >=70 years, as 0-40, 40-70, 70-120).
 A band is labelled 'lo-hi' everywhere (generator conditions, targets, fairness, key metadata); the consortium
@@ -14,6 +15,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from synthfm.data.manifest import CardData
+from synthfm.errors import SynthfmError
 
 AGE_EDGES = (0.0, 40.0, 70.0, 120.0)
 SEXES = ("F", "M")
@@ -66,3 +70,18 @@ def normalise_sex(value: Any) -> str | None:
 def sex_codes(values: pd.Series) -> np.ndarray:
     """Index into SEXES per row: F -> 0, M -> 1, anything else -> -1."""
     return np.array([SEXES.index(s) if (s := normalise_sex(v)) else -1 for v in values.tolist()], dtype=np.int64)
+
+
+def mapped_task_labels(data: CardData, task_map: dict[str, str], classes: dict[str, list[str]],
+                       where: str) -> dict[str, np.ndarray]:
+    """A card's single-label task labels (class indices) under a generator's task names (`task_map`: card task ->
+    generator task; unmapped names kept); tasks the generator lacks are skipped, a class-count mismatch is an error."""
+    out: dict[str, np.ndarray] = {}
+    for task in data.card.tasks:
+        name = task_map.get(task.name, task.name)
+        if name in classes and task.type != "multilabel":
+            if len(task.classes) != len(classes[name]):
+                raise SynthfmError(f"{where}: task '{task.name}' has {len(task.classes)} classes, the generator's "
+                                   f"'{name}' has {len(classes[name])}", "map it to a matching task (task_map)")
+            out[name] = data.labels[task.name]
+    return out

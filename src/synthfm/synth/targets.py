@@ -11,7 +11,7 @@ from pydantic import Field
 
 from synthfm.config import StrictModel
 from synthfm.data.manifest import load_card
-from synthfm.data.vocabulary import AGE_EDGES, band_index, normalise_sex
+from synthfm.data.vocabulary import AGE_EDGES, band_index, mapped_task_labels, normalise_sex
 from synthfm.errors import SynthfmError
 
 
@@ -26,14 +26,7 @@ class TargetConfig(StrictModel):
 def joint_table(card: str | Path, cfg: TargetConfig, tasks: dict[str, list[str]]) -> pd.DataFrame:
     """One row per real image: generator task labels (class index), age band and sex where recorded."""
     data = load_card(card, check_files=False)
-    cols: dict[str, Any] = {}
-    for real in data.card.tasks:
-        gen_task = cfg.task_map.get(real.name, real.name)
-        if gen_task in tasks and real.type != "multilabel":
-            if len(real.classes) != len(tasks[gen_task]):
-                raise SynthfmError(f"task '{real.name}' of {card} has {len(real.classes)} classes but generator "
-                                   f"task '{gen_task}' has {len(tasks[gen_task])}", "map it to a matching task")
-            cols[gen_task] = data.labels[real.name]
+    cols: dict[str, Any] = dict(mapped_task_labels(data, cfg.task_map, tasks, f"card {card}"))
     meta = data.card.metadata
     if meta.age:
         ages = pd.to_numeric(data.df[meta.age], errors="coerce").to_numpy(dtype=float)
