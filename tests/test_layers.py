@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "synthfm"
 # Rank of each top-level package or module: an arrow may only point to a lower rank, or between stages along
 # STAGE_ARROWS.
 RANK = {"errors": 0, "config": 1, "io": 1, "locks": 1, "hardware": 1, "progress": 1, "runs": 2, "jobs": 2, "data": 3,
-        "models": 4, "evaluate": 5, "synth": 5, "pretrain": 5, "adapt": 5, "quality": 5, "analyze": 5,
+        "models": 4, "train": 4.5, "evaluate": 5, "synth": 5, "pretrain": 5, "adapt": 5, "quality": 5, "analyze": 5,
         "report": 5, "consortium": 5, "pipeline": 6, "plan_flops": 6, "plan": 7, "cli": 8, "__main__": 9}
 STAGES = {name for name, rank in RANK.items() if rank == 5}
 # Which stage may import which: a stage reads the results of those before it in the pipeline.

@@ -29,8 +29,9 @@ from synthfm.pretrain.dino import (
     sinkhorn_knopp,
     teacher_momentum,
 )
-from synthfm.pretrain.engine import Engine, checkpoint_dirs, pretrain, weight_decay_at
+from synthfm.pretrain.engine import Engine, checkpoint_dirs, pretrain
 from synthfm.runs import RunDir
+from synthfm.train.optim import weight_decay_at
 
 
 @pytest.fixture(scope="module")
@@ -254,15 +255,6 @@ def test_sinkhorn_option_and_separate_ibot_head(cache: Path) -> None:
     assert logs["loss_ibot"] > 0 and float(model.centre.abs().sum()) == 0
     assert model.student.ibot_head.prototypes.weight.grad.abs().sum() > 0
     assert model.student.head.prototypes.weight.grad.abs().sum() == 0
-
-
-def test_weight_decay_schedule() -> None:
-    """Cosine 0.04 -> 0.2: 0.04 at step 0, 0.12 halfway, 0.2 at the end; constant without weight_decay_end."""
-    optim = pretrain_config({"recipe": "dinov2_vit_tiny_demo"}).optim
-    assert (optim.weight_decay, optim.weight_decay_end) == (0.04, 0.2)
-    assert [weight_decay_at(s, 10, optim) for s in (0, 5, 10)] == [pytest.approx(v) for v in (0.04, 0.12, 0.2)]
-    constant = optim.model_copy(update={"weight_decay_end": None})
-    assert weight_decay_at(7, 10, constant) == 0.04
 
 
 def held_out_losses(obj: DINOv2Objective, cache: Path) -> dict[str, float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -25,13 +24,10 @@ from synthfm.pretrain.engine import (
     Engine,
     checkpoint_dirs,
     export_encoder,
-    lr_at,
-    param_groups,
     pretrain,
-    rng_state,
-    set_rng_state,
 )
 from synthfm.runs import RunDir
+from synthfm.train.optim import lr_at
 
 RASD = {"source": "rasd", "n": 48}
 
@@ -69,31 +65,6 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
-def test_lr_schedule_numbers() -> None:
-    """Linear warm-up reaches the peak at the last warm-up step; cosine is halfway at mid-decay, floor at the end."""
-    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
-    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
-    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
-    assert lr_at(55, 100, 10, 1.0, 0.2) == pytest.approx(0.6)
-    assert lr_at(100, 100, 10, 1.0, 0.2) == pytest.approx(0.2)
-    assert lr_at(3, 10, 0, 2.0) == pytest.approx(2.0 * 0.5 * (1 + np.cos(np.pi * 0.3)))
-
-
-def test_param_groups_skip_decay_on_norms_biases_tokens() -> None:
-    """Matrices decay; biases, norms, class/mask tokens and position embeddings do not."""
-    from synthfm.pretrain.engine import TrainModule
-    from synthfm.pretrain.mae import build_mae
-
-    module = TrainModule(build_mae(pretrain_config(tiny(Path("."), two_stages()))))
-    decay, plain = param_groups(module, 0.05)
-    names = {id(p): n for n, p in module.named_parameters()}
-    plain_names = {names[id(p)] for p in plain["params"]}
-    assert decay["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
-    assert {"parts.mae.encoder.pos_embed", "parts.mae.encoder.cls_token", "parts.mae.mask_token"} <= plain_names
-    assert all(p.ndim >= 2 for p in decay["params"])
-    assert len(decay["params"]) + len(plain["params"]) == len(list(module.parameters()))
-
-
 def test_plan_single_source_is_a_permutation_per_round() -> None:
     """One source: each round visits every index once, rounds are reshuffled, and positions are reproducible."""
     plan = MixturePlan([10], [1.0], seed=3)
@@ -123,15 +94,6 @@ def test_sampler_ranks_partition_global_batches() -> None:
     assert [plan.at(k) for k in range(8)] == ranks[0][0] + ranks[1][0]
     resumed = list(PlanBatchSampler(plan, 4, start=3, count=2, rank=1, world=2))
     assert resumed == ranks[1][3:]
-
-
-def test_rng_state_round_trip() -> None:
-    """Restoring saved RNG state replays the same torch, numpy and python draws."""
-    state = rng_state()
-    draws = (torch.rand(3), np.random.rand(3), random.random())
-    set_rng_state(state)
-    again = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
 
 
 def test_config_errors_name_the_key() -> None:

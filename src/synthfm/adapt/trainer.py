@@ -51,8 +51,9 @@ from synthfm.models.baselines import PIXELS, is_vit, pixel_encoder
 from synthfm.models.checkpoint import load_state, save_pretrained, save_state
 from synthfm.models.encoders import random_backbone, resolve_encoder
 from synthfm.models.pooling import all_pools, available_pools, pool_features, pooled_dim, resolve_pool
-from synthfm.pretrain.engine import lr_at, param_groups, torch_load
 from synthfm.runs import METRICS_FILE, RunDir
+from synthfm.train.optim import lr_at, param_groups
+from synthfm.train.state import torch_load
 
 CHECKPOINTS = "checkpoints"
 BEST_FILE = "best.safetensors"

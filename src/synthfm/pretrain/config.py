@@ -11,6 +11,7 @@ from synthfm.config import StrictModel, read_yaml, validate_config
 from synthfm.errors import SynthfmError
 from synthfm.hardware import resolve_precision
 from synthfm.synth.diffusion.config import DiffusionConfig
+from synthfm.train.optim import OptimConfig
 
 
 class SourceConfig(StrictModel):
@@ -41,29 +42,6 @@ class StageConfig(StrictModel):
             raise ValueError(f"stage '{self.name}': give exactly one of 'steps' or 'epochs'")
         if self.warmup_steps is not None and self.warmup_epochs is not None:
             raise ValueError(f"stage '{self.name}': give at most one of 'warmup_steps' or 'warmup_epochs'")
-        return self
-
-
-class OptimConfig(StrictModel):
-    """AdamW with linear warm-up then cosine decay; lr = base_lr * global batch / 256 unless `lr` is given."""
-
-    base_lr: float = Field(1.5e-4, gt=0)
-    lr: float | None = Field(None, gt=0, description="absolute peak lr (ignores base_lr scaling)")
-    min_lr: float = Field(0.0, ge=0)
-    weight_decay: float = Field(0.05, ge=0)
-    weight_decay_end: float | None = Field(None, ge=0, description="cosine from weight_decay to this over each "
-                                                                    "stage (DINOv2: 0.04 -> 0.2); None: constant")
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = Field(0, ge=0)
-    warmup_epochs: float | None = Field(None, ge=0)
-    clip_grad: float | None = Field(None, gt=0)
-    accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step")
-
-    @model_validator(mode="after")
-    def _decay_to_schedule(self) -> OptimConfig:
-        """A weight-decay schedule needs a non-zero starting decay (it scales the decaying parameter group)."""
-        if self.weight_decay_end is not None and self.weight_decay == 0:
-            raise ValueError("optim.weight_decay_end needs optim.weight_decay > 0")
         return self
 
 

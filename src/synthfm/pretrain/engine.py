@@ -15,7 +15,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -34,16 +32,17 @@ from synthfm import hardware
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json, atomic_write_text
 from synthfm.models.checkpoint import load_state, save_state
-from synthfm.pretrain.config import OptimConfig, PretrainConfig, StageConfig, pretrain_config
+from synthfm.pretrain.config import PretrainConfig, StageConfig, pretrain_config
 from synthfm.pretrain.data import MixtureDataset, MixturePlan, PlanBatchSampler, collate, open_source
 from synthfm.pretrain.mae import peak_lr
 from synthfm.pretrain.objective import Objective, build_objective
 from synthfm.progress import progress_bar
 from synthfm.runs import CONFIG_FILE, METRICS_FILE, RunDir
+from synthfm.train.optim import OptimConfig, build_optimizer, lr_at, weight_decay_at
+from synthfm.train.state import rng_state, set_rng_state, torch_load
 
 CHECKPOINTS = "checkpoints"
 MACHINE_FILE = "machine.json"  # what `auto` resolved to on the machine that ran (not part of the config hash)
-NO_DECAY = ("pos_embed", "cls_token", "reg_token", "mask_token")
 
 
 class TrainModule(nn.Module):
@@ -81,22 +80,6 @@ class StagePlan:
     epoch_len: int
 
 
-def lr_at(step: int, total: int, warmup: int, peak: float, floor: float = 0.0) -> float:
-    """Linear warm-up to `peak` over `warmup` steps, then cosine decay to `floor` at step `total`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def weight_decay_at(step: int, total: int, optim: OptimConfig) -> float:
-    """optim.weight_decay, or a cosine from it to optim.weight_decay_end at step `total` (DINOv2's schedule)."""
-    start, end = optim.weight_decay, optim.weight_decay_end
-    if end is None:
-        return start
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
-
-
 def stage_schedule(stage: StageConfig, optim: OptimConfig, epoch_len: int, global_batch: int) -> tuple[int, int]:
     """A stage's optimiser steps and warm-up steps (epochs converted at ceil(epoch_len / global_batch) steps each)."""
     per_epoch = math.ceil(epoch_len / global_batch)
@@ -108,60 +91,10 @@ def stage_schedule(stage: StageConfig, optim: OptimConfig, epoch_len: int, globa
     return steps, min(warmup, steps)
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: not on biases, norms, tokens or position embeddings."""
-    decay, plain = [], []
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            (plain if p.ndim <= 1 or name.endswith(NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-
-
-def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW, fused when the parameters' device supports it."""
-    groups = param_groups(module, cfg.weight_decay)
-    try:
-        return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas)
-
-
-def rng_state() -> dict[str, torch.Tensor]:
-    """Every RNG this process uses, as tensors (torch CPU/CUDA, numpy, python)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, words, py_gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
-             "numpy_pos": torch.tensor([pos, has_gauss]), "numpy_gauss": torch.tensor([gauss], dtype=torch.float64),
-             "python": torch.tensor([version, *words], dtype=torch.int64),
-             "python_gauss": torch.tensor([math.nan if py_gauss is None else py_gauss], dtype=torch.float64)}
-    if torch.cuda.is_available():
-        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    """Restore the RNGs saved by `rng_state`."""
-    torch.set_rng_state(state["torch"])
-    pos, has_gauss = (int(v) for v in state["numpy_pos"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss,
-                         float(state["numpy_gauss"][0])))
-    py = state["python"].tolist()
-    gauss = float(state["python_gauss"][0])
-    random.setstate((py[0], tuple(py[1:]), None if math.isnan(gauss) else gauss))
-    cuda = [state[k] for k in sorted(state) if k.startswith("cuda")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-
-
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (temporary directories start with '.')."""
     root = run_dir / CHECKPOINTS
     return sorted(root.glob("step_*")) if root.is_dir() else []
-
-
-def torch_load(path: Path) -> Any:
-    """torch.load of our own state files: tensors, numbers and containers only."""
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class Engine:
