@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from synthfm.models.checkpoint import load_state
 from synthfm.pretrain.config import DINOConfig, SourceConfig, all_recipes, pretrain_config
-from synthfm.pretrain.data import MixtureDataset, RaSDSource, collate, open_source
+from synthfm.pretrain.data import RaSDSource, open_source
 from synthfm.pretrain.dino import (
     DINOv2Objective,
     MultiCrop,
@@ -31,6 +31,7 @@ from synthfm.pretrain.dino import (
 )
 from synthfm.pretrain.engine import Engine, checkpoint_dirs, pretrain
 from synthfm.runs import RunDir
+from synthfm.train.mixture import MixtureDataset, collate
 from synthfm.train.optim import weight_decay_at
 
 

@@ -19,7 +19,6 @@ import yaml
 from synthfm.errors import SynthfmError
 from synthfm.models.checkpoint import from_pretrained, load_state
 from synthfm.pretrain.config import pretrain_config
-from synthfm.pretrain.data import BLOCK, MixturePlan, PlanBatchSampler
 from synthfm.pretrain.engine import (
     Engine,
     checkpoint_dirs,
@@ -63,37 +62,6 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert sorted(a) == sorted(b)
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-
-
-def test_plan_single_source_is_a_permutation_per_round() -> None:
-    """One source: each round visits every index once, rounds are reshuffled, and positions are reproducible."""
-    plan = MixturePlan([10], [1.0], seed=3)
-    first = [plan.at(k) for k in range(20)]
-    assert sorted(i for _, i, r in first if r == 0) == list(range(10))
-    assert sorted(i for _, i, r in first if r == 1) == list(range(10))
-    assert [i for _, i, _ in first[:10]] != [i for _, i, _ in first[10:]]
-    assert first == [MixturePlan([10], [1.0], seed=3).at(k) for k in range(20)]
-
-
-def test_plan_mixing_ratio() -> None:
-    """Weights 2:1 give 683 / 341 draws per block of 1024, and no source index repeats within its round."""
-    plan = MixturePlan([5000, 7], [2.0, 1.0], seed=0)
-    keys = [plan.at(k) for k in range(BLOCK)]
-    counts = np.bincount([s for s, _, _ in keys])
-    assert counts.tolist() == [683, 341]
-    big = [i for s, i, _ in keys if s == 0]
-    assert len(set(big)) == len(big)
-    small_round0 = sorted(i for s, i, r in keys if s == 1 and r == 0)
-    assert small_round0 == list(range(7))
-
-
-def test_sampler_ranks_partition_global_batches() -> None:
-    """Two ranks take disjoint halves of each global micro-batch; starting at batch 3 skips exactly 3."""
-    plan = MixturePlan([50], [1.0], seed=0)
-    ranks = [list(PlanBatchSampler(plan, 4, start=0, count=5, rank=r, world=2)) for r in range(2)]
-    assert [plan.at(k) for k in range(8)] == ranks[0][0] + ranks[1][0]
-    resumed = list(PlanBatchSampler(plan, 4, start=3, count=2, rank=1, world=2))
-    assert resumed == ranks[1][3:]
 
 
 def test_config_errors_name_the_key() -> None:

@@ -10,7 +10,7 @@ import torch
 
 from synthfm.errors import SynthfmError
 from synthfm.pretrain.config import pretrain_config
-from synthfm.pretrain.data import MixtureDataset, RaSDSource, collate
+from synthfm.pretrain.data import RaSDSource
 from synthfm.pretrain.engine import Engine
 from synthfm.pretrain.rasd_objective import (
     build_rasd,
@@ -19,6 +19,7 @@ from synthfm.pretrain.rasd_objective import (
     second_view,
     structure_prototypes,
 )
+from synthfm.train.mixture import MixtureDataset, collate
 
 
 def two_structures() -> torch.Tensor:

@@ -33,11 +33,12 @@ from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json, atomic_write_text
 from synthfm.models.checkpoint import load_state, save_state
 from synthfm.pretrain.config import PretrainConfig, StageConfig, pretrain_config
-from synthfm.pretrain.data import MixtureDataset, MixturePlan, PlanBatchSampler, collate, open_source
+from synthfm.pretrain.data import open_source
 from synthfm.pretrain.mae import peak_lr
 from synthfm.pretrain.objective import Objective, build_objective
 from synthfm.progress import progress_bar
 from synthfm.runs import CONFIG_FILE, METRICS_FILE, RunDir
+from synthfm.train.mixture import MixtureDataset, MixturePlan, PlanBatchSampler, collate
 from synthfm.train.optim import OptimConfig, build_optimizer, lr_at, weight_decay_at
 from synthfm.train.state import rng_state, set_rng_state, torch_load
 

@@ -18,8 +18,8 @@ from torch import nn
 from synthfm.models.backbones import backbone_geometry, create_backbone
 from synthfm.models.vit3d import is_volume_encoder
 from synthfm.pretrain.config import MAEConfig, PretrainConfig
-from synthfm.pretrain.data import counter_uniform
 from synthfm.pretrain.objective import SingleModuleObjective, register_objective
+from synthfm.train.rng import counter_uniform
 
 PAPER_BATCH = 1792  # 4 GPUs x 448 (Zhou et al., RETFound / FM-MEH MAE)
 

@@ -14,17 +14,11 @@ import math
 import numpy as np
 import torch
 
-GOLDEN = 0x9E3779B97F4A7C15
+from synthfm.train.rng import GOLDEN, splitmix
+
 MASK = (1 << 64) - 1
 # streams of a training sample's draws
 TIMESTEP, DROPOUT, NOISE, LATENT = 0, 1, 2, 3
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, element-wise on uint64."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 def _seeds(seeds: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -37,9 +31,9 @@ def _seeds(seeds: torch.Tensor | np.ndarray) -> np.ndarray:
 def uniforms(seeds: torch.Tensor | np.ndarray, stream: int, n: int) -> torch.Tensor:
     """(B, n) float64 uniforms in (0, 1): row b depends only on seeds[b], `stream` and the column."""
     with np.errstate(over="ignore"):
-        key = _mix(_seeds(seeds) + np.uint64((stream + 1) * 0xD1B54A32D192ED03 & MASK))
+        key = splitmix(_seeds(seeds) + np.uint64((stream + 1) * 0xD1B54A32D192ED03 & MASK))
         ctr = (np.arange(1, n + 1, dtype=np.uint64) * np.uint64(GOLDEN))
-        bits = _mix(key[:, None] + ctr[None, :]) >> np.uint64(11)
+        bits = splitmix(key[:, None] + ctr[None, :]) >> np.uint64(11)
     return torch.from_numpy((bits.astype(np.float64) + 0.5) * 2.0 ** -53)
 
 
