@@ -20,6 +20,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from synthfm.analyze.jobs import STUDY_FILE
+from synthfm.evaluate.results import ARMS_FILE
+from synthfm.jobs import PLAN_FILE
+from synthfm.models.modelcard import GATE_FILE
 from synthfm.report.markdown import markdown_table
 from synthfm.report.verdict import arms_verdict
 
@@ -110,7 +114,7 @@ def gate_lines(jobs: list[dict]) -> str:
     """The quality gate's verdict and headline metrics of every synthetic set the pipeline checked."""
     lines = []
     for j in (j for j in jobs if j["kind"] == "gate"):
-        q = json.loads((Path(j["dir"]) / "quality.json").read_text())
+        q = json.loads((Path(j["dir"]) / GATE_FILE).read_text())
         figures = ", ".join(f"{k} {v:.3g}" for k, v in q["metrics"].items() if k.startswith(GATE_METRICS)
                             and not k.startswith("FDmax"))
         lines.append(f"- quality.{j['name']}: gate **{q['verdict']}** ({q['n_synthetic']} synthetic vs "
@@ -139,10 +143,10 @@ VESSEL_METRICS = ("dice", "auc", "accuracy", "sensitivity", "specificity")
 
 def pipeline_section(root: Path) -> str:
     """The section of one pipeline run: verdict, gate, arms or vessel tables, published context, job times."""
-    plan = json.loads((root / "pipeline.json").read_text())
+    plan = json.loads((root / PLAN_FILE).read_text())
     jobs = [j for j in plan["jobs"] if j["stage"] != "report"]
-    arms = [json.loads((Path(j["dir"]) / "arms.json").read_text()) for j in jobs if j["kind"] == "arms"]
-    vessels = [json.loads((Path(j["dir"]) / "vessel_study.json").read_text()) for j in jobs
+    arms = [json.loads((Path(j["dir"]) / ARMS_FILE).read_text()) for j in jobs if j["kind"] == "arms"]
+    vessels = [json.loads((Path(j["dir"]) / STUDY_FILE).read_text()) for j in jobs
                if j["kind"] == "vessel_study"]
     total = sum(j.get("seconds") or 0 for j in jobs) / 60
     timing = markdown_table([{"job": f"{j['stage']}.{j['name']}", "kind": j["kind"],
@@ -239,7 +243,7 @@ def main(paths: list[str]) -> None:
     """Rewrite the sections of the given runs in docs/results.md (others are kept) and refresh the snippets."""
     target = DOCS / "results.md"
     _, old = split_sections(target.read_text()) if target.is_file() else ("", [])
-    new = [split_sections(pipeline_section(Path(p)) if (Path(p) / "pipeline.json").is_file()
+    new = [split_sections(pipeline_section(Path(p)) if (Path(p) / PLAN_FILE).is_file()
                           else experiment_section(Path(p)))[1][0] for p in paths]
     snippets = [split_sections(snippet.read_text())[1][0] for snippet in sorted((DOCS / "bench").glob("*.md"))
                 if snippet.name != "notes.md"]
