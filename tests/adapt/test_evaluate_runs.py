@@ -62,7 +62,7 @@ def test_fairness_tables_match_hand_computation(experiment: Path) -> None:
                 values[seed, sex] = roc_auc_score(g["y"], g["score"])
                 assert row["auroc"] == pytest.approx(values[seed, sex])
                 assert row["auroc_low"] <= row["auroc_high"]
-        bands = pd.cut(preds["age"], [0, 40, 70, 200], right=False, labels=["<40", "40-70", ">70"])
+        bands = pd.cut(preds["age"], [-np.inf, 40, 70, np.inf], right=False, labels=["0-40", "40-70", "70-120"])
         counts = sub.query("seed == @seed and attribute == 'age'").set_index("group")["n"]
         assert counts.to_dict() == {k: v for k, v in bands.value_counts().items() if v}
         both = [values.get((seed, s)) for s in ("F", "M")]

@@ -108,7 +108,8 @@ verify_case("gen-weights-other-file", gen_field(weights="summary.json"), "weight
 verify_case("gen-size-100000", gen_field(size=100000), "size: Input should be less than or equal to 2048")
 verify_case("gen-size-3000", gen_field(size=3000), "size: Input should be less than or equal to 2048")
 verify_case("gen-size-over-hub-limit", gen_field(size=2000), "image size 2000 is outside 16..1024")
-verify_case("gen-name-long", gen_field(name="fundus_phantom" + "x" * 3000), "name: Input should be")
+verify_case("gen-name-long", gen_field(name="fundus_phantom" + "x" * 3000), "name: String should have at most 64")
+verify_case("gen-name-unknown", gen_field(name="oct_phantom"), "name: Value error, unknown generator 'oct_phantom'")
 verify_case("gen-extra-key", gen_field(notes="Jane Doe, MRN 12345"), "notes: Extra inputs are not permitted")
 
 # ---- item 6: work before the signature is checked ----------------------------------------------------------------
