@@ -182,11 +182,11 @@ def manifest_row(i: int, cond: np.ndarray, seed: int, gen: Generator, cfg: Gener
 
 def _age(gen: Generator, band: str | None, seed: int) -> float | None:
     """An age drawn uniformly within the band, narrowed to the ages seen there in training (unbanded: None)."""
-    edges = gen.schema.get("age").edges
-    if band is None or edges is None:
+    age = gen.schema.get("age")
+    if band is None or age.edges is None:
         return None
-    k = gen.schema.get("age").values.index(band)
-    lo, hi = float(edges[k]), float(edges[k + 1])
+    k = age.values.index(band)
+    lo, hi = float(age.edges[k]), float(age.edges[k + 1])
     seen = gen.info["training"].get("ages", {}).get(band)
     if seen:
         lo, hi = max(lo, seen[0]), min(hi, seen[1])
