@@ -34,17 +34,10 @@ from synthfm.data.prepare import prepare_card
 from synthfm.data.preprocess import PrepareConfig
 from synthfm.data.readers import open_dataset
 from synthfm.pretrain.config import SourceConfig, pretrain_config
-from synthfm.pretrain.data import (
-    MixtureDataset,
-    MixturePlan,
-    PlanBatchSampler,
-    _seed,
-    collate,
-    counter_uniform,
-    open_source,
-    sample_seeds,
-)
+from synthfm.pretrain.data import open_source
 from synthfm.pretrain.engine import Engine
+from synthfm.train.mixture import MixtureDataset, MixturePlan, PlanBatchSampler, collate, sample_seed, sample_seeds
+from synthfm.train.rng import counter_uniform
 
 os.environ.setdefault("SYNTHFM_PROGRESS", "0")
 
@@ -119,7 +112,7 @@ def seeding_ms(batch: int = 64, patches: int = 196, repeats: int = 20) -> dict[s
     def reseed_per_sample() -> None:
         for k in keys:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_seed(0, *k))
+                torch.manual_seed(sample_seed(0, k))
 
     def noise_per_sample() -> torch.Tensor:
         return torch.stack([torch.rand(patches, generator=torch.Generator().manual_seed(int(s))) for s in seeds])

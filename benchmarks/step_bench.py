@@ -32,7 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from synthfm import hardware
 from synthfm.pretrain.config import PretrainConfig, pretrain_config
-from synthfm.pretrain.engine import OBJECTIVES, Engine, TrainModule, param_groups
+from synthfm.pretrain.engine import Engine, TrainModule
+from synthfm.pretrain.objective import build_objective
+from synthfm.train.optim import param_groups
 
 os.environ.setdefault("SYNTHFM_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,7 +104,7 @@ def run_case(name: str, cfg: PretrainConfig, args: argparse.Namespace, run_dir: 
     data_e, data_p = loop_batches(engine, args.steps), loop_batches(engine, args.steps)
 
     torch.manual_seed(cfg.seed)
-    plain = TrainModule(OBJECTIVES[cfg.objective](cfg)).to(device)
+    plain = TrainModule(build_objective(cfg)).to(device)
     plain_after = getattr(plain.objective, "after_step", None)
     opt = torch.optim.AdamW(param_groups(plain, cfg.optim.weight_decay), lr=1e-4, betas=cfg.optim.betas,
                             fused=False, foreach=False)

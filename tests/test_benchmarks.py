@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import subprocess
 import sys
@@ -73,3 +75,27 @@ def test_generator_benchmark_quick_writes_every_key(tmp_path: Path) -> None:
     assert doc["goals_met"] == (not doc["missed"] and all(doc["checks"].values()) and not doc["quick"])
     best = doc["quality"]["best"]
     assert doc["fd_ratio"] == best["fd_ratio"] > 0 and doc["engine_over_bare"] > 0
+
+
+def _synthfm_imports(path: Path) -> list[tuple[str, str]]:
+    """(module, name) of every `from synthfm... import name` in a script, at any depth (function-local too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "synthfm":
+            found += [(node.module, alias.name) for alias in node.names]
+    return found
+
+
+def test_every_script_imports_names_that_exist() -> None:
+    """A module move in src/ must carry the benchmark and docs scripts with it (they run outside the suite)."""
+    scripts = sorted([*(REPO / "benchmarks").glob("*.py"), *(REPO / "docs").glob("*.py")])
+    missing = []
+    for script in scripts:
+        for module, name in _synthfm_imports(script):
+            mod = importlib.import_module(module)
+            if name != "*" and not hasattr(mod, name):
+                try:
+                    importlib.import_module(f"{module}.{name}")
+                except ModuleNotFoundError:
+                    missing.append(f"{script.relative_to(REPO)}: from {module} import {name}")
+    assert not missing, "\n".join(missing)
