@@ -49,13 +49,11 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 
-from synthfm.adapt.config import AdaptConfig
-from synthfm.adapt.trainer import BEST_FILE, Trainer
 from synthfm.data.manifest import CardData, load_card
 from synthfm.data.readers import open_dataset
 from synthfm.data.transforms import build_transform
+from synthfm.evaluate.predictions import SCORING
 from synthfm.hardware import cpu_bf16_flags
-from synthfm.models.checkpoint import load_state
 from synthfm.pretrain.config import pretrain_config
 from synthfm.pretrain.diffusion import drop_conditions, noise_like, sample_draws
 from synthfm.pretrain.engine import Engine, pretrain
@@ -66,6 +64,8 @@ from synthfm.synth.diffusion.config import SamplerConfig
 from synthfm.synth.diffusion.generator import Generator, load_generator, to_uint8
 from synthfm.synth.diffusion.sampling import sample, sampling_dtype
 from synthfm.synth.writer import PhantomConfig, render_phantom
+from synthfm.train.classifier_config import ClassifierConfig
+from synthfm.train.trainer import ClassifierTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 RETINAMNIST = REPO / "configs" / "cards" / "retinamnist.yaml"
@@ -142,23 +142,23 @@ def task_of(data: CardData) -> str:
     return next(t.name for t in data.card.tasks if t.type != "multilabel")
 
 
-def domain_trainer(card: str, work: Path, epochs: int, quick: bool) -> Trainer:
+def domain_trainer(card: str, work: Path, epochs: int, quick: bool) -> ClassifierTrainer:
     """The domain encoder and label verifier: ViT-Ti/8 (4 blocks, 32 px) fine-tuned on the card's task, best
-    epoch on 'val' (the adaptation trainer, reused from `work` when it already finished)."""
+    epoch on 'val' (the classifier trainer, as the gate runs it; reused from `work` when it already finished)."""
     data = load_card(card, check_files=False)
-    acfg = AdaptConfig(card=card, task=task_of(data), encoder="random:vit_tiny_p8_64", policy="finetune",
-                       backbone_overrides={"img_size": 32, "depth": 1 if quick else 4}, image_size=32,
-                       epochs=epochs, warmup_epochs=1 if quick else 2, batch_size=64, lr=1e-3, seeds=[0],
-                       label_fractions=[1.0], test_splits=["test"])
-    trainer = Trainer(acfg.single(1.0, 0), work / "domain")
+    acfg = ClassifierConfig(card=card, task=task_of(data), encoder="random:vit_tiny_p8_64", policy="finetune",
+                            backbone_overrides={"img_size": 32, "depth": 1 if quick else 4}, image_size=32,
+                            epochs=epochs, warmup_epochs=1 if quick else 2, batch_size=64, lr=1e-3, seeds=[0],
+                            label_fractions=[1.0], test_splits=["test"])
+    trainer = ClassifierTrainer(acfg.single(1.0, 0), work / "domain", SCORING)
     trainer.fit()
-    trainer.acc.unwrap_model(trainer.net).load_state_dict(load_state(trainer.run.path / BEST_FILE))
+    trainer.load_best()
     trainer.model.eval()
     return trainer
 
 
 @torch.no_grad()
-def embed(trainer: Trainer, images: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:
+def embed(trainer: ClassifierTrainer, images: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:
     """Domain features and predicted classes of uint8 (N, H, W, C) images."""
     transform = build_transform(modality, trainer.size)
     feats, preds = [], []

@@ -168,3 +168,33 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             cards[f"{name}{c}"] = render_phantom(root / f"{name}{c}", PhantomConfig(n=n, size=16, seed=seed + c,
                                                                                    condition={"cataract": c}))
     return cards
+
+
+TINY_CLASSIFIER = {"task": "cataract", "encoder": "random:vit_tiny_p8_64",
+                   "backbone_overrides": {"depth": 2, "img_size": 32, "embed_dim": 48, "num_heads": 3},
+                   "epochs": 2, "warmup_epochs": 1, "seeds": [0], "label_fractions": [1.0]}
+
+
+@pytest.fixture(scope="session")
+def phantom_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 fundus phantoms at 64 px, split 50/25/25 (cataract has both classes in every split)."""
+    from synthfm.synth.writer import PhantomConfig, render_phantom
+
+    out = tmp_path_factory.mktemp("phantom")
+    return render_phantom(out, PhantomConfig(n=64, size=64, ratios=(0.5, 0.25, 0.25)))
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe(phantom_card: Path) -> Any:
+    """Build a ClassifierConfig on the phantom card with a 2-block, 48-wide ViT at 32 px."""
+    from synthfm.train.classifier_config import ClassifierConfig
+
+    return lambda **kw: ClassifierConfig(**{**TINY_CLASSIFIER, "card": str(phantom_card), **kw})
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(phantom_card: Path) -> Any:
+    """Build an AdaptConfig (the same recipe, run as an adaptation experiment) on the phantom card."""
+    from synthfm.adapt.config import AdaptConfig
+
+    return lambda **kw: AdaptConfig(**{**TINY_CLASSIFIER, "card": str(phantom_card), **kw})

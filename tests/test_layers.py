@@ -25,7 +25,7 @@ STAGE_ARROWS = {
     "synth": set(),
     "pretrain": {"synth"},
     "adapt": {"evaluate", "pretrain"},
-    "quality": {"adapt", "evaluate"},
+    "quality": {"evaluate"},
     "analyze": {"adapt", "evaluate", "synth"},
     "consortium": {"adapt", "pretrain", "synth"},
 }

@@ -380,15 +380,15 @@ def _gate_work(cfg: Any, ctx: Context) -> Work:
 
     The domain encoder is cached under the pipeline's root, so a rerun skips it; the plan counts it once.
     """
-    from synthfm.adapt.config import AdaptConfig
     from synthfm.quality.config import DOMAIN, QualityConfig
     from synthfm.quality.domain import adapt_settings
+    from synthfm.train.classifier_config import ClassifierConfig
 
     images = ctx.rows(cfg.synthetic, None) + ctx.rows(cfg.real, None)
     qcfg = validate_config(QualityConfig, cfg.config, "quality job config")
     if not any(s.kind == "synthfm" and s.encoder == DOMAIN for s in qcfg.spaces):
         return Work("quality.gate", units=images)
-    domain = _adapt_work(AdaptConfig(**adapt_settings(cfg.real, qcfg.domain.task or "task", qcfg.domain)), ctx)
+    domain = _adapt_work(ClassifierConfig(**adapt_settings(cfg.real, qcfg.domain.task or "task", qcfg.domain)), ctx)
     return Work("quality.gate", runs=domain.runs, flops=domain.flops, units=images, params=domain.params,
                 param_bytes=domain.param_bytes, activation_bytes=domain.activation_bytes,
                 note=f"with the domain encoder's {qcfg.domain.epochs}-epoch fine-tune (cached afterwards)")

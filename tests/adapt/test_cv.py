@@ -162,3 +162,19 @@ def test_cross_validated_experiments_are_compared_and_evaluated_per_fold(tiny_cf
     evaluated = evaluate_experiment(a)
     assert sorted(set(evaluated["subgroups"]["fold"])) == [0, 1, 2]
     assert "fold" not in set(evaluated["subgroup_summary"]["metric"])
+
+
+def test_class_balance_weights_the_folds_training_rows(tiny_cfg, tmp_path: Path) -> None:
+    """Under cv the balanced class weights come from the run's (repeat, fold) training rows (a cv run with
+    class_balance used to fail: the weights were only set for the card's fixed splits)."""
+    from synthfm.adapt.trainer import Trainer
+
+    cfg = tiny_cfg(policy="linear_probe", epochs=1, class_balance="loss", cv={"folds": 2, "repeats": 1})
+    t = Trainer(cfg.single(1.0, 0, 0, 1), tmp_path)
+    sets, rows = t.image_datasets()
+    labels = t.data.labels["cataract"][rows].reshape(-1)
+    t.datasets()
+    n, pos = len(labels), int(labels.sum())
+    assert rows.tolist() == sets["train"].indices and n < len(t.data)
+    assert t.class_weight.tolist() == pytest.approx([n / (2 * (n - pos)), n / (2 * pos)])
+    assert t.fit()["fold"] == 1

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from synthfm.adapt.experiment import run_experiment
+from synthfm.errors import SynthfmError
 from synthfm.evaluate.predictions import run_path
 from synthfm.runs import MARKER_FILE
 
@@ -63,7 +65,8 @@ def test_experiment_tables(tiny_cfg, tmp_path: Path) -> None:
 
 def test_the_card_is_read_once_per_experiment(tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Four runs (2 fractions x 2 seeds) share the card the experiment loaded; none reads and checks it again."""
-    from synthfm.adapt import experiment, trainer
+    from synthfm.adapt import experiment
+    from synthfm.train import trainer
 
     reads = []
     real = experiment.load_card
@@ -77,3 +80,31 @@ def test_the_card_is_read_once_per_experiment(tiny_cfg, tmp_path: Path, monkeypa
     cfg = tiny_cfg(policy="linear_probe", epochs=1, seeds=[0, 1], label_fractions=[0.5, 1.0])
     results = run_experiment(cfg, tmp_path / "exp")
     assert len(reads) == 1 and results["seed"].nunique() == 2 and results["fraction"].nunique() == 2
+
+
+def test_baseline_experiments_finish_and_export_what_they_can(tiny_cfg, tmp_path: Path) -> None:
+    """A ResNet-18 experiment gets its model card and exports as a plain-timm ResNet (head `fc`) with the same
+    logits; the pixels experiment finishes without a card and refuses export in words."""
+    import timm
+
+    from synthfm.adapt.adapted import load_adapted
+    from synthfm.adapt.experiment import run_experiment
+    from synthfm.adapt.export import export_model
+
+    cnn = tmp_path / "cnn"
+    run_experiment(tiny_cfg(encoder="random:resnet18", backbone_overrides={}, image_size=32, epochs=1), cnn)
+    assert (cnn / "README.md").is_file()
+    out = export_model(cnn, tmp_path / "cnn_export")
+    info = json.loads((out / "config.json").read_text())
+    plain = timm.create_model(info["architecture"], pretrained=True, pretrained_cfg_overlay={
+        "file": str(out / "model.safetensors"), "num_classes": 1}, **info["model_args"]).eval()
+    model, _ = load_adapted(cnn / "fraction_1" / "seed_0")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x))
+    pixels = tmp_path / "pixels"
+    results = run_experiment(tiny_cfg(encoder="pixels", policy="linear_probe", image_size=16, backbone_overrides={}),
+                             pixels)
+    assert set(results["encoder"]) == {"pixels"} and not (pixels / "README.md").exists()
+    with pytest.raises(SynthfmError, match="raw-pixel baseline"):
+        export_model(pixels, tmp_path / "pixels_export")

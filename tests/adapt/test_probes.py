@@ -12,7 +12,7 @@ import torch
 from synthfm.adapt.commands import show_probes
 from synthfm.adapt.experiment import run_experiment
 from synthfm.adapt.export import load_classifier
-from synthfm.adapt.trainer import FEATURES_FILE, Trainer
+from synthfm.adapt.trainer import Trainer
 from synthfm.evaluate.knn import knn_scores
 from synthfm.evaluate.metrics import task_metrics
 from synthfm.evaluate.predictions import run_path
@@ -20,6 +20,7 @@ from synthfm.evaluate.probes import POOL_CHOICE, PROBES
 from synthfm.models.checkpoint import load_state, save_state
 from synthfm.models.pooling import pool_features
 from synthfm.runs import config_hash
+from synthfm.train.trainer import FEATURES_FILE
 
 
 def test_probe_run_writes_every_pool_and_knn(tiny_cfg, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -122,7 +122,7 @@ def test_default_gate_judges_against_real_data(retina_cards: dict[str, Path], do
 
 def test_domain_encoder_is_trained_once_then_reused(retina_cards: dict[str, Path], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from synthfm.adapt.trainer import Trainer
+    from synthfm.train.trainer import ClassifierTrainer
 
     cfg = QualityConfig.model_validate({"domain": {**TINY_DOMAIN, "epochs": 2, "cache_dir": str(tmp_path / "cache")},
                                         "labels": {"enabled": False}, "memorisation": {"enabled": False},
@@ -132,10 +132,10 @@ def test_domain_encoder_is_trained_once_then_reused(retina_cards: dict[str, Path
     encoder = Path(first["space_info"][0]["encoder"])
     assert encoder.is_relative_to(tmp_path / "cache" / "domain") and (encoder / "config.json").is_file()
 
-    def no_training(self: Trainer) -> None:
+    def no_training(self: ClassifierTrainer) -> None:
         raise AssertionError("the cached domain encoder was trained again")
 
-    monkeypatch.setattr(Trainer, "fit", no_training)
+    monkeypatch.setattr(ClassifierTrainer, "fit", no_training)
     second = run_quality(retina_cards["colour"], retina_cards["real"], cfg, tmp_path / "q2")
     assert second["space_info"][0]["reused"] is True and second["space_info"][0]["encoder"] == str(encoder)
 

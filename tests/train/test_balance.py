@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from synthfm.adapt.balance import balanced_sampler, class_weights, integer_labels, weighted_loss
 from synthfm.errors import SynthfmError
+from synthfm.train.balance import balanced_sampler, class_weights, integer_labels, weighted_loss
 
 
 def test_class_weights_are_n_over_k_n_k_and_zero_when_absent() -> None:

@@ -1,4 +1,4 @@
-"""The adaptation trainer: freezing policies, layer-wise lr decay, best-val checkpoint, resume, fractions."""
+"""The classifier trainer: freezing policies, layer-wise lr decay, best-val checkpoint, resume, fractions."""
 
 from __future__ import annotations
 
@@ -10,11 +10,20 @@ import pandas as pd
 import pytest
 import torch
 
-from synthfm.adapt import trainer as tr
-from synthfm.adapt.trainer import Classifier, Trainer, build_head, lrd_param_groups, train_positions
 from synthfm.data.manifest import load_card
+from synthfm.evaluate.predictions import SCORING
 from synthfm.models.backbones import create_backbone
 from synthfm.models.checkpoint import from_pretrained, load_state, read_pretrained_config
+from synthfm.train import trainer as tr
+from synthfm.train.classifier import Classifier, build_head, lrd_param_groups
+from synthfm.train.trainer import ClassifierTrainer, train_positions
+
+
+class Trainer(ClassifierTrainer):
+    """The classifier trainer with the adaptation results contract (as the gate's verifier runs it)."""
+
+    def __init__(self, cfg, out, data=None) -> None:
+        super().__init__(cfg, out, SCORING, data)
 
 
 def _encoder_state(t: Trainer) -> dict[str, torch.Tensor]:
@@ -23,8 +32,8 @@ def _encoder_state(t: Trainer) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("augment", [False, True])
-def test_linear_probe_leaves_encoder_unchanged(tiny_cfg, tmp_path: Path, augment: bool) -> None:
-    t = Trainer(tiny_cfg(policy="linear_probe", augment=augment), tmp_path)
+def test_linear_probe_leaves_encoder_unchanged(tiny_recipe, tmp_path: Path, augment: bool) -> None:
+    t = Trainer(tiny_recipe(policy="linear_probe", augment=augment), tmp_path)
     before, head = _encoder_state(t), t.model.head[1].weight.detach().clone()
     t.fit()
     after = t.model.encoder.state_dict()
@@ -33,8 +42,8 @@ def test_linear_probe_leaves_encoder_unchanged(tiny_cfg, tmp_path: Path, augment
     assert isinstance(t.model.head[0], torch.nn.BatchNorm1d) and not t.model.head[0].affine
 
 
-def test_finetune_changes_encoder_and_sets_layer_lrs(tiny_cfg, tmp_path: Path) -> None:
-    t = Trainer(tiny_cfg(policy="finetune", drop_path=0.2), tmp_path)
+def test_finetune_changes_encoder_and_sets_layer_lrs(tiny_recipe, tmp_path: Path) -> None:
+    t = Trainer(tiny_recipe(policy="finetune", drop_path=0.2), tmp_path)
     before = _encoder_state(t)
     t.fit()
     after = t.model.encoder.state_dict()
@@ -64,22 +73,22 @@ def test_layer_decay_groups_vit_tiny() -> None:
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
 
 
-def test_best_checkpoint_is_max_val_auroc(tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_best_checkpoint_is_max_val_auroc(tiny_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = [0.5, 0.9, 0.7]  # validation AUROC of epochs 0, 1, 2 (later calls: the final evaluation)
-    real_metrics, real_save = tr.task_metrics, Trainer.save_checkpoint
+    real_validate, real_save = Trainer.validate, Trainer.save_checkpoint
     saved: dict[int, dict[str, torch.Tensor]] = {}
 
-    def metrics(task_type, y, p):
-        out = real_metrics(task_type, y, p)
-        return {**out, "auroc": fake.pop(0)} if fake else out
+    def validate(self, ds):
+        out = real_validate(self, ds)
+        return {**out, "auroc": fake.pop(0)}
 
     def save(self, epoch, best):
         saved[epoch] = {k: v.clone() for k, v in self.net.state_dict().items()}
         real_save(self, epoch, best)
 
-    monkeypatch.setattr(tr, "task_metrics", metrics)
+    monkeypatch.setattr(Trainer, "validate", validate)
     monkeypatch.setattr(Trainer, "save_checkpoint", save)
-    summary = Trainer(tiny_cfg(epochs=3, export_encoder=True), tmp_path).fit()
+    summary = Trainer(tiny_recipe(epochs=3, export_encoder=True), tmp_path).fit()
     logged = [r["val_auroc"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
     assert logged == [0.5, 0.9, 0.7]
     assert summary["best_epoch"] == int(np.argmax(logged)) == 1 and summary["best_val_auroc"] == 0.9
@@ -93,16 +102,16 @@ def test_best_checkpoint_is_max_val_auroc(tiny_cfg, tmp_path: Path, monkeypatch:
     assert read_pretrained_config(summary["encoder"])["best_epoch"] == 1
 
 
-def test_export_encoder_needs_finetune_and_keeps_old_hashes(tiny_cfg) -> None:
+def test_export_encoder_needs_finetune_and_keeps_old_hashes(tiny_recipe) -> None:
     """A probe has nothing to export; leaving export_encoder off keeps a config's run-directory hash."""
     with pytest.raises(ValueError, match="export_encoder needs policy 'finetune'"):
-        tiny_cfg(policy="linear_probe", export_encoder=True)
-    assert "export_encoder" not in tiny_cfg().model_dump()
-    assert tiny_cfg(export_encoder=True).model_dump()["export_encoder"] is True
+        tiny_recipe(policy="linear_probe", export_encoder=True)
+    assert "export_encoder" not in tiny_recipe().model_dump()
+    assert tiny_recipe(export_encoder=True).model_dump()["export_encoder"] is True
 
 
-def test_resume_mid_seed_matches_uninterrupted(tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = tiny_cfg(epochs=3)
+def test_resume_mid_seed_matches_uninterrupted(tiny_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_recipe(epochs=3)
     clean = Trainer(cfg, tmp_path / "clean").fit()
     real_save = Trainer.save_checkpoint
 
@@ -124,7 +133,7 @@ def test_resume_mid_seed_matches_uninterrupted(tiny_cfg, tmp_path: Path, monkeyp
     assert epochs == [0, 1, 2]
 
 
-def test_label_fractions_nested(phantom_card: Path, tiny_cfg, tmp_path: Path) -> None:
+def test_label_fractions_nested(phantom_card: Path, tiny_recipe, tmp_path: Path) -> None:
     data = load_card(phantom_card)
     rows = data.indices("train")
     subsets = {f: set(rows[train_positions(data, "cataract", f, seed=0)]) for f in (0.25, 0.5, 1.0)}
@@ -132,46 +141,5 @@ def test_label_fractions_nested(phantom_card: Path, tiny_cfg, tmp_path: Path) ->
     assert len(subsets[0.5]) == pytest.approx(len(rows) / 2, abs=2)
     pos = data.labels["cataract"][sorted(subsets[0.5])].sum()
     assert pos == int(np.ceil(0.5 * data.labels["cataract"][rows].sum()))  # stratified
-    summary = Trainer(tiny_cfg(label_fractions=[0.5], epochs=1, policy="linear_probe"), tmp_path).fit()
+    summary = Trainer(tiny_recipe(label_fractions=[0.5], epochs=1, policy="linear_probe"), tmp_path).fit()
     assert summary["train_images"] == len(subsets[0.5])
-
-
-def test_in_chans_override_and_rgb_checkpoint_on_grey_card(tmp_path: Path) -> None:
-    """backbone_overrides {in_chans: 1} (configs/cxr_tb.yaml, rasd.yaml) builds a grey encoder, from random init
-    and from a 3-channel checkpoint file; an override that contradicts the card is one clear error."""
-    from synthfm.adapt.config import AdaptConfig
-    from synthfm.errors import SynthfmError
-    from synthfm.synth.writer import PhantomConfig, render_phantom
-
-    card = render_phantom(tmp_path / "cxr", PhantomConfig(generator="cxr_phantom", n=8, size=32))
-    small = {"depth": 2, "img_size": 32, "embed_dim": 48, "num_heads": 3}
-    torch.manual_seed(0)
-    rgb = create_backbone("vit_tiny_p8_64", 3, **small)
-    torch.save({"model": rgb.state_dict()}, tmp_path / "rgb.pth")
-    for encoder, backbone in (("random:vit_tiny_p8_64", None), (str(tmp_path / "rgb.pth"), "vit_tiny_p8_64")):
-        cfg = AdaptConfig(card=str(card), task="tb", encoder=encoder, backbone=backbone,
-                          backbone_overrides={"in_chans": 1, **small})
-        enc = tr.load_encoder(cfg, 1)
-        assert enc.patch_embed.proj.in_channels == 1
-    assert torch.allclose(enc.patch_embed.proj.weight, rgb.patch_embed.proj.weight.sum(1, keepdim=True))
-    bad = AdaptConfig(card=str(card), task="tb", encoder="random:vit_tiny_p8_64", backbone_overrides={"in_chans": 3})
-    with pytest.raises(SynthfmError, match=r"in_chans is 3 but card .* has 1 channel"):
-        tr.load_encoder(bad, 1)
-
-
-def test_encoder_takes_another_image_size_or_names_the_patch_size(tmp_path: Path) -> None:
-    import torch
-
-    from synthfm.adapt.trainer import fit_image_size
-    from synthfm.errors import SynthfmError
-    from synthfm.models.backbones import create_backbone
-    from synthfm.models.checkpoint import from_pretrained, save_pretrained
-
-    enc = create_backbone("vit_tiny_p8_64", 3, img_size=32)
-    fit_image_size(enc, 48, "enc")
-    assert enc.pos_embed.shape[1] == 1 + (48 // 8) ** 2
-    assert enc(torch.zeros(1, 3, 48, 48)).shape == (1, enc.num_features)
-    with pytest.raises(SynthfmError, match="not a multiple of encoder enc's patch size 8"):
-        fit_image_size(enc, 50, "enc")
-    save_pretrained(enc, tmp_path / "enc")  # an exported encoder is rebuilt at the size it was adapted to
-    assert from_pretrained(tmp_path / "enc").pos_embed.shape == enc.pos_embed.shape

@@ -1,4 +1,4 @@
-"""The trainer with the baselines (raw pixels, resnet18 from scratch) and the anti-collapse options
+"""The classifier trainer with the baselines (raw pixels, resnet18 from scratch) and the anti-collapse options
 (class_balance, blr, patience): what each does, and that a killed run still resumes to the same result."""
 
 from __future__ import annotations
@@ -11,12 +11,20 @@ import pandas as pd
 import pytest
 import torch
 
-from synthfm.adapt import trainer as tr
-from synthfm.adapt.trainer import Trainer
 from synthfm.data.readers import open_dataset
 from synthfm.errors import SynthfmError
-from synthfm.evaluate.predictions import read_predictions
+from synthfm.evaluate.metrics import task_metrics
+from synthfm.evaluate.predictions import SCORING, read_predictions
 from synthfm.models.checkpoint import load_state
+from synthfm.train import trainer as tr
+from synthfm.train.trainer import ClassifierTrainer
+
+
+class Trainer(ClassifierTrainer):
+    """The classifier trainer with the adaptation results contract (as the gate's verifier runs it)."""
+
+    def __init__(self, cfg, out, data=None) -> None:
+        super().__init__(cfg, out, SCORING, data)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,9 +33,9 @@ def _epochs(run: Path) -> list[int]:
     return [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "event" not in r]
 
 
-def test_pixels_probe_is_a_logistic_regression_on_the_pixels(tiny_cfg, tmp_path: Path) -> None:
+def test_pixels_probe_is_a_logistic_regression_on_the_pixels(tiny_recipe, tmp_path: Path) -> None:
     """Features are the 16 px images flattened (3 x 16 x 16 = 768); the head is BatchNorm (no affine) + Linear."""
-    t = Trainer(tiny_cfg(encoder="pixels", policy="linear_probe", image_size=16, backbone_overrides={}), tmp_path)
+    t = Trainer(tiny_recipe(encoder="pixels", policy="linear_probe", image_size=16, backbone_overrides={}), tmp_path)
     summary = t.fit()
     feats = load_state(tmp_path / tr.FEATURES_FILE)
     val = open_dataset(t.data, "val", size=16)
@@ -38,9 +46,9 @@ def test_pixels_probe_is_a_logistic_regression_on_the_pixels(tiny_cfg, tmp_path:
     assert 0 <= summary["metrics"]["test"]["auroc"] <= 1
 
 
-def test_resnet18_finetunes_without_the_vit_recipe(tiny_cfg, tmp_path: Path) -> None:
+def test_resnet18_finetunes_without_the_vit_recipe(tiny_recipe, tmp_path: Path) -> None:
     """Every weight trains at the full lr (layer decay skipped, said in the summary); timm's drop path is set."""
-    cfg = tiny_cfg(encoder="random:resnet18", backbone_overrides={}, image_size=32, epochs=1, drop_path=0.2)
+    cfg = tiny_recipe(encoder="random:resnet18", backbone_overrides={}, image_size=32, epochs=1, drop_path=0.2)
     t = Trainer(cfg, tmp_path)
     before = t.model.encoder.conv1.weight.detach().clone()
     summary = t.fit()
@@ -49,17 +57,17 @@ def test_resnet18_finetunes_without_the_vit_recipe(tiny_cfg, tmp_path: Path) -> 
     assert t.model.encoder.layer4[1].drop_path.drop_prob == pytest.approx(0.2)
     assert any("layer_decay 0.65 not applied" in n for n in summary["notes"])
     with pytest.raises(SynthfmError, match="not a ViT, so it has no built-in image size"):
-        Trainer(tiny_cfg(encoder="random:resnet18", backbone_overrides={}), tmp_path / "no_size")
+        Trainer(tiny_recipe(encoder="random:resnet18", backbone_overrides={}), tmp_path / "no_size")
 
 
-def test_class_balance_reaches_the_loss_and_the_loader(tiny_cfg, tmp_path: Path) -> None:
+def test_class_balance_reaches_the_loss_and_the_loader(tiny_recipe, tmp_path: Path) -> None:
     """'loss' uses the subset's balanced weights; 'sampler' draws the epoch's images with replacement."""
-    t = Trainer(tiny_cfg(class_balance="loss"), tmp_path / "loss")
+    t = Trainer(tiny_recipe(class_balance="loss"), tmp_path / "loss")
     sets = t.datasets()
     labels = t.data.labels["cataract"][t.data.indices("train")]
     n, pos = len(labels), int(labels.sum())
     assert t.class_weight.tolist() == pytest.approx([n / (2 * (n - pos)), n / (2 * pos)])
-    s = Trainer(tiny_cfg(class_balance="sampler"), tmp_path / "sampler")
+    s = Trainer(tiny_recipe(class_balance="sampler"), tmp_path / "sampler")
     loader = s.loader(s.datasets()["train"], shuffle=True, epoch=3)
     assert isinstance(loader.sampler, torch.utils.data.WeightedRandomSampler)
     assert list(loader.sampler) == list(s.loader(sets["train"], shuffle=True, epoch=3).sampler)
@@ -67,19 +75,19 @@ def test_class_balance_reaches_the_loss_and_the_loader(tiny_cfg, tmp_path: Path)
 
 def _fake_val_auroc(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
     """Validation AUROC of epoch e is values[e] (other metric calls are real), across crash and resume."""
-    real_metrics, real_epoch = tr.task_metrics, Trainer.train_epoch
+    real_validate, real_epoch = Trainer.validate, Trainer.train_epoch
     state: dict[str, int] = {}
 
     def train_epoch(self, ds, epoch):
         state["epoch"] = epoch
         return real_epoch(self, ds, epoch)
 
-    def metrics(task_type, y, p):
-        out = real_metrics(task_type, y, p)
-        return {**out, "auroc": values[state.pop("epoch")]} if "epoch" in state else out
+    def validate(self, ds):
+        out = real_validate(self, ds)
+        return {**out, "auroc": values[state.pop("epoch")]}
 
     monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
-    monkeypatch.setattr(tr, "task_metrics", metrics)
+    monkeypatch.setattr(Trainer, "validate", validate)
 
 
 def _killed_after_then_resumed(cfg, run: Path, epoch: int, monkeypatch: pytest.MonkeyPatch) -> dict:
@@ -98,12 +106,12 @@ def _killed_after_then_resumed(cfg, run: Path, epoch: int, monkeypatch: pytest.M
     return Trainer(cfg, run).fit()
 
 
-def test_early_stopping_on_val_auroc_survives_a_kill(tiny_cfg, tmp_path: Path,
+def test_early_stopping_on_val_auroc_survives_a_kill(tiny_recipe, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """AUROC 0.5, 0.9, 0.7, 0.6, ... with patience 2: epochs 2 and 3 do not improve, so epoch 4 never runs;
     killed right after epoch 3's checkpoint, the resumed run stops there too, with the same result."""
     _fake_val_auroc(monkeypatch, [0.5, 0.9, 0.7, 0.6, 0.95, 0.99])
-    cfg = tiny_cfg(epochs=6, patience=2)
+    cfg = tiny_recipe(epochs=6, patience=2)
     clean = Trainer(cfg, tmp_path / "clean").fit()
     assert _epochs(tmp_path / "clean") == [0, 1, 2, 3] and clean["best_epoch"] == 1
     resumed = _killed_after_then_resumed(cfg, tmp_path / "cut", 3, monkeypatch)
@@ -112,9 +120,9 @@ def test_early_stopping_on_val_auroc_survives_a_kill(tiny_cfg, tmp_path: Path,
 
 
 @pytest.mark.parametrize("balance", ["loss", "sampler"])
-def test_resume_with_balance_blr_and_patience_matches_uninterrupted(tiny_cfg, tmp_path: Path, balance: str,
+def test_resume_with_balance_blr_and_patience_matches_uninterrupted(tiny_recipe, tmp_path: Path, balance: str,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = tiny_cfg(epochs=3, class_balance=balance, blr=8e-3, patience=5, drop_path=0.1)
+    cfg = tiny_recipe(epochs=3, class_balance=balance, blr=8e-3, patience=5, drop_path=0.1)
     clean = Trainer(cfg, tmp_path / "clean").fit()
     resumed = _killed_after_then_resumed(cfg, tmp_path / "cut", 1, monkeypatch)
     assert resumed["metrics"] == clean["metrics"] and resumed["best_epoch"] == clean["best_epoch"]
@@ -126,17 +134,17 @@ def test_resume_with_balance_blr_and_patience_matches_uninterrupted(tiny_cfg, tm
 def _retina_10pct(tmp_path: Path, seed: int, **kw) -> dict[str, float]:
     """A 2-block 48-wide ViT fine-tuned from random init on 10% of RetinaMNIST's labels (108 images) for 6
     epochs at lr 1e-3 (given as blr: 1e-3 x 256 / 16), the retinamnist experiment's short schedule."""
-    from synthfm.adapt.config import AdaptConfig
+    from synthfm.train.classifier_config import ClassifierConfig
 
-    cfg = AdaptConfig(card=str(REPO / "configs/cards/retinamnist.yaml"), task="dr_grade",
+    cfg = ClassifierConfig(card=str(REPO / "configs/cards/retinamnist.yaml"), task="dr_grade",
                       encoder="random:vit_tiny_p8_64",
                       backbone_overrides={"depth": 2, "img_size": 32, "embed_dim": 48, "num_heads": 3},
                       image_size=32, epochs=6, warmup_epochs=1, batch_size=16, blr=1e-3 * 256 / 16, seeds=[seed],
                       label_fractions=[0.1], **kw)
     Trainer(cfg, tmp_path / f"{kw}_{seed}").fit()
     _, y, p = read_predictions(tmp_path / f"{kw}_{seed}" / "predictions_test.parquet")
-    return {"kappa": tr.task_metrics("ordinal", y, p)["kappa_quadratic"],
-            "balanced_accuracy": tr.task_metrics("ordinal", y, p)["balanced_accuracy"],
+    return {"kappa": task_metrics("ordinal", y, p)["kappa_quadratic"],
+            "balanced_accuracy": task_metrics("ordinal", y, p)["balanced_accuracy"],
             "classes_predicted": len(np.unique(p.argmax(1)))}
 
 
@@ -150,31 +158,3 @@ def test_retinamnist_10pct_finetune_beats_the_majority_class_with_class_balance(
     runs = [_retina_10pct(tmp_path, seed, class_balance="loss") for seed in (0, 1, 2)]
     assert all(r["classes_predicted"] > 1 and r["kappa"] > 0 for r in runs)
     assert np.mean([r["balanced_accuracy"] for r in runs]) > 0.22
-
-
-def test_baseline_experiments_finish_and_export_what_they_can(tiny_cfg, tmp_path: Path) -> None:
-    """A ResNet-18 experiment gets its model card and exports as a plain-timm ResNet (head `fc`) with the same
-    logits; the pixels experiment finishes without a card and refuses export in words."""
-    import timm
-
-    from synthfm.adapt.adapted import load_adapted
-    from synthfm.adapt.experiment import run_experiment
-    from synthfm.adapt.export import export_model
-
-    cnn = tmp_path / "cnn"
-    run_experiment(tiny_cfg(encoder="random:resnet18", backbone_overrides={}, image_size=32, epochs=1), cnn)
-    assert (cnn / "README.md").is_file()
-    out = export_model(cnn, tmp_path / "cnn_export")
-    info = json.loads((out / "config.json").read_text())
-    plain = timm.create_model(info["architecture"], pretrained=True, pretrained_cfg_overlay={
-        "file": str(out / "model.safetensors"), "num_classes": 1}, **info["model_args"]).eval()
-    model, _ = load_adapted(cnn / "fraction_1" / "seed_0")
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(plain(x), model(x))
-    pixels = tmp_path / "pixels"
-    results = run_experiment(tiny_cfg(encoder="pixels", policy="linear_probe", image_size=16, backbone_overrides={}),
-                             pixels)
-    assert set(results["encoder"]) == {"pixels"} and not (pixels / "README.md").exists()
-    with pytest.raises(SynthfmError, match="raw-pixel baseline"):
-        export_model(pixels, tmp_path / "pixels_export")

@@ -8,12 +8,13 @@ import torch
 from torch import nn
 
 from synthfm.adapt.config import AdaptConfig
-from synthfm.adapt.trainer import BEST_FILE, fit_image_size, load_encoder, make_classifier
 from synthfm.data.manifest import load_card
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.predictions import STAGE
 from synthfm.models.checkpoint import load_state
 from synthfm.runs import CONFIG_FILE, read_run_config
+from synthfm.train.classifier import fit_image_size, load_encoder, make_classifier
+from synthfm.train.trainer import BEST_FILE
 
 
 def load_adapted(run_dir: str | Path) -> tuple[nn.Module, AdaptConfig]:

@@ -27,7 +27,6 @@ from PIL import Image
 from torch import nn
 
 from synthfm.adapt.export import load_classifier, prepared_with
-from synthfm.adapt.trainer import task_scores
 from synthfm.data.card import CARD_FILE, DatasetCard, SourceSpec, card_file, write_card
 from synthfm.data.images import encode_png
 from synthfm.data.manifest import ID, CardData, load_card
@@ -37,6 +36,7 @@ from synthfm.data.transforms import build_transform
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_path, atomic_write_bytes
 from synthfm.progress import progress_bar
+from synthfm.train.classifier import task_scores
 
 PREDICTIONS = "predictions.csv"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")

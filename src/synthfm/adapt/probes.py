@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -31,9 +31,9 @@ from synthfm.evaluate.results import INTERNAL
 from synthfm.locks import acquire, release
 from synthfm.models.pooling import POOLS, pooled_dim, resolve_pool
 from synthfm.runs import MARKER_FILE, read_header, read_run_config
-
-if TYPE_CHECKING:
-    from synthfm.adapt.trainer import Trainer
+from synthfm.train.classifier import build_head, lrd_param_groups
+from synthfm.train.classifier_config import ClassifierConfig
+from synthfm.train.trainer import ClassifierTrainer, epoch_seed, is_better
 
 Metrics = dict[str, dict[str, float]]
 RUN_KEYS = ("fraction", "seed", "repeat", "fold")  # a run's place in the experiment, from its summary
@@ -44,20 +44,18 @@ def probe_key(readout: str, pool: str) -> str:
     return f"{readout}:{pool}"
 
 
-def _splits(trainer: Trainer) -> list[str]:
+def _splits(trainer: ClassifierTrainer) -> list[str]:
     """Validation split first, then the test splits."""
     return list(dict.fromkeys([trainer.cfg.val_split, *trainer.cfg.test_splits]))
 
 
-def _pooled_sets(trainer: Trainer, sets: dict[str, Dataset], pool: str) -> dict[str, TensorDataset]:
+def _pooled_sets(trainer: ClassifierTrainer, sets: dict[str, Dataset], pool: str) -> dict[str, TensorDataset]:
     """The cached (features of `pool`, targets, rows) of every split."""
     return {s: TensorDataset(trainer.pooled[s][pool], *sets[s].tensors[1:]) for s in sets}
 
 
-def fit_linear(trainer: Trainer, sets: dict[str, TensorDataset], dim: int) -> Metrics:
+def fit_linear(trainer: ClassifierTrainer, sets: dict[str, TensorDataset], dim: int) -> Metrics:
     """Train the run's probe recipe on other features; the best-val-AUROC epoch's metrics on every split."""
-    from synthfm.adapt.trainer import build_head, epoch_seed, is_better, lrd_param_groups
-
     cfg, val = trainer.cfg, trainer.cfg.val_split
     torch.manual_seed(trainer.seed)
     head = build_head(dim, trainer.task.num_outputs, probe=True).to(trainer.acc.device)
@@ -79,7 +77,7 @@ def fit_linear(trainer: Trainer, sets: dict[str, TensorDataset], dim: int) -> Me
         trainer.net, trainer.optimizer = kept
 
 
-def knn_metrics(trainer: Trainer, sets: dict[str, TensorDataset]) -> Metrics:
+def knn_metrics(trainer: ClassifierTrainer, sets: dict[str, TensorDataset]) -> Metrics:
     """k-NN scores of the validation and test splits against the training subset, and their metrics."""
     cfg, task = trainer.cfg.probes, trainer.task
     bank, bank_y = sets["train"].tensors[:2]
@@ -91,7 +89,7 @@ def knn_metrics(trainer: Trainer, sets: dict[str, TensorDataset]) -> Metrics:
     return out
 
 
-def run_probes(trainer: Trainer, sets: dict[str, Dataset], metrics: Metrics) -> dict[str, Metrics]:
+def run_probes(trainer: ClassifierTrainer, sets: dict[str, Dataset], metrics: Metrics) -> dict[str, Metrics]:
     """Linear probes on the other poolings and k-NN on every pooling; `metrics` are the configured head's."""
     cfg, encoder = trainer.cfg.probes, trainer.model.encoder
     own = trainer.model.pool or resolve_pool(encoder, None)
@@ -105,17 +103,17 @@ def run_probes(trainer: Trainer, sets: dict[str, Dataset], metrics: Metrics) -> 
     return out
 
 
-def wants_probes(cfg: AdaptConfig) -> bool:
+def wants_probes(cfg: ClassifierConfig) -> bool:
     """Whether a run scores the extra probes: a linear probe on cached features with pools or k-NN on."""
     return cfg.policy == "linear_probe" and not cfg.augments and (cfg.probes.pools or cfg.probes.knn)
 
 
-def probe_heads(cfg: AdaptConfig) -> int:
+def probe_heads(cfg: ClassifierConfig) -> int:
     """Linear heads a run trains (for the planner): the configured one, plus one per other pooling of a ViT."""
     return 1 + (len(POOLS) - 1 if wants_probes(cfg) and cfg.probes.pools else 0)
 
 
-def probe_summary(trainer: Trainer, sets: dict[str, Dataset], metrics: Metrics) -> dict[str, Any]:
+def probe_summary(trainer: ClassifierTrainer, sets: dict[str, Dataset], metrics: Metrics) -> dict[str, Any]:
     """The `probes` entry of a cached linear probe run's summary (empty when probes are off)."""
     return {"probes": run_probes(trainer, sets, metrics)} if wants_probes(trainer.cfg) else {}
 

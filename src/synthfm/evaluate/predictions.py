@@ -13,6 +13,7 @@ This module owns that contract, so the stages that read it need not import the o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,8 +22,12 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from synthfm.data.card import TaskSpec
+from synthfm.data.manifest import CardData
 from synthfm.errors import SynthfmError
+from synthfm.evaluate.fairness import row_metadata
+from synthfm.evaluate.metrics import task_metrics
 from synthfm.evaluate.results import INTERNAL
+from synthfm.io import atomic_path
 from synthfm.runs import CONFIG_FILE, MARKER_FILE, read_header, read_run_config
 
 STAGE = "adapt"  # the stage name in an adaptation run's config.yaml header
@@ -113,6 +118,34 @@ def prediction_frame(index: np.ndarray, y: np.ndarray, p: np.ndarray, task: Task
     if p.ndim == 1:
         return df.assign(score=p)
     return df.assign(**{f"score_{c}": p[:, k] for k, c in enumerate(task.classes)})
+
+
+def write_predictions(path: Path, index: np.ndarray, y: np.ndarray, p: np.ndarray, task: TaskSpec,
+                      data: CardData) -> dict[str, float]:
+    """Write one split's per-image predictions with the card's metadata columns (atomically); return their metrics."""
+    frame = pd.concat([prediction_frame(index, y, p, task), row_metadata(data, index)], axis=1)
+    with atomic_path(path, ".parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+    return task_metrics(task.type, y, p)
+
+
+@dataclass(frozen=True)
+class PredictionScoring:
+    """This contract as the classifier trainer's `Scoring`: the stage name, task metrics, the prediction writer."""
+
+    stage: str = STAGE
+
+    def metrics(self, task_type: str, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+        """Task metrics (evaluate/metrics.py)."""
+        return task_metrics(task_type, y, p)
+
+    def write(self, path: Path, index: np.ndarray, y: np.ndarray, p: np.ndarray, task: TaskSpec,
+              data: CardData) -> dict[str, float]:
+        """`write_predictions`."""
+        return write_predictions(path, index, y, p, task, data)
+
+
+SCORING = PredictionScoring()
 
 
 def _columns(df: pd.DataFrame, name: str) -> np.ndarray:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from synthfm.config import StrictModel, check_block
+from synthfm.train.classifier_config import ClassifierConfig
 
 DOMAIN = "domain"
 
@@ -80,21 +81,19 @@ class MemorisationConfig(StrictModel):
 
 
 class LabelCheckConfig(StrictModel):
-    """A classifier trained on the real card (adaptation trainer) re-checks every synthetic label."""
+    """A classifier trained on the real card (train/trainer.py) re-checks every synthetic label."""
 
     enabled: bool = True
     tasks: list[str] = Field(default_factory=list, description="real task names; default: all shared tasks")
     task_map: dict[str, str] = Field(default_factory=dict, description="real task name -> synthetic task name")
     adapt: dict[str, Any] = Field(default_factory=dict,
-                                  description="AdaptConfig keys (encoder, policy, epochs, ...); card/task are set")
+                                  description="ClassifierConfig keys (encoder, policy, epochs, ...); card/task are set")
 
     @field_validator("adapt")
     @classmethod
     def _adapt_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        """AdaptConfig keys, checked with the config (card and task are the real card's, set later)."""
-        from synthfm.adapt.config import AdaptConfig
-
-        return check_block(AdaptConfig, value, card="real card", task="task", encoder="the space's encoder")
+        """ClassifierConfig keys, checked with the config (card and task are the real card's, set later)."""
+        return check_block(ClassifierConfig, value, card="real card", task="task", encoder="the space's encoder")
     min_prob: float | None = Field(None, gt=0, lt=1, description="keep if P(given) >= this; default: argmax agrees")
     filtered_card: bool = True
 
@@ -110,7 +109,7 @@ class MetadataConfig(StrictModel):
 
 
 class DomainConfig(StrictModel):
-    """The default feature space: an encoder fine-tuned on the real card's task by the adaptation trainer.
+    """The default feature space: an encoder fine-tuned on the real card's task by the classifier trainer.
 
     The gate trains it when a space names `encoder: domain` and caches it under `cache_dir/domain/<key>`, the
     key hashing the real card (its card file and manifest) and these settings, so a second call reuses it.

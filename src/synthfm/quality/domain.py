@@ -1,6 +1,6 @@
 """The gate's default feature space: an encoder fine-tuned on the real card, trained once and cached.
 
-The adaptation trainer (`synthfm.adapt.trainer.Trainer`, policy finetune, `export_encoder`) fine-tunes
+The classifier trainer (`synthfm.train.trainer.ClassifierTrainer`, policy finetune, `export_encoder`) fine-tunes
 `domain.start` on the real card's task (train split, best epoch on val) and exports the encoder. The run
 lives under `<cache_dir>/domain/<key>`, where the key hashes the real card file, its manifest (every row,
 labels and split) and the domain settings, so any later call on the same card reuses it, and an interrupted
@@ -18,8 +18,11 @@ import pandas as pd
 
 from synthfm.data.manifest import CardData
 from synthfm.errors import SynthfmError
+from synthfm.evaluate.predictions import SCORING
 from synthfm.quality.config import DomainConfig
 from synthfm.runs import RunDir, config_hash
+from synthfm.train.classifier_config import ClassifierConfig
+from synthfm.train.trainer import ENCODER_DIR, ClassifierTrainer
 
 RUN = "run"
 
@@ -54,7 +57,7 @@ def card_key(real: CardData, cfg: DomainConfig, task: str) -> str:
 
 
 def adapt_settings(real_card: str, task: str, cfg: DomainConfig) -> dict[str, Any]:
-    """AdaptConfig keys of the domain encoder's fine-tuning run."""
+    """ClassifierConfig keys of the domain encoder's fine-tuning run."""
     return {"card": str(Path(real_card).resolve()), "task": task, "encoder": cfg.start,
             "backbone_overrides": cfg.backbone_overrides, "image_size": cfg.image_size, "policy": "finetune",
             "epochs": cfg.epochs, "warmup_epochs": cfg.warmup_epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
@@ -63,9 +66,6 @@ def adapt_settings(real_card: str, task: str, cfg: DomainConfig) -> dict[str, An
 
 def domain_encoder(real: CardData, real_card: str, cfg: DomainConfig) -> tuple[Path, dict[str, Any]]:
     """(save_pretrained dir, description) of the real card's domain encoder, trained now unless cached."""
-    from synthfm.adapt.config import AdaptConfig
-    from synthfm.adapt.trainer import ENCODER_DIR, Trainer
-
     task = domain_task(real, cfg)
     for split in ("train", "val"):
         if not len(real.indices(split)):
@@ -73,12 +73,12 @@ def domain_encoder(real: CardData, real_card: str, cfg: DomainConfig) -> tuple[P
                                "encoder", "split the real card (synthfm data split) or give a feature space "
                                "explicitly: spaces: [{encoder: DIR}]")
     root = cache_root(cfg) / "domain" / card_key(real, cfg, task)
-    acfg = AdaptConfig(**adapt_settings(real_card, task, cfg))
+    acfg = ClassifierConfig(**adapt_settings(real_card, task, cfg))
     run = root / RUN
     encoder = run / ENCODER_DIR
-    reused = RunDir(run, "adapt", acfg).is_complete and encoder.is_dir()
+    reused = RunDir(run, SCORING.stage, acfg).is_complete and encoder.is_dir()
     if not reused:
-        Trainer(acfg, run).fit()
+        ClassifierTrainer(acfg, run, SCORING).fit()
     info = {"kind": "domain", "description": f"encoder fine-tuned on real card '{real.card.name}' task '{task}' "
             f"(from {cfg.start}, {cfg.epochs} epochs)", "encoder": str(encoder), "task": task, "reused": reused}
     return encoder, info

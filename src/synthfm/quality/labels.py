@@ -1,6 +1,6 @@
 """Label verification: a classifier trained on the real card re-checks every synthetic image's label.
 
-The classifier is trained through the adaptation trainer (`synthfm.adapt.trainer.Trainer`, its own run
+The classifier is trained by the classifier trainer (`synthfm.train.trainer.ClassifierTrainer`, its own run
 directory under the quality run), with its best-validation weights. It predicts each synthetic image;
 agreement with the label the image was generated for is reported per class, with the confusion table.
 Because the classifier errs on real images too, the share of *wrong labels* is also estimated with its
@@ -24,18 +24,18 @@ import torch
 from scipy.optimize import nnls
 from torch.utils.data import DataLoader
 
-from synthfm.adapt.config import AdaptConfig
-from synthfm.adapt.trainer import BEST_FILE, Trainer, task_scores
 from synthfm.data.card import MANIFEST, TaskSpec, resolve_path, write_card
 from synthfm.data.manifest import ID, SPLIT, CardData, write_table
 from synthfm.data.readers import open_dataset
 from synthfm.data.shards import shard_urls
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.metrics import confusion
-from synthfm.evaluate.predictions import read_predictions
+from synthfm.evaluate.predictions import SCORING, read_predictions
 from synthfm.io import atomic_path
-from synthfm.models.checkpoint import load_state
 from synthfm.quality.config import LabelCheckConfig
+from synthfm.train.classifier import task_scores
+from synthfm.train.classifier_config import ClassifierConfig
+from synthfm.train.trainer import ClassifierTrainer
 
 ADAPT_DEFAULTS: dict[str, Any] = {"policy": "linear_probe", "epochs": 20, "warmup_epochs": 2, "batch_size": 32,
                                   "lr": 1e-2, "label_fractions": [1.0],
@@ -76,21 +76,21 @@ def checked_tasks(real: CardData, synth: CardData, cfg: LabelCheckConfig) -> lis
 
 
 def adapt_config(real: CardData, real_card: str, task: str, cfg: LabelCheckConfig, seed: int,
-                 encoder: dict[str, Any]) -> AdaptConfig:
-    """The adaptation config of the verifier: defaults, the space's encoder, then `labels.adapt`."""
+                 encoder: dict[str, Any]) -> ClassifierConfig:
+    """The classifier recipe of the verifier: defaults, the space's encoder, then `labels.adapt`."""
     if not len(real.indices("val")):
         raise SynthfmError(f"real card '{real.card.name}' has no 'val' rows to pick the verifier's best epoch",
                            "split the real card (synthfm data split) or set labels.enabled: false")
     tests = ["test"] if len(real.indices("test")) else []
-    return AdaptConfig(**{**ADAPT_DEFAULTS, **encoder, "seeds": [seed], "test_splits": tests, **cfg.adapt,
+    return ClassifierConfig(**{**ADAPT_DEFAULTS, **encoder, "seeds": [seed], "test_splits": tests, **cfg.adapt,
                           "card": real_card, "task": task})
 
 
-def train_verifier(acfg: AdaptConfig, out: Path) -> Trainer:
+def train_verifier(acfg: ClassifierConfig, out: Path) -> ClassifierTrainer:
     """Fit (or reuse) the verifier and load its best-validation weights."""
-    trainer = Trainer(acfg.single(acfg.label_fractions[0], acfg.seeds[0]), out)
+    trainer = ClassifierTrainer(acfg.single(acfg.label_fractions[0], acfg.seeds[0]), out, SCORING)
     trainer.fit()
-    trainer.acc.unwrap_model(trainer.net).load_state_dict(load_state(trainer.run.path / BEST_FILE))
+    trainer.load_best()
     trainer.model.eval()
     return trainer
 
@@ -101,7 +101,7 @@ def _images(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def predict_card(trainer: Trainer, data: CardData, task_type: str, batch_size: int) -> np.ndarray:
+def predict_card(trainer: ClassifierTrainer, data: CardData, task_type: str, batch_size: int) -> np.ndarray:
     """Scores of every row of a card (rows in manifest order), with the verifier's eval transform."""
     ds = open_dataset(data, None, size=trainer.size)
     scores: np.ndarray | None = None
@@ -144,7 +144,7 @@ def mislabelled_fraction(observed: np.ndarray, real_confusion: np.ndarray) -> np
     return out
 
 
-def check_task(trainer: Trainer, rt: TaskSpec, st: TaskSpec, synth: CardData, cfg: LabelCheckConfig,
+def check_task(trainer: ClassifierTrainer, rt: TaskSpec, st: TaskSpec, synth: CardData, cfg: LabelCheckConfig,
                batch_size: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, np.ndarray]:
     """Predictions, per-class agreement and confusion rows of one task, and its pass mask."""
     k = len(rt.classes)
@@ -179,7 +179,7 @@ def _agreement_row(rt: TaskSpec, g: int, syn: np.ndarray, real: np.ndarray, mis:
             "real_heldout_recall": float(real[g, g] / n_real) if n_real else float("nan")}
 
 
-def real_heldout_confusion(trainer: Trainer, task_type: str, k: int) -> np.ndarray:
+def real_heldout_confusion(trainer: ClassifierTrainer, task_type: str, k: int) -> np.ndarray:
     """The verifier's confusion on real held-out images (test split if there is one, else validation)."""
     split = trainer.cfg.test_splits[0] if trainer.cfg.test_splits else trainer.cfg.val_split
     _, y, p = read_predictions(trainer.run.path / f"predictions_{split}.parquet")
