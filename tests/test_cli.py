@@ -153,3 +153,33 @@ def test_an_explicit_option_overrides_the_yaml_even_at_its_default(tmp_path: Pat
     code, _, err = run(["synth", "phantom", "-o", str(tmp_path / "b"), "--config", str(cfg), "--size", "24"], capsys)
     assert code == 0, err
     assert len(pd.read_parquet(tmp_path / "b" / "manifest.parquet")) == 12  # n from the YAML, size from the option
+
+
+def _commands(group, path=()):
+    """(path, click command) of every leaf command under a click group (duck-typed: Typer may bring its own
+    click)."""
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+def test_cli_only_mounts_what_the_stages_own_and_out_is_always_o() -> None:
+    """cli.py holds the root app (its callback and `version`); every other command is defined in a stage's
+    commands.py. Every `--out` option also answers to `-o`."""
+    import ast
+
+    import typer
+
+    from synthfm import cli
+
+    tree = ast.parse(Path(cli.__file__).read_text(encoding="utf-8"))
+    assert [f.name for f in tree.body if isinstance(f, ast.FunctionDef) and f.decorator_list] == ["_root", "version"]
+    leaves = dict(_commands(typer.main.get_command(cli.app)))
+    assert len(leaves) > 25
+    homes = {path: cmd.callback.__module__ for path, cmd in leaves.items() if path != ("version",)}
+    assert all(m.endswith(".commands") or m == "synthfm.plan" for m in homes.values()), homes
+    no_short = [" ".join(path) for path, cmd in leaves.items() for p in cmd.params
+                if "--out" in getattr(p, "opts", []) and "-o" not in p.opts]
+    assert not no_short, f"--out without -o: {no_short}"

@@ -180,6 +180,14 @@ def load_config(model: type[M], path: str | Path) -> M:
     return validate_config(model, read_yaml(path), str(path))
 
 
+def given_options(ctx: Any, values: dict[str, Any], params: dict[str, str] | None = None) -> dict[str, Any]:
+    """The options of a click/Typer command context typed on the command line (not left at their defaults), under
+    their config keys (`params`: config key -> the command's parameter name, where they differ)."""
+    params = params or {}
+    return {key: value for key, value in values.items()  # by name: Typer's click may be its own copy
+            if getattr(ctx.get_parameter_source(params.get(key, key)), "name", None) == "COMMANDLINE"}
+
+
 def layer_options(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """A config's values in order: the YAML's (`base`, over the defaults in code), then the options actually given
     on the command line (`given`: only those, so an explicit option equal to a default still wins)."""

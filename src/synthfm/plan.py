@@ -25,9 +25,10 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+import typer
 
 from synthfm.config import validate_config
 from synthfm.errors import SynthfmError
@@ -570,11 +571,11 @@ def duration(seconds: float) -> str:
 
 
 def plan_cli(
-    pipeline: Path,
-    device: str = "cpu",
-    as_json_out: bool = False,
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (e.g. configs/experiments/retinamnist.yaml)")],
+    device: Annotated[str, typer.Option(help="cpu (measured rates), h100 or a100 (assumed until device.json)")] = "cpu",
+    as_json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON")] = False,
 ) -> None:
-    """Estimate FLOPs, peak memory and wall time of every job of a pipeline on a device, and the total."""
+    """Estimate FLOPs, peak memory and wall time of every job of a pipeline on a device; warn when one won't fit."""
     from rich.console import Console
     from rich.table import Table
 

@@ -1,4 +1,5 @@
-"""Command functions for `synthfm adapt`, `evaluate`, `compare`, `predict` and `export` (wired in cli)."""
+"""Command functions for `synthfm adapt`, `compare`, `predict`, `export` and `efficiency checkpoints` (cli.py mounts
+them)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,22 @@ def checkpoints_cmd(
 
     curve = checkpoint_curve(pretrain_run, load_config(AdaptConfig, config), out)
     show(curve[curve["metric"] == "auroc"], f"downstream AUROC vs pretraining step (table: {out})")
+
+
+def adapt_cli(
+    config: Annotated[Path, typer.Argument(help="Adaptation YAML (card, task, encoder, policy, seeds, fractions)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Experiment folder (resumes finished seeds)")],
+) -> None:
+    """Fine-tune or linear-probe an encoder over every label fraction x seed; print test AUROC mean and CI."""
+    adapt_command(config, out)
+
+
+def compare_cli(
+    run_a: Annotated[Path, typer.Argument(help="Experiment A")],
+    run_b: Annotated[Path, typer.Argument(help="Experiment B")],
+    metric: Annotated[str, typer.Option(help="Metric to compare")] = "auroc",
+    split: Annotated[str, typer.Option(help="Split to compare")] = "test",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the table as CSV")] = None,  # noqa: UP045
+) -> None:
+    """Paired t-tests by seed of A vs B per fraction, Holm-corrected."""
+    compare_command(run_a, run_b, metric, split, out)
