@@ -46,8 +46,11 @@ NOTES = {
            "/ patch 8 and 224 px / patch 16), both fed by the engine's data path; alternating rounds, medians; "
            "the engine's step split by phase; FLOP/s as fractions of measured fp32 and bf16 matmul peaks. "
            "Method: benchmarks/step_bench.py. On this CPU (no native bf16) auto means fp32 and eager: the step is "
-           "matmul-bound, and a compiled engine step measured 0.98x eager at 64 px after 352 s of compiling "
-           "(1 thread, load ~10); the fp32 matmul peak itself varied 13-34 GFLOP/s between rounds of this run.",
+           "matmul-bound. The eager loop itself already runs at 0.76 of the measured fp32 matmul peak at 64 px, so "
+           "no setting can reach 1.3x eager (that would need 0.99 of peak). Measured with the engine compiled "
+           "(`python benchmarks/bench_mae.py --threads 1 --cases 64px_p8 --compile true`, quiet machine, load "
+           "0.7-0.9): 1.087x eager and 0.82 of peak, against 1.061x uncompiled in the run below; compiling gains "
+           "2-3% here, so `compile: auto` stays eager on CPUs.",
     "dino": "The same comparison for DINOv2 (student + EMA teacher, multi-crop in the data path): the "
             "dinov2_vit_tiny_demo recipe at 64 px, the DINOv2 defaults (8 local crops of 96 px, 65536 prototypes) "
             "on a ViT-Ti at 224 px.",

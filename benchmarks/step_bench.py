@@ -82,12 +82,13 @@ def loop_batches(engine: Engine, steps: int) -> Iterator[dict[str, torch.Tensor]
         yield from engine.batches(sp, sp.steps - steps)
 
 
-def case_config(base: dict[str, Any], case: dict[str, Any], batch: int, cache: Path) -> PretrainConfig:
+def case_config(base: dict[str, Any], case: dict[str, Any], batch: int, cache: Path,
+                compile_: bool | str = "auto") -> PretrainConfig:
     """The recipe at the case's size, a phantom card source, and a stage long enough for `compile: auto`."""
     data = {**base, "image_size": case["image_size"], "batch_size": batch, "cache_dir": str(cache),
             "backbone_overrides": {**base.get("backbone_overrides", {}), "img_size": case["image_size"],
                                    **case["backbone_overrides"]},
-            "mixed_precision": "auto", "compile": "auto", "optim": {**base.get("optim", {}), "lr": 1e-4},
+            "mixed_precision": "auto", "compile": compile_, "optim": {**base.get("optim", {}), "lr": 1e-4},
             "stages": [{"name": "bench", "sources": [{"source": "phantom", "n": 64}],
                         "steps": hardware.COMPILE_MIN_STEPS}]}
     return pretrain_config(data)
@@ -184,6 +185,8 @@ def main(objective: str, base: dict[str, Any], doc: str, batches: dict[str, int]
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3, help="alternating engine / eager rounds; medians reported")
     p.add_argument("--threads", type=int, default=2, help="torch threads (sets SYNTHFM_THREADS)")
+    p.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
+                   help="the engine's compile setting (auto: the machine's rule; true: measure a compiled step)")
     args = p.parse_args()
     os.environ[hardware.THREADS_ENV] = str(args.threads)
     hardware.set_threads(force=True)
@@ -195,7 +198,9 @@ def main(objective: str, base: dict[str, Any], doc: str, batches: dict[str, int]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases:
             batch = args.batch_64 if name == "64px_p8" else args.batch_224
-            cfg = case_config({**base, **(per_case or {}).get(name, {})}, CASES[name], batch, Path(tmp) / "sources")
+            compile_ = {"true": True, "false": False}.get(args.compile, "auto")
+            cfg = case_config({**base, **(per_case or {}).get(name, {})}, CASES[name], batch, Path(tmp) / "sources",
+                              compile_)
             rows.append(run_case(name, cfg, args, Path(tmp) / name))
     for r in rows:
         flop_s, fp32_peak = r.pop("_flop_s"), r.pop("_fp32_peak")

@@ -8,9 +8,10 @@
 - `mixed_precision: auto` is bf16 where native, else fp32 (`no`).
 - `compile: auto` follows a rule, not a probe (a probe would pay the compile time it is meant to save):
   compile on a CUDA device with Triton when the run has at least `COMPILE_MIN_STEPS` optimiser steps; stay eager
-  on CPUs. On the 2-core AMD EPYC development machine, compiling the MAE recipe's ViT-Ti step (8 x 512 decoder)
-  took 352 s under load and then ran at 0.98x the eager step (benchmarks/bench_mae.py, 64 px, 1 thread): the
-  step is matmul-bound (eager already reaches ~0.7 of the fp32 matmul peak), so fusion has little to win.
+  on CPUs. On the 2-core AMD EPYC development machine the MAE recipe's ViT-Ti step (8 x 512 decoder, 64 px,
+  1 thread, quiet machine) ran at 1.087x a plain eager loop compiled and 1.061x eager uncompiled
+  (benchmarks/bench_mae.py --compile true): the step is matmul-bound (the eager loop already reaches 0.76 of
+  the fp32 matmul peak), so fusion has 2-3% to win, less than a short run spends compiling.
   `compile: true` still compiles anywhere inductor runs (a C++ compiler on CPU).
 """
 
