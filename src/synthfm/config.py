@@ -26,7 +26,27 @@ class StrictModel(BaseModel):
         """The dump, without the `omit_when_default` fields that still hold their default."""
         data = handler(self)
         for name in self.omit_when_default:
-            if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+            if self._at_default(name):
+                data.pop(name, None)
+        return data
+
+    def _at_default(self, name: str) -> bool:
+        """Whether field `name` holds its default."""
+        return bool(getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True))
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """Fields that this config's other settings make irrelevant (e.g. another objective's block)."""
+        return ()
+
+    def recorded(self) -> dict[str, Any]:
+        """What a run folder records: the JSON dump without the unused fields that hold their default.
+
+        The hash is still taken over the whole dump (`runs.config_hash`); reading the record back fills those
+        defaults again, so the record and the config it came from hash the same.
+        """
+        data = self.model_dump(mode="json")
+        for name in self.unused_fields():
+            if self._at_default(name):
                 data.pop(name, None)
         return data
 

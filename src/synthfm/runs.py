@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel
 
 from synthfm import __version__
-from synthfm.config import validate_config
+from synthfm.config import StrictModel, validate_config
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json, atomic_write_text
 from synthfm.locks import LOCK_FILE, acquire, is_secondary_rank, release
@@ -89,6 +89,11 @@ def read_header(run_dir: str | Path) -> dict[str, Any]:
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
         return {}
     return header if isinstance(header, dict) else {}
+
+
+def recorded(config: BaseModel) -> dict[str, Any]:
+    """The config as a run folder records it (a StrictModel leaves out its unused fields at their default)."""
+    return config.recorded() if isinstance(config, StrictModel) else config.model_dump(mode="json")
 
 
 def read_run_config(run_dir: str | Path, model: type[M], stage: str | None = None) -> M:
@@ -175,7 +180,7 @@ class RunDir:
             "git_commit": git_commit(),
             "config_hash": self.hash,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config": self.config.model_dump(mode="json"),
+            "config": recorded(self.config),
         }
         atomic_write_text(cfg_file, yaml.safe_dump(header, sort_keys=False))
         return "fresh"

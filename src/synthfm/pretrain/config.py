@@ -134,6 +134,11 @@ class PretrainConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     cache_dir: str | None = Field(None, description="where phantom sources are rendered (default: run/sources)")
     omit_when_default: ClassVar[tuple[str, ...]] = ("compile",)
+    objective_blocks: ClassVar[tuple[str, ...]] = ("mae", "rasd", "dinov2", "diffusion")
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """The other objectives' blocks: a run records only its own objective's settings (unless set)."""
+        return tuple(b for b in self.objective_blocks if b != self.objective)
 
     @field_validator("objective")
     @classmethod
