@@ -101,6 +101,8 @@ def test_audit_on_real_images_is_not_blinded_by_a_real_duplicate(shared_data: Pa
     assert heldout["train_id"].iat[8] == "r3"
     assert calib["n_calibration"].tolist() == [8] * 3 and calib["n_real_duplicates"].tolist() == [1] * 3
     assert (calib["heldout_max"] < 0.98).all()  # the duplicate (similarity 1) sets no band's threshold
+    chosen = [row[f"pixel_score_{row['pixel_band']}"] for row in table.to_dict("records")]  # a score per band
+    assert np.allclose(chosen, table["pixel_score"]) and {"pixel_score_0-1", "pixel_score_1-4"} <= set(heldout)
 
 
 def test_pixel_flags_calibrate_each_band_and_flag_on_any() -> None:

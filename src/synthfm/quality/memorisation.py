@@ -324,6 +324,7 @@ def audit(inp: AuditInputs, cfg: MemorisationConfig) -> tuple[pd.DataFrame, pd.D
                             "pixel_similarity": held[0].similarity, "pixel_score": held[0].score,
                             **{f"pixel_similarity_{band_name(b)}": h.similarity
                                for b, h in zip(cfg.bands, held, strict=True)},
+                            **{f"pixel_score_{band_name(b)}": h.score for b, h in zip(cfg.bands, held, strict=True)},
                             "duplicate": duplicate})
     best, band, margins, thr = pixel_flags(syn, held, cfg, keep)
     _view_columns(table, "pixel", best, inp.real_ids, (margins.max(1) > 0) | exact)
@@ -331,6 +332,7 @@ def audit(inp: AuditInputs, cfg: MemorisationConfig) -> tuple[pd.DataFrame, pd.D
     table["pixel_margin"] = margins.max(1)
     for b, s in zip(cfg.bands, syn, strict=True):
         table[f"pixel_similarity_{band_name(b)}"] = s.similarity
+        table[f"pixel_score_{band_name(b)}"] = s.score
     calib = [{"view": "pixel", "band": band_name(b), **_calibration(held[k].similarity[keep], duplicate, cfg),
               "threshold": float(thr[k]), "exact_similarity": cfg.exact_similarity}
              for k, b in enumerate(cfg.bands)]
