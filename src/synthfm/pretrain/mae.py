@@ -7,6 +7,7 @@ patch's pixels. The loss is the mean squared error on masked patches, against pe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -196,13 +197,21 @@ def build_encoder(cfg: PretrainConfig) -> nn.Module:
     return encoder
 
 
+def on_encoder(cfg: PretrainConfig, planar: Callable[[nn.Module], Any],
+               volume: Callable[[Any, nn.Module], Any]) -> Any:
+    """The objective on the config's encoder: `planar(encoder)`, or for a volume encoder `volume(module, encoder)`
+    with pretrain/volume.py as `module` (imported on first use) after its config checks."""
+    encoder = build_encoder(cfg)
+    if not is_volume_encoder(encoder):
+        return planar(encoder)
+    from synthfm.pretrain import volume as module
+
+    module.check_volume_config(cfg)
+    return volume(module, encoder)
+
+
 @register_objective("mae")
 def build_mae(cfg: PretrainConfig) -> MAEObjective:
     """Build the encoder from the registry and wrap it in a masked autoencoder (the 3D one for a volume encoder)."""
-    encoder = build_encoder(cfg)
-    if is_volume_encoder(encoder):
-        from synthfm.pretrain.volume import build_mae3d, check_volume_config
-
-        check_volume_config(cfg)
-        return build_mae3d(encoder, cfg.mae)
-    return MAEObjective(MaskedAutoencoder(encoder, cfg.mae))
+    return on_encoder(cfg, lambda enc: MAEObjective(MaskedAutoencoder(enc, cfg.mae)),
+                      lambda volume, enc: volume.build_mae3d(enc, cfg.mae))

@@ -29,9 +29,8 @@ from torch import nn
 
 from synthfm.errors import SynthfmError
 from synthfm.models.backbones import backbone_geometry
-from synthfm.models.vit3d import is_volume_encoder
 from synthfm.pretrain.config import PretrainConfig, RaSDObjectiveConfig
-from synthfm.pretrain.mae import build_encoder, sample_noise
+from synthfm.pretrain.mae import on_encoder, sample_noise
 from synthfm.pretrain.objective import SingleModuleObjective, register_objective
 
 RASD_RECIPES: dict[str, dict[str, Any]] = {
@@ -157,10 +156,5 @@ class RaSDObjective(SingleModuleObjective):
 @register_objective("rasd")
 def build_rasd(cfg: PretrainConfig) -> RaSDObjective:
     """Build the encoder from the registry and attach the projection head (the 3D objective for a volume encoder)."""
-    encoder = build_encoder(cfg)
-    if is_volume_encoder(encoder):
-        from synthfm.pretrain.volume import build_rasd3d, check_volume_config
-
-        check_volume_config(cfg)
-        return build_rasd3d(encoder, cfg.rasd)
-    return RaSDObjective(PrototypeDisentangler(encoder, cfg.rasd))
+    return on_encoder(cfg, lambda enc: RaSDObjective(PrototypeDisentangler(enc, cfg.rasd)),
+                      lambda volume, enc: volume.build_rasd3d(enc, cfg.rasd))
