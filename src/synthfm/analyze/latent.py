@@ -1,6 +1,6 @@
 """`synthfm analyze latent`: encoder features of up to N images per card, t-SNE and UMAP maps.
 
-The encoder is any that the adaptation trainer can load: an exported synthfm encoder folder, a registry
+The encoder is any that the classifier trainer can load: an exported synthfm encoder folder, a registry
 backbone (`random:<name>` or just `<name>`: random weights), or a RETFound/DINOv2 checkpoint file with its
 backbone name. Up to `n` rows are drawn per card (seeded; 5,000 as in Zhou et al.), passed through the
 modality's evaluation transform at the encoder's image size, and their pooled features kept.
