@@ -93,3 +93,16 @@ def test_metadata_tests_match_hand_values() -> None:
     assert res["effect"] == pytest.approx(np.sqrt(stats.chi2_contingency(table, correction=False)[0] / 200))
     ages = compare(pd.Series(np.arange(50.0)), pd.Series(np.arange(25.0, 75.0)), numeric=True)
     assert ages["effect"] == pytest.approx(0.5) and ages["test"] == "ks"
+
+
+def test_grey_maps_enlarge_smoothly_and_shrink_by_area() -> None:
+    """A 28 px ramp enlarged to 96 px rises at every interior pixel (area averaging would replicate pixels into
+    uneven plateaus, whose edges the audit's band-passes read as structure); shrinking still averages areas."""
+    from synthfm.quality.features import grey_maps
+
+    ramp = torch.linspace(0, 252, 28).repeat(28, 1).round().to(torch.uint8)
+    up = grey_maps(ramp.expand(1, 3, 28, 28), 96)[0].int().numpy()
+    assert up.shape == (96, 96) and (np.diff(up[48, 6:-6]) > 0).sum() >= 80
+    down = grey_maps(torch.full((1, 3, 192, 192), 7, dtype=torch.uint8).index_fill_(3, torch.arange(0, 192, 2), 9),
+                     96)[0]
+    assert (down == 8).all()

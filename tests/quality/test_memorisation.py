@@ -137,12 +137,15 @@ def test_background_mask_is_kept_by_a_brightened_copy() -> None:
     assert torch.equal(h[0] != 0, h[1] != 0)
 
 
-def test_coarser_band_matches_a_cropped_copy_of_a_tiny_image(shared_data: Path) -> None:
-    """A 90% crop of a 28 px RetinaMNIST image, resized back: at the audit's working size its finest band is
-    mostly resampling noise, while a coarser band still matches it to its source."""
+def test_a_cropped_copy_of_a_tiny_image_matches_its_source_in_every_band(shared_data: Path) -> None:
+    """A 90% crop of a 28 px RetinaMNIST image, resized back, enlarged smoothly to the audit's working size:
+    measured 0.54-0.69 (finest band) and 0.85-0.97 (coarser) against its source, 0.12-0.36 against other
+    images. (Enlarged by area averaging, the finest band was resampling noise: 0.27-0.45 for crop copies.)"""
     images = np.load(shared_data / "retinamnist" / "retinamnist.npz")["train_images"][:4]
     copies, src, _ = plant(images, per_kind=4, seed=0, kinds=("crop90",))
     cfg = MemorisationConfig()
     q, r = (torch.from_numpy(_maps(x)).float()[:, None] / 255 for x in (copies, images))
     sims = best_alignment(q, r, np.stack([np.arange(4), src], 1), cfg).numpy()
-    assert (sims[:, 1:].max(1) > 0.8).all() and (sims[:, 1:].max(1) - sims[:, 0] > 0.15).all(), sims
+    others = best_alignment(q, r, np.stack([np.arange(4), (src + 1) % 4], 1), cfg).numpy()
+    assert (sims[:, 0] > 0.5).all() and (sims[:, 1:].max(1) > 0.85).all(), sims
+    assert (sims - others > 0.3).all(), (sims, others)
