@@ -16,14 +16,6 @@ from synthfm.evaluate.results import compare, summary_table
 from synthfm.io import atomic_path
 
 
-def adapt_command(config: str | Path, out: str | Path) -> int:
-    """Run an adaptation YAML over every label fraction × seed in `out` (resumable); print test AUROC."""
-    results = run_experiment(load_config(AdaptConfig, config), out)
-    show(summary_table(results[results["metric"] == "auroc"]))
-    show_probes(out)
-    return 0
-
-
 def show_probes(out: str | Path) -> None:
     """A probe experiment's every readout x pooling (AUROC over seeds) and the pooling chosen on validation."""
     from synthfm.evaluate.probes import choose_pool, read_probes
@@ -42,17 +34,6 @@ def evaluate_command(runs: str | Path | list[Path], metric: str = "auroc", confi
                      reference: str | None = None) -> int:
     """Mean and CIs of a metric, fairness tables and label curves of finished experiments (see evaluate_runs)."""
     return evaluate_runs([Path(runs)] if isinstance(runs, (str, Path)) else list(runs), metric, config, reference)
-
-
-def compare_command(a: str | Path, b: str | Path, metric: str = "auroc", split: str = "test",
-                    out: str | Path | None = None) -> int:
-    """Paired t-tests of A vs B (by seed; corrected over CV folds), Holm; optionally write the table as CSV."""
-    table = compare(a, b, metric=metric, split=split)
-    show(table)
-    if out is not None:
-        with atomic_path(out, ".csv") as tmp:
-            table.to_csv(tmp, index=False)
-    return 0
 
 
 def predict_cli(
@@ -106,7 +87,9 @@ def adapt_cli(
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment folder (resumes finished seeds)")],
 ) -> None:
     """Fine-tune or linear-probe an encoder over every label fraction x seed; print test AUROC mean and CI."""
-    adapt_command(config, out)
+    results = run_experiment(load_config(AdaptConfig, config), out)
+    show(summary_table(results[results["metric"] == "auroc"]))
+    show_probes(out)
 
 
 def compare_cli(
@@ -117,4 +100,8 @@ def compare_cli(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the table as CSV")] = None,  # noqa: UP045
 ) -> None:
     """Paired t-tests by seed of A vs B per fraction, Holm-corrected."""
-    compare_command(run_a, run_b, metric, split, out)
+    table = compare(run_a, run_b, metric=metric, split=split)
+    show(table)
+    if out is not None:
+        with atomic_path(out, ".csv") as tmp:
+            table.to_csv(tmp, index=False)
