@@ -73,6 +73,16 @@ RETFOUND_DE_GPU_DAYS_PER_M = 81.0  # RETFound-DE: ~7 s/image on an RTX 3090
 TARGETS = {"fd_ratio": 3.0, "precision_rel": 0.5, "coverage_rel": 0.5, "label_agreement_rel": 0.8, "near_copies": 0}
 COPY_SIMILARITY = 0.99
 
+
+def repo_relative(record: Any) -> Any:
+    """`record` with every path string inside this checkout written relative to it (the JSON is committed)."""
+    if isinstance(record, dict):
+        return {k: repo_relative(v) for k, v in record.items()}
+    if isinstance(record, list):
+        return [repo_relative(v) for v in record]
+    root = f"{REPO}/"
+    return record[len(root):] if isinstance(record, str) and record.startswith(root) else record
+
 # ---- recipes: each ablation row is one of these (diffusion / unet / optim overrides on BASE) ------------------
 BASE: dict[str, Any] = {
     "objective": "diffusion", "batch_size": 64, "mixed_precision": "no", "log_every": 50, "checkpoint_every": 10_000,
@@ -268,7 +278,8 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     best = min(rows, key=lambda r: (sum(not ok for ok in target_checks(r).values()), r["fd_ratio"]))
     metrics = run / "metrics.jsonl"
     last_loss = [json.loads(line) for line in metrics.read_text().splitlines()][-1] if metrics.is_file() else {}
-    return {"recipe": args.recipe, "recipe_config": cfg, "card": str(card), "image_size": args.size,
+    return {"recipe": args.recipe, "recipe_config": repo_relative(cfg), "card": repo_relative(str(card)),
+            "image_size": args.size,
             "steps": args.steps, "train_minutes": round(train_s / 60, 2), "final_loss": last_loss.get("loss"),
             "domain_space": {"encoder": f"ViT-Ti/8, {1 if args.quick else 4} block(s), 32 px, fine-tuned on the "
                                         "card's training split (best epoch on val)",

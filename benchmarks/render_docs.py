@@ -97,48 +97,108 @@ NOTES = {
 
 
 def section(name: str, doc: dict, run: dict | None = None) -> str:
-    """One benchmark's section: what it measures, the command, machine, and its numbers."""
+    """One benchmark's section: what it measures, the command, machine, and its numbers as tables and lines."""
     res = doc.get("results")
     rows = res if isinstance(res, list) else [{"case": k, **v} for k, v in (res or {}).items()]
     cmd = (f"`{doc['command']}`" if isinstance(doc.get("command"), str)  # the JSON says what wrote it
            else f"`{run['command']}` via `python benchmarks/run_all.py` ({run['wall_s']} s)" if run
            else f"`{COMMANDS.get(name, '')}`")
-    head = f"## {name}\n\n{NOTES.get(name, '')}\n\nCommand: {cmd}  \n"
-    head += f"Machine: {doc.get('machine', '?')}, torch {doc.get('torch', '?')}.\n\n"
+    head = f"## {name}\n\n{NOTES.get(name, '')}\n\nCommand: {cmd}  \nMachine: {machine_line(doc)}.\n\n"
     extra = {k: v for k, v in doc.items() if k not in ("results", "machine", "torch", "benchmark", "run", "command")}
-    if name in READABLE:
-        return head + readable(rows, extra)
-    return head + markdown_table(rows) + ("\n\n```json\n" + json.dumps(extra, indent=1) + "\n```\n"
-                                                    if extra else "\n")
+    return head + readable(rows, extra)
 
 
-READABLE = ("mae", "dino", "loader")  # rendered as tables and lines, without a JSON dump
+def machine_line(doc: dict) -> str:
+    """'x86_64, 2 cores, torch 2.x' from a benchmark's machine record (a string or a mapping)."""
+    m = doc.get("machine", "?")
+    torch = doc.get("torch") or (m.get("torch") if isinstance(m, dict) else None)
+    if isinstance(m, dict):
+        m = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in m.items() if k != "torch")
+    return f"{m}, torch {torch}" if torch else str(m)
 
 
-def _flat(row: dict) -> dict:
-    """A table row: nested mappings become `key.sub` columns, lists `a / b / c` cells."""
-    def cell(v: object) -> object:
-        return " / ".join(map(str, v)) if isinstance(v, list) else v
+def _cell(v: object) -> object:
+    """A table cell or fact value: short lists joined, long ones summarised."""
+    if isinstance(v, float):
+        return float(f"{v:.4g}") if abs(v) < 1e4 else round(v, 1)
+    if not isinstance(v, list):
+        return v
+    v = [", ".join(f"{k}={x}" for k, x in _flat(e).items()) if isinstance(e, dict) else _cell(e) for e in v]
+    if len(v) <= 8 or not all(isinstance(x, (int, float)) for x in v):
+        shown = v if len(v) <= 12 else [*v[:12], f"... ({len(v)} in all)"]
+        return " / ".join(map(str, shown)) if shown else "-"
+    q = sorted(v)
+    return f"{len(v)} values, min {q[0]:g}, median {q[len(q) // 2]:g}, max {q[-1]:g}"
+
+
+def _flat(row: dict, prefix: str = "") -> dict:
+    """Nested mappings become `key.sub` entries (any depth), lists cells."""
     out: dict = {}
     for k, v in row.items():
-        out.update({f"{k}.{kk}": cell(vv) for kk, vv in v.items()} if isinstance(v, dict) else {k: cell(v)})
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif not isinstance(v, dict):
+            out[f"{prefix}{k}"] = _cell(v)
     return out
 
 
+def _records(v: object) -> bool:
+    """A non-empty list of mappings (rendered as a table)."""
+    return isinstance(v, list) and bool(v) and all(isinstance(r, dict) for r in v)
+
+
+def _tables(extra: dict, prefix: str = "") -> list[str]:
+    """Lists of records at any depth, and top-level mappings of records, as titled tables (removed from
+    `extra`, so the facts that follow do not repeat them)."""
+    parts = []
+    for k, v in list(extra.items()):
+        title = f"{prefix}{k}"
+        if _records(v):
+            parts.append(f"{title}:\n\n" + markdown_table([_flat(r) for r in extra.pop(k)]))
+        elif (not prefix and isinstance(v, dict) and len(v) > 1
+              and all(isinstance(r, dict) and r for r in v.values())):
+            inner = extra.pop(k)
+            for kk, r in inner.items():
+                parts += _tables(r, f"{title}.{kk}.")
+            parts.append(f"{title}:\n\n" + markdown_table([{"": kk, **_flat(r)} for kk, r in inner.items()]))
+        elif isinstance(v, dict):
+            parts += _tables(v, f"{title}.")
+    for group in _sibling_records(extra):
+        rows = [{"": k, **_flat(extra.pop(k))} for k in group]
+        parts.append(f"{prefix.rstrip('.') or 'results'}:\n\n" + markdown_table(rows))
+    return parts
+
+
+def _sibling_records(d: dict, least: int = 3) -> list[list[str]]:
+    """Keys of `d` whose values are flat mappings sharing at least half their fields, in groups of >= `least`
+    (e.g. one record per method: they read better as a table's rows)."""
+    groups: list[list[str]] = []
+    for k, v in d.items():
+        if not (isinstance(v, dict) and v and not any(isinstance(x, dict) for x in v.values())):
+            continue
+        for g in groups:
+            first = set(d[g[0]])
+            if len(first & set(v)) * 2 >= max(len(first), len(v)):
+                g.append(k)
+                break
+        else:
+            groups.append([k])
+    return [g for g in groups if len(g) >= least]
+
+
 def readable(rows: list[dict], extra: dict) -> str:
-    """Goals met or missed (with the amount), the result rows, other row lists, then the scalar facts."""
+    """Goals met or missed (with the amount), the result rows, other tables, then the scalar facts."""
+    extra = json.loads(json.dumps(extra))  # a deep copy: tables are popped out of it
     parts = []
     goals = extra.pop("goals", None)
     if goals:
         parts.append("Goals for this machine's case (" + str(extra.get("case", "?")) + "):\n\n" + markdown_table(
             [{"goal": k, "target": g["goal"], "measured": g["measured"], "met": g["met"],
               "missed by": g.get("missed_by", "")} for k, g in goals.items()]))
-    parts.append(markdown_table([_flat(r) for r in rows]))
-    for k, v in list(extra.items()):
-        if isinstance(v, list) and v and isinstance(v[0], dict):
-            parts.append(f"{k}:\n\n" + markdown_table([_flat(r) for r in extra.pop(k)]))
-    facts = _flat(extra)
-    parts.append("\n".join(f"- {k}: {v}" for k, v in facts.items()))
+    if rows:
+        parts.append(markdown_table([_flat(r) for r in rows]))
+    parts += _tables(extra)
+    parts.append("\n".join(f"- {k}: {v}" for k, v in _flat(extra).items()))
     parts.append(bf16_note(extra))
     return "\n\n".join(p for p in parts if p) + "\n"
 

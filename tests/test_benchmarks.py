@@ -25,6 +25,25 @@ def test_run_all_collects_one_json_and_renders_the_doc(tmp_path: Path) -> None:
     assert json.loads(proc.stdout.splitlines()[-1])["failed"] == []
 
 
+def test_docs_render_every_benchmark_as_tables_and_lines_without_json_dumps() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from render_docs import section
+
+    doc = {"benchmark": "x", "machine": {"cpu": "x86_64", "cores": 2, "torch": "2.x"},
+           "results": [{"case": "a", "s": 0.123456789, "split": {"data": 0.5}}],
+           "sweep": {"runs": [{"g": 1.5, "fd": 3.0}, {"g": 3.0, "fd": 2.0}]},
+           "methods": {"pixel": {"recall": 1.0, "fpr": 0.0}, "raw": {"recall": 0.9, "fpr": 0.1},
+                       "cosine": {"recall": 0.0, "fpr": 0.0}},
+           "kills": [0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], "note": "n"}
+    text = section("x", doc)
+    assert "```" not in text and "{" not in text
+    assert "Machine: cpu x86_64, cores 2, torch 2.x." in text
+    assert "| case | s | split.data |" in text and "| a | 0.1235 | 0.5 |" in text
+    assert "sweep.runs:" in text and "| 3.0 | 2.0 |" in text
+    assert "| pixel | 1.0 | 0.0 |" in text and "| cosine | 0.0 | 0.0 |" in text
+    assert "- kills: 10 values, min 0.5, median 5, max 9" in text and "- note: n" in text
+
+
 def test_pipeline_benchmark_reads_the_pytest_summary_line() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_pipeline import pytest_summary
