@@ -160,3 +160,28 @@ def test_a_cross_validated_adaptation_plans_every_fold(tmp_path: Path, bench: Pa
     # 3 heads per run (the probe on each pooling, as in the test above)
     steps = 3 * 2 * 8 * 3 * (math.ceil(12 / 4) + math.ceil(24 / 4))
     assert (probe.runs, probe.steps) == (2 * 2 * 8, steps)
+
+
+def test_auto_precision_resolves_for_an_assumed_device_only_inside_the_context() -> None:
+    from synthfm import hardware
+
+    here = hardware.resolve_precision("auto")
+    with hardware.assume_native_bf16(True):
+        assert hardware.resolve_precision("auto") == "bf16" and hardware.resolve_precision("no") == "no"
+        with hardware.assume_native_bf16(None):
+            assert hardware.resolve_precision("auto") == here
+    with hardware.assume_native_bf16(False):
+        assert hardware.resolve_precision("auto") == "no" and hardware.resolve_precision("fp16") == "fp16"
+    assert hardware.resolve_precision("auto") == here
+
+
+def test_an_auto_gpu_recipe_is_rated_at_bf16_on_the_gpu(tmp_path: Path, bench: Path, shared_data: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    src = REPO / "configs" / "experiments" / "retinamnist_gpu.yaml"
+    forced = tmp_path / "forced.yaml"
+    forced.write_text(src.read_text().replace("mixed_precision: auto", "mixed_precision: bf16"))
+    fp32 = tmp_path / "fp32.yaml"
+    fp32.write_text(src.read_text().replace("mixed_precision: auto", "mixed_precision: 'no'"))
+    auto, bf16, no = ({e.job: e.seconds for e in estimate(p, "h100", bench)[0]} for p in (src, forced, fp32))
+    assert auto["pretrain.on_real"] == bf16["pretrain.on_real"] < no["pretrain.on_real"]

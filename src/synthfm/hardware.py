@@ -5,7 +5,8 @@
 - Native bf16: a CUDA GPU of compute capability >= 8.0 (Ampere and later), or a CPU reporting `avx512_bf16` or
   `amx_bf16` (x86) or `bf16` (Arm). Without it, bf16 autocast is emulated and much slower than fp32 (measured
   17x on an AVX2-only AMD EPYC); `bf16_slowdown` measures it with a short matmul probe.
-- `mixed_precision: auto` is bf16 where native, else fp32 (`no`).
+- `mixed_precision: auto` is bf16 where native, else fp32 (`no`). `synthfm plan --device h100|a100` resolves it
+  for the planned GPU instead of this machine (`assume_native_bf16`).
 - `compile: auto` follows a rule, not a probe (a probe would pay the compile time it is meant to save):
   compile on a CUDA device with Triton when the run has at least `COMPILE_MIN_STEPS` optimiser steps; stay eager
   on CPUs. On the 2-core AMD EPYC development machine the MAE recipe's ViT-Ti step (8 x 512 decoder, 64 px,
@@ -23,6 +24,9 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 
@@ -106,11 +110,26 @@ def native_bf16(device_type: str | None = None) -> bool:
     return False
 
 
+_ASSUMED_BF16: ContextVar[bool | None] = ContextVar("synthfm_assumed_native_bf16", default=None)
+
+
+@contextmanager
+def assume_native_bf16(native: bool | None) -> Iterator[None]:
+    """Within: `auto` precision resolves as if the training device did (not) compute bf16 natively (None: ask
+    this machine). For planning a run on another device."""
+    token = _ASSUMED_BF16.set(native)
+    try:
+        yield
+    finally:
+        _ASSUMED_BF16.reset(token)
+
+
 def resolve_precision(requested: str, device_type: str | None = None) -> str:
     """Accelerate's mixed_precision for a config value: `auto` is bf16 where native, else `no` (fp32)."""
     if requested != "auto":
         return requested
-    return "bf16" if native_bf16(device_type) else "no"
+    assumed = _ASSUMED_BF16.get()
+    return "bf16" if (native_bf16(device_type) if assumed is None else assumed) else "no"
 
 
 def can_compile(device_type: str | None = None) -> bool:

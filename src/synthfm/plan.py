@@ -30,6 +30,7 @@ from typing import Annotated, Any
 import torch
 import typer
 
+from synthfm import hardware
 from synthfm.config import validate_config
 from synthfm.errors import SynthfmError
 from synthfm.models.backbones import image_size
@@ -526,7 +527,8 @@ def estimate(path: str | Path, device: str = "cpu", bench: Path = BENCH) -> tupl
     from synthfm.pipeline.spec import load_spec
 
     spec = load_spec(path, KINDS)
-    jobs = plan(spec, Path("/nonexistent-plan-root") / spec.name)
+    with hardware.assume_native_bf16(True if device in GPUS else None):  # `auto`: bf16 on the listed GPUs
+        jobs = plan(spec, Path("/nonexistent-plan-root") / spec.name)
     ctx = Context()
     works = [(job, job_work(job, ctx)) for job in jobs]
     for job, w in works:
