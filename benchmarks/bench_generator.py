@@ -74,14 +74,18 @@ TARGETS = {"fd_ratio": 3.0, "precision_rel": 0.5, "coverage_rel": 0.5, "label_ag
 COPY_SIMILARITY = 0.99
 
 
-def repo_relative(record: Any) -> Any:
-    """`record` with every path string inside this checkout written relative to it (the JSON is committed)."""
+def repo_relative(record: Any, work: Path | None = None) -> Any:
+    """`record` with every path string inside this checkout written relative to it, and inside the work folder as
+    `<work>/...` (the JSON is committed; neither folder means anything on another machine)."""
     if isinstance(record, dict):
-        return {k: repo_relative(v) for k, v in record.items()}
+        return {k: repo_relative(v, work) for k, v in record.items()}
     if isinstance(record, list):
-        return [repo_relative(v) for v in record]
-    root = f"{REPO}/"
-    return record[len(root):] if isinstance(record, str) and record.startswith(root) else record
+        return [repo_relative(v, work) for v in record]
+    if isinstance(record, str):
+        for root, shown in ((f"{REPO}/", ""), (f"{work}/", "<work>/")):
+            if record.startswith(root) and root != "None/":
+                return shown + record[len(root):]
+    return record
 
 # ---- recipes: each ablation row is one of these (diffusion / unet / optim overrides on BASE) ------------------
 BASE: dict[str, Any] = {
@@ -278,7 +282,7 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     best = min(rows, key=lambda r: (sum(not ok for ok in target_checks(r).values()), r["fd_ratio"]))
     metrics = run / "metrics.jsonl"
     last_loss = [json.loads(line) for line in metrics.read_text().splitlines()][-1] if metrics.is_file() else {}
-    return {"recipe": args.recipe, "recipe_config": repo_relative(cfg), "card": repo_relative(str(card)),
+    return {"recipe": args.recipe, "recipe_config": repo_relative(cfg, work), "card": repo_relative(str(card), work),
             "image_size": args.size,
             "steps": args.steps, "train_minutes": round(train_s / 60, 2), "final_loss": last_loss.get("loss"),
             "domain_space": {"encoder": f"ViT-Ti/8, {1 if args.quick else 4} block(s), 32 px, fine-tuned on the "

@@ -65,6 +65,8 @@ NOTES = {
                  "scored relative to the real pair (held-out real vs training split) in a domain space fine-tuned "
                  "on the card, at each guidance scale of the sweep (rows); the top-level keys are the best scale's. "
                  "Targets and the ablation: docs/generator.md.",
+    "generator_phantom": "The same quality run on the fundus phantom at 64 px (the phantom card's train split as the "
+                         "'real' set, phantom-vs-phantom as the real pair); docs/generator.md.",
     "generator_ablation": "One row per generator recipe and guidance scale (bench_generator.py --only quality), "
                           "relative to the real pair in the domain space; see docs/generator.md.",
     "generator_step": "Engine diffusion training step against a bare diffusers loop (same ConditionalUNet, batch "

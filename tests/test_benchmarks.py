@@ -44,6 +44,16 @@ def test_docs_render_every_benchmark_as_tables_and_lines_without_json_dumps() ->
     assert "- kills: 10 values, min 0.5, median 5, max 9" in text and "- note: n" in text
 
 
+def test_generator_benchmark_records_no_machine_paths(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_generator import repo_relative
+
+    rec = {"card": str(REPO / "configs" / "cards" / "x.yaml"), "stages": [{"source": str(tmp_path / "p" / "d.yaml")}],
+           "other": "/elsewhere/y.yaml", "n": 3}
+    assert repo_relative(rec, tmp_path) == {"card": "configs/cards/x.yaml", "stages": [{"source": "<work>/p/d.yaml"}],
+                                            "other": "/elsewhere/y.yaml", "n": 3}
+
+
 def test_pipeline_benchmark_reads_the_pytest_summary_line() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_pipeline import pytest_summary
