@@ -81,10 +81,10 @@ def repo_relative(record: Any, work: Path | None = None) -> Any:
         return {k: repo_relative(v, work) for k, v in record.items()}
     if isinstance(record, list):
         return [repo_relative(v, work) for v in record]
-    if isinstance(record, str):
-        for root, shown in ((f"{REPO}/", ""), (f"{work}/", "<work>/")):
-            if record.startswith(root) and root != "None/":
-                return shown + record[len(root):]
+    roots = [(f"{REPO}/", ""), *([(f"{work}/", "<work>/")] if work is not None else [])]
+    for root, shown in roots if isinstance(record, str) else []:
+        if record.startswith(root):
+            return shown + record[len(root):]
     return record
 
 # ---- recipes: each ablation row is one of these (diffusion / unet / optim overrides on BASE) ------------------

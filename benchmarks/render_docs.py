@@ -111,7 +111,7 @@ def section(name: str, doc: dict, run: dict | None = None) -> str:
 
 
 def machine_line(doc: dict) -> str:
-    """'x86_64, 2 cores, torch 2.x' from a benchmark's machine record (a string or a mapping)."""
+    """'cpu x86_64, cores 2, torch 2.x' from a benchmark's machine record (a string or a mapping)."""
     m = doc.get("machine", "?")
     torch = doc.get("torch") or (m.get("torch") if isinstance(m, dict) else None)
     if isinstance(m, dict):
