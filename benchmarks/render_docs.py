@@ -24,7 +24,8 @@ COMMANDS = {
     "probe_gain": "python benchmarks/bench_probe_gain.py --seeds 0,1,2 --n 3000 --steps 1000 --balanced "
                   "--save-encoder runs/bench/probe_gain_mae --out docs/bench/probe_gain.json",
     "sampling": "python benchmarks/bench_sampling.py > docs/bench/sampling.json",
-    "generator": "python benchmarks/bench_generator.py --recipe edm --steps 550 --out docs/bench/generator.json",
+    "generator": "SYNTHFM_BENCH_THREADS=2 python benchmarks/bench_generator.py --recipe edm --steps 2400 "
+                 "--guidance 3.5,4,4.5 --sampler-steps 20 --out docs/bench/generator.json",
     "generator_step": "python benchmarks/bench_generator.py --recipe edm --only step "
                       "--out docs/bench/generator_step.json",
     "vessels_chase": "python benchmarks/eval_vessels.py",

@@ -54,6 +54,16 @@ def test_generator_benchmark_records_no_machine_paths(tmp_path: Path) -> None:
                                             "other": "/elsewhere/y.yaml", "n": 3}
 
 
+def test_generator_benchmark_reuses_a_finished_run_with_its_measured_minutes(tmp_path: Path) -> None:
+    """A finished run in the work folder is not retrained: its recorded training seconds are returned."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_generator import trained
+
+    (tmp_path / "COMPLETE.json").write_text("{}")
+    (tmp_path / "train_seconds.json").write_text('{"seconds": 1164.6}')
+    assert trained({"not": "a config: training would fail"}, tmp_path) == 1164.6
+
+
 def test_pipeline_benchmark_reads_the_pytest_summary_line() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_pipeline import pytest_summary
