@@ -113,8 +113,27 @@ REAL_KINDS = ("exact", "hflip", "vflip", "crop90", "jpeg70", "brighten")
 MAX_REAL = 600  # images drawn from each real set (RetinaMNIST has 1600, the CXR set 1024), to keep the run short
 
 
-def card_images(name: str, size: int) -> tuple[np.ndarray, str]:
-    """Every image of a shipped real card as uint8 (n, size, size, 3) (grey repeated), and its modality."""
+def patient_split(patients: np.ndarray, n_max: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, calibration, query) rows: whole patients in a seeded random order, at most n_max images, cut at about
+    60 / 20 / 20% on patient boundaries (each image its own patient when the card records none)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(patients))
+    rank = {p: k for k, p in enumerate(rng.permutation(np.unique(patients)))}
+    order = order[np.argsort([rank[p] for p in patients[order]], kind="stable")][:n_max]
+    ids = patients[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # first row of each patient
+
+    def cut(fraction: float) -> int:
+        return int(starts[np.searchsorted(starts, fraction * len(order))]) if fraction * len(order) <= starts[-1] \
+            else len(order)
+
+    a, b = cut(0.6), cut(0.8)
+    return order[:a], order[a:b], order[b:]
+
+
+def card_images(name: str, size: int) -> tuple[np.ndarray, str, np.ndarray]:
+    """Every image of a shipped real card as uint8 (n, size, size, 3) (grey repeated), its modality and the patient
+    of each image."""
     from synthfm.data.manifest import load_card
     from synthfm.quality.features import stream_images
 
@@ -122,7 +141,7 @@ def card_images(name: str, size: int) -> tuple[np.ndarray, str]:
     out = np.zeros((len(data), size, size, data.channels), np.uint8)
     for pos, batch in stream_images(data, np.arange(len(data)), size, 64):
         out[pos] = batch.permute(0, 2, 3, 1).numpy()
-    return (np.repeat(out, 3, -1) if out.shape[-1] == 1 else out), data.card.modality
+    return (np.repeat(out, 3, -1) if out.shape[-1] == 1 else out), data.card.modality, data.patient_ids().to_numpy()
 
 
 def phantoms(modality: str, n: int, size: int, seed: int) -> tuple[np.ndarray, str]:
@@ -141,8 +160,10 @@ def real_planted(name: str, per_kind: int, n_generated: int) -> dict:
     """The audit at default settings on one real set: planted copies of its training images among held-out real
     images and phantoms of its modality.
 
-    At most MAX_REAL of the card's images are drawn, then split at random (seed 0) into 60% training images (the
-    audit's index), 20% held-out images that calibrate it, and 20% held-out images passed in as if synthetic,
+    At most MAX_REAL of the card's images are drawn, then split at random (seed 0) by patient (the card's
+    metadata.patient_id; by image without one) into about 60% training images (the audit's index), 20% held-out
+    images that calibrate it, and 20% held-out images passed in as if synthetic: a held-out image of a training
+    patient (a follow-up X-ray) is that patient's data, not an unrelated real image,
     together with `n_generated` phantoms and `per_kind` disguised copies per transform (recall). False positives
     are counted on the phantoms and on the second held-out part; a held-out image that the audit's own rule calls
     a real-vs-real duplicate of a training image (pixel similarity >= duplicate_similarity) is counted apart, as
@@ -154,11 +175,10 @@ def real_planted(name: str, per_kind: int, n_generated: int) -> dict:
     from synthfm.quality.plant import plant
 
     size = REAL_SETS[name]
-    images, modality = card_images(name, size)
+    images, modality, patients = card_images(name, size)
     gen, gen_name = phantoms(modality, n_generated, size, 400)
-    perm = np.random.default_rng(0).permutation(len(images))[:MAX_REAL]
-    n_tr, n_ca = int(0.6 * len(perm)), int(0.2 * len(perm))
-    tr, ca, te = perm[:n_tr], perm[n_tr:n_tr + n_ca], perm[n_tr + n_ca:]
+    tr, ca, te = patient_split(patients, MAX_REAL)
+    n_tr, n_ca = len(tr), len(ca)
     copies, _src, kinds = plant(images[tr], per_kind, seed=0, kinds=REAL_KINDS) if per_kind <= n_tr else \
         plant(np.concatenate([images[tr]] * -(-per_kind // n_tr)), per_kind, 0, REAL_KINDS)
     synth = np.concatenate([gen, images[te], copies])
@@ -187,7 +207,8 @@ def real_planted(name: str, per_kind: int, n_generated: int) -> dict:
     cop = flagged[g + h:]
     kinds_a = np.array(kinds)
     return {
-        "images": {"size_px": size, "real_images_drawn": len(perm), "real_train": n_tr,
+        "images": {"size_px": size, "real_images_drawn": n_tr + n_ca + h, "real_train": n_tr,
+                   "split": "by patient" if len(np.unique(patients)) < len(patients) else "by image",
                    "real_heldout_calibration": n_ca,
                    "real_heldout_queries": h, "generated": g,
                    "generated_by": f"{gen_name} (no trained generator: training one per set does not fit this "

@@ -15,7 +15,7 @@ from synthfm.errors import SynthfmError
 from synthfm.quality.commands import app
 from synthfm.quality.config import GateConfig, QualityConfig
 from synthfm.quality.gate import evaluate_gate
-from synthfm.quality.run import run_quality
+from synthfm.quality.run import real_partition, run_quality
 
 from .conftest import TINY_DOMAIN, TINY_SPACE, write_card
 
@@ -172,3 +172,32 @@ def test_bad_inputs_exit_2_with_a_clear_error(retina: dict[str, np.ndarray], ret
     err = _cli_error(["quality", str(extra), "--real", str(retina_cards["real"]), "--out", str(tmp_path / "c")],
                      capsys)
     assert "has labels the real card 'real' lacks: ['5']" in err
+
+
+class _Patients:
+    """A card without a split whose rows belong to patients (what real_partition reads)."""
+
+    def __init__(self, patients: list[str]) -> None:
+        self.patients = pd.Series(patients)
+
+    def __len__(self) -> int:
+        return len(self.patients)
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.array([], int)
+
+    def patient_ids(self) -> pd.Series:
+        return self.patients
+
+
+def test_heldout_draw_keeps_each_patient_on_one_side() -> None:
+    """30 patients with 1-4 images each, 20% held out: whole patients are drawn until at least 20% of the images
+    are held out, so no held-out image calibrates the audit against its own patient's training images."""
+    rng = np.random.default_rng(0)
+    patients = [f"p{i}" for i in range(30) for _ in range(int(rng.integers(1, 5)))]
+    card = _Patients(patients)
+    train, held = real_partition(card, 0.2, seed=3)  # type: ignore[arg-type]
+    ids = np.array(patients)
+    assert not set(ids[train]) & set(ids[held])
+    assert sorted(np.concatenate([train, held]).tolist()) == list(range(len(patients)))
+    assert 0.2 * len(patients) <= len(held) < 0.2 * len(patients) + 4  # the last patient drawn may have 4 images

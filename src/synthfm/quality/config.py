@@ -61,6 +61,10 @@ class MemorisationConfig(StrictModel):
     background: float = Field(0.3, ge=0, lt=1, description="near-black background: below this fraction of the "
                               "way from the darkest to the mean level")
     margin: int = Field(4, ge=0, description="template border in px: shifts searched at scale 1")
+    refine_scales: list[float] = Field(default_factory=lambda: [round(0.8 + 0.025 * i, 3) for i in range(8)],
+                                       description="crop scales searched again for each image's best candidate "
+                                       "(empty: no refinement)")
+    subpixel: bool = Field(True, description="refinement also tries the query moved by half a pixel")
     shortlist: int = Field(12, ge=2, description="candidates verified per image; scores are best minus the rest")
     calibration_quantile: float = Field(0.99, gt=0, le=1, description="of held-out real similarities per band, "
                                        "or scores in the feature view (duplicates left "
@@ -74,6 +78,9 @@ class MemorisationConfig(StrictModel):
     min_similarity_quantile: float = Field(0.5, ge=0, le=1, description="feature view: a flag also needs a "
                                            "best similarity at least this quantile of the held-out real images' "
                                            "best similarities")
+    pixel_floor_quantile: float = Field(0.5, ge=0, le=1, description="pixel view: a flag by the band-mean score "
+                                        "(best minus the rest of the shortlist) also needs a band-mean similarity "
+                                        "of at least this quantile of the held-out real images'")
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="real rows held out when the card has no split")
     flag_on: list[Literal["pixel", "feature"]] = Field(default_factory=lambda: ["pixel", "feature"])
     chunk: int = Field(512, ge=1, description="rows per search block (memory bound)")

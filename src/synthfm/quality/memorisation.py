@@ -27,6 +27,7 @@ whatever the calibration says.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,64 +128,119 @@ def gaussian_blur(g: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(g, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
 
 
-def bandpass(g: torch.Tensor, band: tuple[float, float], background: float) -> torch.Tensor:
-    """Band-pass (difference of Gaussians) grey maps with the near-black background masked out.
+def bandpasses(g: torch.Tensor, bands: list[tuple[float, float]], background: float) -> list[torch.Tensor]:
+    """Band-pass (difference of Gaussians) grey maps with the near-black background masked out, one per band.
 
     The background is what lies below `background` of the way from the darkest level to the mean level
     (smoothed): a brightness gain scales both, and clipping a few highlights barely moves the mean, so a
     brightened or re-encoded copy keeps its source's mask. The mask is eroded by the band's reach (3 x its upper
     sigma, at least 6 px), so the field-of-view edge, which every fundus photograph shares, counts for nothing:
-    two featureless discs would otherwise correlate through their rims alone.
+    two featureless discs would otherwise correlate through their rims alone. Blurs are shared between bands.
     """
-    lo, hi = band
-    smooth = gaussian_blur(g, 2.0)
-    h = (gaussian_blur(g, lo) if lo > 0 else g) - (smooth if hi == 2.0 else gaussian_blur(g, hi))
+    blurred = {0.0: g}
+
+    def blur(sigma: float) -> torch.Tensor:
+        if sigma not in blurred:
+            blurred[sigma] = gaussian_blur(g, sigma)
+        return blurred[sigma]
+
+    smooth = blur(2.0)
     flat = smooth.flatten(1)
     floor, mid = flat.amin(1), flat.mean(1)
-    mask = (smooth > (floor + background * (mid - floor)).view(-1, 1, 1, 1)).float()
-    r = round(3 * max(hi, 2.0))
-    return h * -F.max_pool2d(-mask, 2 * r + 1, 1, r)
+    outside = (smooth <= (floor + background * (mid - floor)).view(-1, 1, 1, 1)).float()
+    eroded: dict[int, torch.Tensor] = {}
+    out = []
+    for lo, hi in bands:
+        r = round(3 * max(hi, 2.0))
+        if r not in eroded:  # kept where no background pixel lies within r (a square), as two box sums
+            k = torch.ones(1, 1, 1, 2 * r + 1, dtype=g.dtype)
+            near = F.conv2d(F.conv2d(F.pad(outside, (r, r, r, r)), k), k.view(1, 1, -1, 1))
+            eroded[r] = (near < 0.5).to(g.dtype)
+        out.append((blur(lo) - blur(hi)) * eroded[r])
+    return out
+
+
+def bandpass(g: torch.Tensor, band: tuple[float, float], background: float) -> torch.Tensor:
+    """One band of `bandpasses`."""
+    return bandpasses(g, [band], background)[0]
 
 
 def _templates(q: torch.Tensor, margin: int, size: int) -> list[torch.Tensor]:
     """Conjugate FFTs at `size` of the unit-norm inner part of each flip of q (one (n, size, size//2+1) each)."""
     s = q.shape[-1]
-    out = []
-    for f in FLIPS:
-        t = (q.flip(f) if f else q)[:, 0, margin:s - margin, margin:s - margin]
-        t = t / t.flatten(1).norm(dim=1).view(-1, 1, 1).clamp_min(1e-8)
-        out.append(torch.fft.rfft2(t, s=(size, size)).conj())
-    return out
+    t = q[:, 0, margin:s - margin, margin:s - margin]
+    t = t / t.flatten(1).norm(dim=1).view(-1, 1, 1).clamp_min(1e-8)
+    return [torch.fft.rfft2(t.flip(f) if f else t, s=(size, size)).conj() for f in FLIPS]
 
 
-def best_alignment(q: torch.Tensor, r: torch.Tensor, pairs: np.ndarray, cfg: MemorisationConfig) -> torch.Tensor:
-    """Max normalised cross-correlation of query q[i] with index image r[j] for each pair (i, j), per band: (P, B).
+def window_energy(g: torch.Tensor, n: int) -> torch.Tensor:
+    """(m, S-n+1, S-n+1): the norm of every n x n window of each (S, S) map (summed-area table, float64)."""
+    c = F.pad((g.double() ** 2).cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+    sums = c[:, n:, n:] - c[:, :-n, n:] - c[:, n:, :-n] + c[:, :-n, :-n]
+    return sums.clamp_min(1e-12).sqrt().float()
+
+
+def best_alignment(q: torch.Tensor, r: torch.Tensor, pairs: np.ndarray, cfg: MemorisationConfig,
+                   shifts: tuple[tuple[float, float], ...] = ((0.0, 0.0),)) -> torch.Tensor:
+    """Normalised cross-correlation of query q[i] with index image r[j] for each pair (i, j), per band: (P, B), at
+    the one alignment that maximises the mean over bands.
 
     `q` and `r` hold grey maps. In each band of `cfg.bands` both are band-passed; for each crop scale s the query
     is shrunk by s (a crop of side s, resized back, covers s of the original) and the inner part of each of its
-    four flips slides over r at every shift (FFT correlation, zero-padded so no shift wraps around).
+    four flips slides over r at every shift (FFT correlation, zero-padded so no shift wraps around). A copy
+    matches its source in every band at the same flip, scale and shift; taking each band's maximum on its own would
+    let two unrelated images line up one band at a time. `shifts` adds sub-pixel moves of the query to the poses.
     """
     qi, rj = torch.from_numpy(pairs[:, 0]), torch.from_numpy(pairs[:, 1])
     s = r.shape[-1]
     fast = next_fast_len(s)
-    best = torch.full((len(pairs), len(cfg.bands)), -1.0)
-    shrunk = {scale: q if round(s * scale) == s else F.interpolate(q, size=(round(s * scale),) * 2, mode="area")
-              for scale in sorted({1.0, *cfg.crop_scales})}
-    for b, band in enumerate(cfg.bands):
-        rb = bandpass(r, band, cfg.background)
-        fr = torch.fft.rfft2(rb[:, 0], s=(fast, fast))[rj]
-        for qs in shrunk.values():
-            n = qs.shape[-1] - 2 * cfg.margin
-            energy = (F.avg_pool2d(rb * rb, n, 1)[:, 0] * n * n).clamp_min(1e-12).sqrt()[rj]
-            for ft in _templates(bandpass(qs, band, cfg.background), cfg.margin, fast):
-                corr = torch.fft.irfft2(fr * ft[qi], s=(fast, fast))[:, : s - n + 1, : s - n + 1]
-                best[:, b] = torch.maximum(best[:, b], (corr / energy).flatten(1).amax(1))
+    nb = len(cfg.bands)
+    best = torch.full((len(pairs), nb), -1.0)
+    best_mean = torch.full((len(pairs),), -2.0)
+    rbands = bandpasses(r, cfg.bands, cfg.background)
+    fr = [torch.fft.rfft2(rb[:, 0], s=(fast, fast))[rj] for rb in rbands]
+    for (dy, dx), scale in itertools.product(shifts, sorted({1.0, *cfg.crop_scales})):
+        qv = q if (dy, dx) == (0.0, 0.0) else subpixel_shift(q, dy, dx)
+        qs = qv if round(s * scale) == s else F.interpolate(qv, size=(round(s * scale),) * 2, mode="area")
+        n = qs.shape[-1] - 2 * cfg.margin
+        energy = [window_energy(rb[:, 0], n)[rj] for rb in rbands]
+        templates = [_templates(qb, cfg.margin, fast) for qb in bandpasses(qs, cfg.bands, cfg.background)]
+        for f in range(len(FLIPS)):
+            maps = torch.stack([torch.fft.irfft2(fr[b] * templates[b][f][qi], s=(fast, fast))[:, : s - n + 1,
+                                                                                              : s - n + 1] / energy[b]
+                                for b in range(nb)], 1).flatten(2)
+            mean, at = maps.mean(1).max(1)
+            better = mean > best_mean
+            best_mean = torch.where(better, mean, best_mean)
+            best[better] = maps[better].gather(2, at[better].view(-1, 1, 1).expand(-1, nb, 1))[..., 0]
     return best
+
+
+def subpixel_shift(g: torch.Tensor, dy: float, dx: float) -> torch.Tensor:
+    """(n, 1, S, S) maps shifted by a fraction of a pixel (bicubic resampling, border values repeated)."""
+    s = g.shape[-1]
+    theta = torch.tensor([[1.0, 0.0, -2 * dx / s], [0.0, 1.0, -2 * dy / s]]).expand(len(g), 2, 3)
+    grid = F.affine_grid(theta, list(g.shape), align_corners=False)
+    return F.grid_sample(g, grid, mode="bicubic", padding_mode="border", align_corners=False)
+
+
+def refined_alignment(q: torch.Tensor, r: torch.Tensor, pairs: np.ndarray, cfg: MemorisationConfig) -> torch.Tensor:
+    """`best_alignment` over the finer pose set of `cfg.refine_scales` and, with `cfg.subpixel`, the query moved by
+    half a pixel along each axis: (P, B) at the pose with the best mean over bands."""
+    dense = cfg.model_copy(update={"crop_scales": cfg.refine_scales})
+    used, inverse = np.unique(pairs[:, 1], return_inverse=True)
+    shifts = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5)) if cfg.subpixel else ((0.0, 0.0),)
+    return best_alignment(q[pairs[:, 0]], r[used], np.stack([np.arange(len(pairs)), inverse], 1), dense, shifts)
 
 
 def verify(q_maps: np.ndarray, q_rows: np.ndarray, r_maps: np.ndarray, shortlist: np.ndarray,
            cfg: MemorisationConfig) -> np.ndarray:
-    """Pixel similarity (n, K, B) of every query to each of its shortlisted index rows in each band, in blocks."""
+    """Pixel similarity (n, K, B) of every query to each of its shortlisted index rows in each band, in blocks.
+
+    Each query's best candidate (mean over bands) is then re-aligned over the finer poses of `refined_alignment`
+    (crops of other sizes, sub-pixel offsets: a resampled copy's pose is rarely a whole pixel) and keeps the better
+    of the two alignments.
+    """
     k = shortlist.shape[1]
     out = np.empty((*shortlist.shape, len(cfg.bands)), np.float32)
     step = max(1, cfg.chunk // k)
@@ -194,7 +250,15 @@ def verify(q_maps: np.ndarray, q_rows: np.ndarray, r_maps: np.ndarray, shortlist
         q = as_float(read_rows(q_maps, q_rows[i:i + step]))
         r = as_float(read_rows(r_maps, unique))
         pairs = np.stack([np.repeat(np.arange(len(cand)), k), inverse.reshape(-1)], 1)
-        out[i:i + len(cand)] = best_alignment(q, r, pairs, cfg).view(len(cand), k, -1).numpy()
+        sims = best_alignment(q, r, pairs, cfg).view(len(cand), k, -1)
+        if cfg.refine_scales:
+            top = sims.mean(2).argmax(1)
+            rows = torch.arange(len(cand))
+            again = refined_alignment(q, r, np.stack([rows.numpy(), inverse.reshape(len(cand), k)[rows, top]], 1),
+                                      cfg)
+            better = again.mean(1) > sims[rows, top].mean(1)
+            sims[rows[better], top[better]] = again[better]
+        out[i:i + len(cand)] = sims.numpy()
     return out
 
 
@@ -285,21 +349,51 @@ def band_name(band: tuple[float, float]) -> str:
     return f"{band[0]:g}-{band[1]:g}"
 
 
-def pixel_flags(syn: list[Nearest], held: list[Nearest], cfg: MemorisationConfig,
-                keep: np.ndarray) -> tuple[Nearest, np.ndarray, np.ndarray, np.ndarray]:
-    """(strongest match, its band, margins (n, B), thresholds (B,)) of the pixel view.
+@dataclass
+class PixelCalibration:
+    """Per band the similarity threshold; across bands the score threshold and the similarity floor it needs."""
 
-    In each band the threshold is the held-out real images' similarity quantile (rows `keep`, duplicates left
-    out) plus the margin; a synthetic image's margin in a band is its best similarity minus that threshold, and
-    its strongest match is the nearest training image in the band where the margin is largest. A flag is a
-    positive margin in any band: the image is closer to a training image than (nearly) every real image is.
+    similarity: np.ndarray
+    score: float
+    floor: float
+
+
+def _stack(near: list[Nearest], field: str) -> np.ndarray:
+    """(n, B): one field of each band's Nearest."""
+    return np.stack([getattr(x, field) for x in near], 1)
+
+
+def pixel_calibration(held: list[Nearest], cfg: MemorisationConfig, keep: np.ndarray) -> PixelCalibration:
+    """Thresholds from the held-out real images of rows `keep` (duplicates left out)."""
+    return PixelCalibration(np.array([threshold(h.similarity[keep], cfg) for h in held]),
+                            threshold(_stack(held, "score")[keep].mean(1), cfg),
+                            float(np.quantile(_stack(held, "similarity")[keep].mean(1), cfg.pixel_floor_quantile)))
+
+
+def pixel_flags(syn: list[Nearest], held: list[Nearest], cfg: MemorisationConfig,
+                keep: np.ndarray) -> tuple[Nearest, np.ndarray, np.ndarray, PixelCalibration]:
+    """(strongest match, its band, margins (n,), calibration) of the pixel view.
+
+    Two statistics calibrate on the held-out real images (rows `keep`, duplicates left out), each at its quantile
+    plus the margin: the best similarity in each band, and the score (best minus the mean of the rest of the
+    shortlist) averaged over the bands. An image's margin is the largest of (similarity - threshold) over the bands
+    and, where its band-mean similarity reaches the held-out images' `pixel_floor_quantile`, (mean score -
+    threshold). A flag is a positive margin: the image is closer to a training image than (nearly) every real
+    image is, or it stands out from its other candidates in every band as no real image does while being as close
+    as a typical real image's nearest. The score catches copies that resampling has blurred below the similarity
+    thresholds (a crop of a 28 px image), whose source still stands far above the rest; averaging over bands keeps
+    it one statistic (fewer chances for a real image to cross a threshold by luck), and the floor keeps an image
+    unlike anything real, which can stand out from a shortlist of poor matches, from being flagged by its score
+    alone. The strongest match is the nearest training image in the band of the largest similarity margin.
     """
-    thr = np.array([threshold(h.similarity[keep], cfg) for h in held])
-    margins = np.stack([s.similarity for s in syn], 1) - thr
-    band = margins.argmax(1)
+    cal = pixel_calibration(held, cfg, keep)
+    sims, scores = _stack(syn, "similarity"), _stack(syn, "score")
+    by_band = sims - cal.similarity
+    by_score = np.where(sims.mean(1) >= cal.floor, scores.mean(1) - cal.score, -np.inf)
+    band = by_band.argmax(1)
     pick = np.arange(len(band))
-    best = Nearest(*(np.stack([getattr(s, f) for s in syn], 1)[pick, band] for f in ("index", "similarity", "score")))
-    return best, band, margins, thr
+    best = Nearest(*(_stack(syn, f)[pick, band] for f in ("index", "similarity", "score")))
+    return best, band, np.maximum(by_band.max(1), by_score), cal
 
 
 def audit(inp: AuditInputs, cfg: MemorisationConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -326,15 +420,16 @@ def audit(inp: AuditInputs, cfg: MemorisationConfig) -> tuple[pd.DataFrame, pd.D
                                for b, h in zip(cfg.bands, held, strict=True)},
                             **{f"pixel_score_{band_name(b)}": h.score for b, h in zip(cfg.bands, held, strict=True)},
                             "duplicate": duplicate})
-    best, band, margins, thr = pixel_flags(syn, held, cfg, keep)
-    _view_columns(table, "pixel", best, inp.real_ids, (margins.max(1) > 0) | exact)
+    best, band, margins, cal = pixel_flags(syn, held, cfg, keep)
+    _view_columns(table, "pixel", best, inp.real_ids, (margins > 0) | exact)
     table["pixel_band"] = [band_name(cfg.bands[b]) for b in band]
-    table["pixel_margin"] = margins.max(1)
+    table["pixel_margin"] = margins
     for b, s in zip(cfg.bands, syn, strict=True):
         table[f"pixel_similarity_{band_name(b)}"] = s.similarity
         table[f"pixel_score_{band_name(b)}"] = s.score
     calib = [{"view": "pixel", "band": band_name(b), **_calibration(held[k].similarity[keep], duplicate, cfg),
-              "threshold": float(thr[k]), "exact_similarity": cfg.exact_similarity}
+              "threshold": float(cal.similarity[k]), "mean_score_threshold": cal.score,
+              "mean_similarity_floor": cal.floor, "exact_similarity": cfg.exact_similarity}
              for k, b in enumerate(cfg.bands)]
     flags = [table["pixel_flag"].to_numpy()] if "pixel" in cfg.flag_on else []
     if inp.synth_features is not None:

@@ -48,14 +48,20 @@ SUMMARY = GATE_FILE  # the gate verdict a model card cites
 
 
 def real_partition(real: CardData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows the audit indexes, held-out rows that calibrate it): the card's split, else a seeded draw."""
+    """(training rows the audit indexes, held-out rows that calibrate it): the card's split, else a seeded draw of
+    whole patients (the card's `metadata.patient_id`; each image its own patient without one) until `fraction` of
+    the images are held out. A held-out image of a training patient (a follow-up X-ray) is no stranger to the
+    training set, so it would calibrate the audit against that patient's own images."""
     train = real.indices("train")
     held = np.sort(np.concatenate([real.indices("val"), real.indices("test")]))
     if len(train) and len(held):
         return train, held
-    rows = np.random.default_rng(seed).permutation(len(real))
-    n_held = max(2, round(fraction * len(real)))
-    return np.sort(rows[n_held:]), np.sort(rows[:n_held])
+    patients = real.patient_ids().to_numpy()
+    order = np.random.default_rng(seed).permutation(np.unique(patients))
+    counts = pd.Series(patients).value_counts().reindex(order).to_numpy()
+    n_groups = int(np.searchsorted(np.cumsum(counts), max(2, round(fraction * len(real)))) + 1)
+    is_held = np.isin(patients, order[:min(n_groups, len(order) - 1)])
+    return np.flatnonzero(~is_held), np.flatnonzero(is_held)
 
 
 def baseline_rows(real: CardData, cfg: QualityConfig) -> tuple[np.ndarray, np.ndarray]:
