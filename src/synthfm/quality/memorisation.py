@@ -27,7 +27,7 @@ whatever the calibration says.
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,15 @@ def window_energy(g: torch.Tensor, n: int) -> torch.Tensor:
     return sums.clamp_min(1e-12).sqrt().float()
 
 
+def _poses(q: torch.Tensor, shifts: tuple[tuple[float, float], ...], scales: list[float]) -> Iterator[torch.Tensor]:
+    """The query at every (sub-pixel shift, crop scale) pose, shift-major; each shift is resampled once."""
+    s = q.shape[-1]
+    for dy, dx in shifts:
+        qv = q if (dy, dx) == (0.0, 0.0) else subpixel_shift(q, dy, dx)
+        for scale in scales:
+            yield qv if round(s * scale) == s else F.interpolate(qv, size=(round(s * scale),) * 2, mode="area")
+
+
 def best_alignment(q: torch.Tensor, r: torch.Tensor, pairs: np.ndarray, cfg: MemorisationConfig,
                    shifts: tuple[tuple[float, float], ...] = ((0.0, 0.0),)) -> torch.Tensor:
     """Normalised cross-correlation of query q[i] with index image r[j] for each pair (i, j), per band: (P, B), at
@@ -199,11 +208,12 @@ def best_alignment(q: torch.Tensor, r: torch.Tensor, pairs: np.ndarray, cfg: Mem
     best_mean = torch.full((len(pairs),), -2.0)
     rbands = bandpasses(r, cfg.bands, cfg.background)
     fr = [torch.fft.rfft2(rb[:, 0], s=(fast, fast))[rj] for rb in rbands]
-    for (dy, dx), scale in itertools.product(shifts, sorted({1.0, *cfg.crop_scales})):
-        qv = q if (dy, dx) == (0.0, 0.0) else subpixel_shift(q, dy, dx)
-        qs = qv if round(s * scale) == s else F.interpolate(qv, size=(round(s * scale),) * 2, mode="area")
+    energies: dict[int, list[torch.Tensor]] = {}  # window size -> each band's window norms (shared by shifts)
+    for qs in _poses(q, shifts, sorted({1.0, *cfg.crop_scales})):
         n = qs.shape[-1] - 2 * cfg.margin
-        energy = [window_energy(rb[:, 0], n)[rj] for rb in rbands]
+        if n not in energies:
+            energies[n] = [window_energy(rb[:, 0], n)[rj] for rb in rbands]
+        energy = energies[n]
         templates = [_templates(qb, cfg.margin, fast) for qb in bandpasses(qs, cfg.bands, cfg.background)]
         for f in range(len(FLIPS)):
             maps = torch.stack([torch.fft.irfft2(fr[b] * templates[b][f][qi], s=(fast, fast))[:, : s - n + 1,
