@@ -113,24 +113,6 @@ REAL_KINDS = ("exact", "hflip", "vflip", "crop90", "jpeg70", "brighten")
 MAX_REAL = 600  # images drawn from each real set (RetinaMNIST has 1600, the CXR set 1024), to keep the run short
 
 
-def patient_split(patients: np.ndarray, n_max: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, calibration, query) rows: whole patients in a seeded random order, at most n_max images, cut at about
-    60 / 20 / 20% on patient boundaries (each image its own patient when the card records none)."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(patients))
-    rank = {p: k for k, p in enumerate(rng.permutation(np.unique(patients)))}
-    order = order[np.argsort([rank[p] for p in patients[order]], kind="stable")][:n_max]
-    ids = patients[order]
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # first row of each patient
-
-    def cut(fraction: float) -> int:
-        return int(starts[np.searchsorted(starts, fraction * len(order))]) if fraction * len(order) <= starts[-1] \
-            else len(order)
-
-    a, b = cut(0.6), cut(0.8)
-    return order[:a], order[a:b], order[b:]
-
-
 def card_images(name: str, size: int) -> tuple[np.ndarray, str, np.ndarray]:
     """Every image of a shipped real card as uint8 (n, size, size, 3) (grey repeated), its modality and the patient
     of each image."""
@@ -169,6 +151,7 @@ def real_planted(name: str, per_kind: int, n_generated: int) -> dict:
     a real-vs-real duplicate of a training image (pixel similarity >= duplicate_similarity) is counted apart, as
     a data finding.
     """
+    from synthfm.data.splits import patient_cuts
     from synthfm.quality.config import MemorisationConfig
     from synthfm.quality.features import grey_maps
     from synthfm.quality.memorisation import AuditInputs, audit, band_name
@@ -177,7 +160,7 @@ def real_planted(name: str, per_kind: int, n_generated: int) -> dict:
     size = REAL_SETS[name]
     images, modality, patients = card_images(name, size)
     gen, gen_name = phantoms(modality, n_generated, size, 400)
-    tr, ca, te = patient_split(patients, MAX_REAL)
+    tr, ca, te = patient_cuts(patients, [0.6, 0.8], 0, MAX_REAL)
     n_tr, n_ca = len(tr), len(ca)
     copies, _src, kinds = plant(images[tr], per_kind, seed=0, kinds=REAL_KINDS) if per_kind <= n_tr else \
         plant(np.concatenate([images[tr]] * -(-per_kind // n_tr)), per_kind, 0, REAL_KINDS)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from synthfm.data.manifest import SPLIT, load_card
-from synthfm.data.splits import SplitConfig, _allocate, assign_splits, split_card
+from synthfm.data.splits import SplitConfig, _allocate, assign_splits, patient_cuts, split_card
 from synthfm.errors import SynthfmError
 
 
@@ -79,3 +79,22 @@ def test_label_fractions_nested_stratified_patient_level() -> None:
         assert counts.min() == counts.max() == int(np.ceil(f * 50)) * 2
     with pytest.raises(SynthfmError, match="outside"):
         label_fractions(patients, strata, [1.5], seed=0)
+
+
+def test_patient_cuts_keep_patients_whole_and_cut_at_the_first_boundary_past_each_fraction() -> None:
+    """Patients a (3 images), b (1), c (2), d (4): 10 rows. Whatever the seeded order, every part holds whole
+    patients, parts are disjoint and cover the rows, and part k ends at the first patient boundary at or after
+    cuts[k] x 10 rows."""
+    patients = np.array(list("aaabccdddd"))
+    for seed in range(5):
+        first, second, rest = patient_cuts(patients, [0.3, 0.6], seed)
+        parts = [set(patients[p]) for p in (first, second, rest)]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert sorted(np.concatenate([first, second, rest]).tolist()) == list(range(10))
+        order = np.concatenate([first, second, rest])
+        ends = np.cumsum([np.sum(patients == p) for p in dict.fromkeys(patients[order])])  # patient boundaries
+        assert len(first) == ends[np.searchsorted(ends, 3)]
+        assert len(first) + len(second) == ends[np.searchsorted(ends, 6)]
+    assert sum(len(part) for part in patient_cuts(patients, [0.5], 0, limit=4)) == 4  # at most `limit` rows drawn
+    first, rest = patient_cuts(np.array(list("abcdefghij")), [0.2], 1)  # one image per patient: exactly 20%
+    assert len(first) == 2 and len(rest) == 8

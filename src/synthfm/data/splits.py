@@ -56,6 +56,20 @@ def assign_splits(patients: pd.Series, strata: pd.Series, ratios: tuple[float, .
     return patients.map(assignment)
 
 
+def patient_cuts(patients: np.ndarray, cuts: list[float], seed: int, limit: int | None = None) -> list[np.ndarray]:
+    """Rows drawn as whole patients in a seeded order (at most `limit` rows), cut on patient boundaries: part k
+    ends at the first patient boundary at or after the cumulative fraction `cuts[k]` of the drawn rows; the last
+    part is the rest, possibly empty. Without a split column this keeps a patient's follow-up images on one side."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(patients))
+    rank = {p: k for k, p in enumerate(rng.permutation(np.unique(patients)))}
+    order = order[np.argsort([rank[p] for p in patients[order]], kind="stable")][:limit]
+    ids = patients[order]
+    starts = np.r_[np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]), len(order)]  # each patient's first row, end
+    bounds = [int(starts[np.searchsorted(starts, f * len(order))]) for f in cuts]
+    return np.split(order, bounds)
+
+
 def split_card(card_path: str | Path, out_dir: str | Path, cfg: SplitConfig | None = None) -> Path:
     """Write a copy of the card whose manifest has a patient-level stratified `split` column."""
     cfg = cfg or SplitConfig()

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from synthfm.data.manifest import ID, CardData, load_card
+from synthfm.data.splits import patient_cuts
 from synthfm.errors import SynthfmError
 from synthfm.io import atomic_write_json, write_table
 from synthfm.models.modelcard import GATE_FILE
@@ -56,12 +57,8 @@ def real_partition(real: CardData, fraction: float, seed: int) -> tuple[np.ndarr
     held = np.sort(np.concatenate([real.indices("val"), real.indices("test")]))
     if len(train) and len(held):
         return train, held
-    patients = real.patient_ids().to_numpy()
-    order = np.random.default_rng(seed).permutation(np.unique(patients))
-    counts = pd.Series(patients).value_counts().reindex(order).to_numpy()
-    n_groups = int(np.searchsorted(np.cumsum(counts), max(2, round(fraction * len(real)))) + 1)
-    is_held = np.isin(patients, order[:min(n_groups, len(order) - 1)])
-    return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+    held, train = patient_cuts(real.patient_ids().to_numpy(), [max(fraction, 2 / max(len(real), 1))], seed)
+    return np.sort(train), np.sort(held)
 
 
 def baseline_rows(real: CardData, cfg: QualityConfig) -> tuple[np.ndarray, np.ndarray]:
