@@ -38,7 +38,7 @@ def test_planted_copies_flagged_and_genuine_not(audit_images: dict[str, np.ndarr
     inp = AuditInputs(_maps(synth), _maps(real), None, None, np.arange(len(train)),
                       np.arange(len(train), len(real)), np.array([f"s{i}" for i in range(len(synth))]),
                       np.array([f"r{i}" for i in range(len(real))]))
-    table, calib, _ = audit(inp, MemorisationConfig(chunk=128))
+    table, calib, heldout = audit(inp, MemorisationConfig(chunk=128))
     flagged = table["flagged"].to_numpy()
     g = len(genuine)
     recall = flagged[g:].mean()
@@ -49,6 +49,9 @@ def test_planted_copies_flagged_and_genuine_not(audit_images: dict[str, np.ndarr
     assert false_pos <= 1 / 80
     assert (table["pixel_real_row"].to_numpy()[g:] == src).all()  # each copy found its source
     assert (calib.loc[calib["view"] == "pixel", "heldout_flagged"] == 0).all()
+    # the whole pixel rule (any band, or the band-mean score path) applied to the held-out images themselves
+    in_sample = int(((heldout["pixel_margin"] > 0) & ~heldout["duplicate"]).sum())
+    assert (calib.loc[calib["view"] == "pixel", "heldout_flagged_pixel_view"] == in_sample).all()
     assert memorisation_metrics(table)["near_copies"] == flagged.sum()
 
 

@@ -431,6 +431,7 @@ def audit(inp: AuditInputs, cfg: MemorisationConfig) -> tuple[pd.DataFrame, pd.D
                             **{f"pixel_score_{band_name(b)}": h.score for b, h in zip(cfg.bands, held, strict=True)},
                             "duplicate": duplicate})
     best, band, margins, cal = pixel_flags(syn, held, cfg, keep)
+    heldout["pixel_margin"] = pixel_flags(held, held, cfg, keep)[2]  # in-sample: what the rule makes of real images
     _view_columns(table, "pixel", best, inp.real_ids, (margins > 0) | exact)
     table["pixel_band"] = [band_name(cfg.bands[b]) for b in band]
     table["pixel_margin"] = margins
@@ -439,7 +440,8 @@ def audit(inp: AuditInputs, cfg: MemorisationConfig) -> tuple[pd.DataFrame, pd.D
         table[f"pixel_score_{band_name(b)}"] = s.score
     calib = [{"view": "pixel", "band": band_name(b), **_calibration(held[k].similarity[keep], duplicate, cfg),
               "threshold": float(cal.similarity[k]), "mean_score_threshold": cal.score,
-              "mean_similarity_floor": cal.floor, "exact_similarity": cfg.exact_similarity}
+              "mean_similarity_floor": cal.floor, "exact_similarity": cfg.exact_similarity,
+              "heldout_flagged_pixel_view": int((heldout["pixel_margin"].to_numpy()[keep] > 0).sum())}
              for k, b in enumerate(cfg.bands)]
     flags = [table["pixel_flag"].to_numpy()] if "pixel" in cfg.flag_on else []
     if inp.synth_features is not None:
