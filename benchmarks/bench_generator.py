@@ -257,29 +257,52 @@ def relative(syn: dict[str, float], real: dict[str, float]) -> dict[str, float]:
 
 
 # ---- quality ---------------------------------------------------------------------------------------------------
+DRAW_SEED_STRIDE = 1_000_000  # draw r samples image i from seed r * stride + i (draw 0: seeds 0..n-1)
+SUMMED = ("fd_ratio", "precision_rel", "coverage_rel", "label_agreement_rel")
+
+
+def sampled(gen: Generator, cond: torch.Tensor, first_seed: int, sampler: SamplerConfig) -> np.ndarray:
+    """uint8 (N, H, W, C) images for `cond`, image i from seed first_seed + i, in batches of 256."""
+    images = np.concatenate([to_uint8(sample(gen, cond[i:i + 256],
+                                             list(range(first_seed + i, first_seed + min(i + 256, len(cond)))),
+                                             sampler)) for i in range(0, len(cond), 256)])
+    return images[..., None] if images.ndim == 3 else images
+
+
+def by_guidance(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per guidance scale: each relative metric's mean (and the FD ratio's spread) over the evaluation draws;
+    near copies summed over the draws."""
+    out = []
+    for w in dict.fromkeys(r["guidance_scale"] for r in rows):
+        group = [r for r in rows if r["guidance_scale"] == w]
+        fd = [r["fd_ratio"] for r in group]
+        out.append({"guidance_scale": w, "draws": len(group),
+                    **{k: round(statistics.fmean(r[k] for r in group), 4) for k in SUMMED},
+                    "fd_ratio_sd": round(statistics.stdev(fd), 4) if len(fd) > 1 else None,
+                    "fd_ratio_range": [min(fd), max(fd)],
+                    "near_copies": sum(r["near_copies"] for r in group)})
+    return out
+
+
 def quality(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Train a recipe, sample at each guidance scale, score every set against the real pair in the domain space."""
+    """Train a recipe, sample at each guidance scale, score every set against the real pair in the domain space;
+    repeated over `--draws` evaluation draws (held-out subset, condition draw and sampler seeds all redrawn)."""
     card = str(phantom_card(work, 120 if args.quick else 2000, args.size)) if args.card == "phantom" else args.card
     data = load_card(card)
     start = time.perf_counter()
     trainer = domain_trainer(card, work, 1 if args.quick else args.domain_epochs, args.quick)
     domain_s = time.perf_counter() - start
     train_img, _ = card_arrays(data, "train")
-    held_img, held_y = (np.concatenate(p) for p in zip(card_arrays(data, "val"), card_arrays(data, "test"),
-                                                         strict=True))
+    pool_img = np.concatenate([card_arrays(data, split)[0] for split in ("val", "test")])
     test_img, test_y = card_arrays(data, "test")
-    keep = np.random.default_rng(1).permutation(len(held_img))[:32 if args.quick else args.n_eval]
-    held_img, held_y = held_img[np.sort(keep)], held_y[np.sort(keep)]
     if args.quick:
         train_img = train_img[:64]
     modality = data.card.modality
-    f_train, _ = embed(trainer, resized(train_img, args.size), modality)
-    f_held, _ = embed(trainer, resized(held_img, args.size), modality)
+    train_img = resized(train_img, args.size)
+    f_train, _ = embed(trainer, train_img, modality)
     _, p_test = embed(trainer, resized(test_img, args.size), modality)
     real_acc = float((p_test == test_y).mean())
     k = 3 if args.quick else 5
-    real_pair = {"FD": frechet_distance(f_held, f_train), **prdc(f_held, f_train, k)}
-    real_sim = pixel_similarity(resized(held_img, args.size), resized(train_img, args.size))
 
     cfg = recipe_config(args.recipe, card, args.size, args.steps, 8 if args.quick else args.batch)
     run = work / f"gen_{args.recipe}_{args.steps}"
@@ -287,32 +310,38 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     gen = load_generator(run / "generator")
     # conditions: the held-out set's size, grades drawn in the training split's proportions
     train_cond = card_conditions(gen.schema, data.subset(data.indices("train")))
-    rng = np.random.default_rng(0)
-    cond = torch.from_numpy(train_cond[rng.integers(0, len(train_cond), len(held_img))])
-    wanted = (cond[:, 0] - 1).numpy()
-    rows = []
-    for w in args.guidance:
-        sampler = SamplerConfig(name="dpmpp", steps=2 if args.quick else args.sampler_steps, guidance_scale=w)
-        start = time.perf_counter()
-        images = np.concatenate([to_uint8(sample(gen, cond[i:i + 256], list(range(i, min(i + 256, len(cond)))),
-                                                 sampler)) for i in range(0, len(cond), 256)])
-        sample_s = time.perf_counter() - start
-        images = images[..., None] if images.ndim == 3 else images
-        f_syn, p_syn = embed(trainer, images, modality)
-        syn = {"FD": frechet_distance(f_syn, f_train), **prdc(f_syn, f_train, k)}
-        rel = relative(syn, real_pair)
-        agreement = float((p_syn == wanted).mean())
-        sims = pixel_similarity(images, resized(train_img, args.size))
-        rows.append({"guidance_scale": w, **{key: round(v, 4) for key, v in rel.items()},
-                     "label_agreement_rel": round(agreement / max(real_acc, 1e-9), 4),
-                     "label_agreement": round(agreement, 4),
-                     "near_copies": audit_near_copies(images, resized(train_img, args.size),
-                                                      resized(held_img, args.size)),
-                     "ncc32_at_least_0.99": int((sims >= COPY_SIMILARITY).sum()),
-                     "max_pixel_similarity": round(float(sims.max()), 4),
-                     "synthetic": {key: round(v, 4) for key, v in syn.items()},
-                     "sample_seconds": round(sample_s, 2), "images": len(images)})
-    best = min(rows, key=lambda r: (sum(not ok for ok in target_checks(r).values()), r["fd_ratio"]))
+    rows, pairs = [], []
+    for draw in range(args.draws):
+        keep = np.sort(np.random.default_rng(1 + draw).permutation(len(pool_img))[:32 if args.quick else args.n_eval])
+        held_img = resized(pool_img[keep], args.size)
+        f_held, _ = embed(trainer, held_img, modality)
+        real_pair = {"FD": frechet_distance(f_held, f_train), **prdc(f_held, f_train, k)}
+        real_sim = pixel_similarity(held_img, train_img)
+        pairs.append({"draw": draw, **{key: round(v, 4) for key, v in real_pair.items()},
+                      "heldout_max_pixel_similarity": round(float(real_sim.max()), 4),
+                      "heldout_ncc32_at_least_0.99": int((real_sim >= COPY_SIMILARITY).sum())})
+        cond = torch.from_numpy(train_cond[np.random.default_rng(draw).integers(0, len(train_cond), len(keep))])
+        wanted = (cond[:, 0] - 1).numpy()
+        for w in args.guidance:
+            sampler = SamplerConfig(name="dpmpp", steps=2 if args.quick else args.sampler_steps, guidance_scale=w)
+            start = time.perf_counter()
+            images = sampled(gen, cond, draw * DRAW_SEED_STRIDE, sampler)
+            sample_s = time.perf_counter() - start
+            f_syn, p_syn = embed(trainer, images, modality)
+            syn = {"FD": frechet_distance(f_syn, f_train), **prdc(f_syn, f_train, k)}
+            rel = relative(syn, real_pair)
+            agreement = float((p_syn == wanted).mean())
+            sims = pixel_similarity(images, train_img)
+            rows.append({"guidance_scale": w, "draw": draw, **{key: round(v, 4) for key, v in rel.items()},
+                         "label_agreement_rel": round(agreement / max(real_acc, 1e-9), 4),
+                         "label_agreement": round(agreement, 4),
+                         "near_copies": audit_near_copies(images, train_img, held_img),
+                         "ncc32_at_least_0.99": int((sims >= COPY_SIMILARITY).sum()),
+                         "max_pixel_similarity": round(float(sims.max()), 4),
+                         "synthetic": {key: round(v, 4) for key, v in syn.items()},
+                         "sample_seconds": round(sample_s, 2), "images": len(images)})
+    summary = by_guidance(rows)
+    best = min(summary, key=lambda r: (sum(not ok for ok in target_checks(r).values()), r["fd_ratio"]))
     metrics = run / "metrics.jsonl"
     last_loss = [json.loads(line) for line in metrics.read_text().splitlines()][-1] if metrics.is_file() else {}
     return {"recipe": args.recipe, "recipe_config": repo_relative(cfg, work), "card": repo_relative(str(card), work),
@@ -321,11 +350,10 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "domain_space": {"encoder": f"ViT-Ti/8, {1 if args.quick else 4} block(s), 32 px, fine-tuned on the "
                                         "card's training split (best epoch on val)",
                              "epochs": 1 if args.quick else args.domain_epochs, "minutes": round(domain_s / 60, 2)},
-            "real_pair": {key: round(v, 4) for key, v in real_pair.items()}, "real_accuracy": round(real_acc, 4),
-            "real_heldout_max_pixel_similarity": round(float(real_sim.max()), 4),
-            "real_heldout_ncc32_at_least_0.99": int((real_sim >= COPY_SIMILARITY).sum()),
-            "sizes": {"train": len(train_img), "heldout": len(held_img), "synthetic": len(cond)},
-            "guidance_sweep": rows, "best": best}
+            "real_pair": {key: v for key, v in pairs[0].items() if key != "draw"}, "real_pairs": pairs,
+            "real_accuracy": round(real_acc, 4),
+            "sizes": {"train": len(train_img), "heldout": len(keep), "synthetic": len(keep), "draws": args.draws},
+            "guidance_sweep": rows, "by_guidance": summary, "best": best}
 
 
 def target_checks(row: dict[str, Any]) -> dict[str, bool]:
@@ -463,9 +491,14 @@ def result_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     q = doc.get("quality")
     if q:
-        rows += [{"case": f"{q['recipe']} {q['steps']} steps, guidance {r['guidance_scale']}",
-                  **{k: v for k, v in r.items() if k not in ("synthetic", "guidance_scale")}}
+        draws = q["sizes"].get("draws", 1)
+        rows += [{"case": f"{q['recipe']} {q['steps']} steps, guidance {r['guidance_scale']}"
+                          + (f", draw {r['draw']}" if draws > 1 else ""),
+                  **{k: v for k, v in r.items() if k not in ("synthetic", "guidance_scale", "draw")}}
                  for r in q["guidance_sweep"]]
+        rows += [{"case": f"{q['recipe']} {q['steps']} steps, guidance {r['guidance_scale']}, mean of {draws} draws",
+                  **{k: v for k, v in r.items() if k not in ("guidance_scale", "draws", "fd_ratio_range")}}
+                 for r in q["by_guidance"] if draws > 1]
     st = doc.get("step")
     if st:
         rows += [{"case": f"{loop} step, batch {st['batch_size']}, {st['image_size']} px",
@@ -487,6 +520,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32, help="generator training batch")
     ap.add_argument("--n-eval", type=int, default=260, help="held-out real and synthetic images compared")
     ap.add_argument("--sampler-steps", type=int, default=20, help="DPM-Solver++ steps (evaluations)")
+    ap.add_argument("--draws", type=int, default=1,
+                    help="evaluation draws: held-out subset, conditions and sampler seeds redrawn; metrics averaged")
     ap.add_argument("--domain-epochs", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--step-count", type=int, default=5, help="optimiser steps per timing round")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -102,8 +104,8 @@ def test_resume_benchmark_compares_everything_but_what_two_uninterrupted_runs_di
 
 def test_generator_benchmark_quick_writes_every_key(tmp_path: Path) -> None:
     out = tmp_path / "generator.json"
-    argv = [sys.executable, str(REPO / "benchmarks" / "bench_generator.py"), "--quick", "--out", str(out), "--work",
-            str(tmp_path / "work")]
+    argv = [sys.executable, str(REPO / "benchmarks" / "bench_generator.py"), "--quick", "--draws", "2", "--out",
+            str(out), "--work", str(tmp_path / "work")]
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
@@ -114,6 +116,24 @@ def test_generator_benchmark_quick_writes_every_key(tmp_path: Path) -> None:
     assert doc["goals_met"] == (not doc["missed"] and all(doc["checks"].values()) and not doc["quick"])
     best = doc["quality"]["best"]
     assert doc["fd_ratio"] == best["fd_ratio"] > 0 and doc["engine_over_bare"] > 0
+    draws = [r for r in doc["quality"]["guidance_sweep"] if r["guidance_scale"] == best["guidance_scale"]]
+    assert [r["draw"] for r in draws] == [0, 1] and best["draws"] == 2  # the headline figure is the draws' mean
+    assert best["fd_ratio"] == pytest.approx((draws[0]["fd_ratio"] + draws[1]["fd_ratio"]) / 2, abs=1e-4)
+    assert len(doc["quality"]["real_pairs"]) == 2
+
+
+def test_generator_benchmark_summarises_draws_per_guidance_scale() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_generator import by_guidance
+
+    row = {"precision_rel": 1.0, "coverage_rel": 0.5, "label_agreement_rel": 1.0}
+    rows = [{**row, "guidance_scale": 4.0, "fd_ratio": 3.0, "near_copies": 0},
+            {**row, "guidance_scale": 4.0, "fd_ratio": 2.0, "near_copies": 1},
+            {**row, "guidance_scale": 5.0, "fd_ratio": 6.0, "near_copies": 0}]
+    four, five = by_guidance(rows)
+    assert four["fd_ratio"] == 2.5 and four["fd_ratio_sd"] == pytest.approx(0.7071, abs=1e-4)
+    assert four["fd_ratio_range"] == [2.0, 3.0] and four["near_copies"] == 1 and four["draws"] == 2
+    assert five["fd_ratio_sd"] is None and five["fd_ratio"] == 6.0
 
 
 def _synthfm_imports(path: Path) -> list[tuple[str, str]]:
