@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,7 +119,8 @@ def test_generator_benchmark_quick_writes_every_key(tmp_path: Path) -> None:
     assert doc["fd_ratio"] == best["fd_ratio"] > 0 and doc["engine_over_bare"] > 0
     draws = [r for r in doc["quality"]["guidance_sweep"] if r["guidance_scale"] == best["guidance_scale"]]
     assert [r["draw"] for r in draws] == [0, 1] and best["draws"] == 2  # the headline figure is the draws' mean
-    assert best["fd_ratio"] == pytest.approx((draws[0]["fd_ratio"] + draws[1]["fd_ratio"]) / 2, abs=1e-4)
+    fd = [[r[side]["FD"] for r in draws] for side in ("synthetic", "real_pair")]
+    assert best["fd_ratio"] == pytest.approx(sum(fd[0]) / sum(fd[1]), abs=1e-3)
     assert len(doc["quality"]["real_pairs"]) == 2
 
 
@@ -126,14 +128,18 @@ def test_generator_benchmark_summarises_draws_per_guidance_scale() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_generator import by_guidance
 
-    row = {"precision_rel": 1.0, "coverage_rel": 0.5, "label_agreement_rel": 1.0}
-    rows = [{**row, "guidance_scale": 4.0, "fd_ratio": 3.0, "near_copies": 0},
-            {**row, "guidance_scale": 4.0, "fd_ratio": 2.0, "near_copies": 1},
-            {**row, "guidance_scale": 5.0, "fd_ratio": 6.0, "near_copies": 0}]
-    four, five = by_guidance(rows)
-    assert four["fd_ratio"] == 2.5 and four["fd_ratio_sd"] == pytest.approx(0.7071, abs=1e-4)
-    assert four["fd_ratio_range"] == [2.0, 3.0] and four["near_copies"] == 1 and four["draws"] == 2
-    assert five["fd_ratio_sd"] is None and five["fd_ratio"] == 6.0
+    def row(w: float, fd_syn: float, fd_real: float, copies: int = 0) -> dict[str, Any]:
+        pair = {"precision": 0.9, "coverage": 0.6}
+        return {"guidance_scale": w, "fd_ratio": round(fd_syn / fd_real, 4), "label_agreement_rel": 1.0,
+                "near_copies": copies, "synthetic": {"FD": fd_syn, "precision": 0.9, "coverage": 0.3},
+                "real_pair": {"FD": fd_real, **pair}}
+
+    four, five = by_guidance([row(4.0, 0.6, 0.2), row(4.0, 0.6, 1.0, copies=1), row(5.0, 1.2, 0.2)])
+    assert four["fd_ratio"] == 1.0 and four["fd_ratio_mean_of_draws"] == 1.8  # 1.2 / 1.2, not (3.0 + 0.6) / 2
+    assert four["fd_ratio_sd"] == pytest.approx(1.6971, abs=1e-4) and four["fd_ratio_range"] == [0.6, 3.0]
+    assert four["coverage_rel"] == 0.5 and four["precision_rel"] == 1.0
+    assert four["near_copies"] == 1 and four["draws"] == 2
+    assert five["fd_ratio_sd"] is None and five["fd_ratio"] == 6.0 == five["fd_ratio_mean_of_draws"]
 
 
 def _synthfm_imports(path: Path) -> list[tuple[str, str]]:
