@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,10 @@ def test_domain_encoder_is_trained_once_then_reused(retina_cards: dict[str, Path
     monkeypatch.setattr(ClassifierTrainer, "fit", no_training)
     second = run_quality(retina_cards["colour"], retina_cards["real"], cfg, tmp_path / "q2")
     assert second["space_info"][0]["reused"] is True and second["space_info"][0]["encoder"] == str(encoder)
+    # the same card content at another path (a moved folder, another checkout sharing the cache) reuses it too
+    moved = Path(shutil.copytree(retina_cards["real"].parent, tmp_path / "moved")) / retina_cards["real"].name
+    third = run_quality(retina_cards["colour"], moved, cfg, tmp_path / "q3")
+    assert third["space_info"][0]["reused"] is True and third["space_info"][0]["encoder"] == str(encoder)
 
 
 def _cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:

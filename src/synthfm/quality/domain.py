@@ -2,8 +2,9 @@
 
 The classifier trainer (`synthfm.train.trainer.ClassifierTrainer`, policy finetune, `export_encoder`) fine-tunes
 `domain.start` on the real card's task (train split, best epoch on val) and exports the encoder. The run
-lives under `<cache_dir>/domain/<key>`, where the key hashes the real card file, its manifest (every row,
-labels and split) and the domain settings, so any later call on the same card reuses it, and an interrupted
+lives under `<cache_dir>/domain/<key>/run-<config hash>`, where the key hashes the real card file, its manifest
+(every row, labels and split) and the domain settings, so any later call on the same card reuses it (also from
+another path: a finished run is matched on its settings, not on where the card file lay), and an interrupted
 training resumes from its last epoch.
 """
 
@@ -20,7 +21,7 @@ from synthfm.data.manifest import CardData
 from synthfm.errors import SynthfmError
 from synthfm.evaluate.predictions import SCORING
 from synthfm.quality.config import DomainConfig
-from synthfm.runs import RunDir, config_hash
+from synthfm.runs import RunDir, config_hash, read_run_config
 from synthfm.train.classifier_config import ClassifierConfig
 from synthfm.train.trainer import ENCODER_DIR, ClassifierTrainer
 
@@ -64,6 +65,20 @@ def adapt_settings(real_card: str, task: str, cfg: DomainConfig) -> dict[str, An
             "seeds": [cfg.seed], "label_fractions": [1.0], "test_splits": [], "export_encoder": True}
 
 
+def finished_run(root: Path, acfg: ClassifierConfig) -> Path | None:
+    """A finished fine-tuning under this cache key with these settings, wherever the card file lay when it ran:
+    the key hashes the card's content, so a moved or re-cloned card (or another checkout sharing the cache)
+    reuses it instead of meeting a run folder recorded with another path."""
+    for run in sorted(p for p in root.glob(f"{RUN}*") if (p / ENCODER_DIR).is_dir()):
+        try:
+            done = read_run_config(run, ClassifierConfig, SCORING.stage)
+        except SynthfmError:
+            continue  # not a run synthfm wrote: leave it alone
+        if done.model_copy(update={"card": acfg.card}) == acfg and RunDir(run, SCORING.stage, done).is_complete:
+            return run
+    return None
+
+
 def domain_encoder(real: CardData, real_card: str, cfg: DomainConfig) -> tuple[Path, dict[str, Any]]:
     """(save_pretrained dir, description) of the real card's domain encoder, trained now unless cached."""
     task = domain_task(real, cfg)
@@ -74,9 +89,10 @@ def domain_encoder(real: CardData, real_card: str, cfg: DomainConfig) -> tuple[P
                                "explicitly: spaces: [{encoder: DIR}]")
     root = cache_root(cfg) / "domain" / card_key(real, cfg, task)
     acfg = ClassifierConfig(**adapt_settings(real_card, task, cfg))
-    run = root / RUN
+    found = finished_run(root, acfg)
+    run = found or root / f"{RUN}-{config_hash(acfg)}"
     encoder = run / ENCODER_DIR
-    reused = RunDir(run, SCORING.stage, acfg).is_complete and encoder.is_dir()
+    reused = found is not None
     if not reused:
         ClassifierTrainer(acfg, run, SCORING).fit()
     info = {"kind": "domain", "description": f"encoder fine-tuned on real card '{real.card.name}' task '{task}' "
