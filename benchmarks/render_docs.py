@@ -25,7 +25,7 @@ COMMANDS = {
                   "--save-encoder runs/bench/probe_gain_mae --out docs/bench/probe_gain.json",
     "sampling": "python benchmarks/bench_sampling.py > docs/bench/sampling.json",
     "generator": "SYNTHFM_BENCH_THREADS=2 python benchmarks/bench_generator.py --recipe edm --steps 2400 "
-                 "--guidance 3.5,4,4.5 --sampler-steps 20 --out docs/bench/generator.json",
+                 "--guidance 3.5,4,4.5 --sampler-steps 15 --draws 2 --out docs/bench/generator.json",
     "generator_step": "python benchmarks/bench_generator.py --recipe edm --only step "
                       "--out docs/bench/generator_step.json",
     "vessels_chase": "python benchmarks/eval_vessels.py",
@@ -63,8 +63,9 @@ NOTES = {
     "sampling": "Fréchet distance to held-out phantom images against model evaluations for DDPM / DDIM / "
                 "DPM-Solver++, cost per image on CPU, and peak memory against N.",
     "generator": "The diffusion generator trained on RetinaMNIST's training split at 32 px through the engine, "
-                 "scored relative to the real pair (held-out real vs training split) in a domain space fine-tuned "
-                 "on the card, at each guidance scale of the sweep (rows); the top-level keys are the best scale's. "
+                 "scored relative to the real pair (every held-out real image vs the training split) in a domain "
+                 "space fine-tuned on the card, at each guidance scale of the sweep and each draw of sampler seeds "
+                 "and conditions (rows), then per scale over the draws; the top-level keys are the best scale's. "
                  "Targets and the ablation: docs/generator.md.",
     "generator_phantom": "The same quality run on the fundus phantom at 64 px (the phantom card's train split as the "
                          "'real' set, phantom-vs-phantom as the real pair); docs/generator.md.",
